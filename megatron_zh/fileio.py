@@ -1,0 +1,46 @@
+"""Crash-safe file writing: nothing that looks complete is on disk until it is complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+
+def temporary_sibling(path: str | os.PathLike) -> Path:
+    """A fresh, unique name in the same directory as `path` (same filesystem, so rename is atomic)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    os.close(fd)
+    return Path(tmp)
+
+
+def commit(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """fsync `tmp` and atomically rename it to `final`."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator[IO]:
+    """Open a temporary sibling of `path` for writing; rename it onto `path` only if the block succeeds.
+
+    On any exception (including KeyboardInterrupt) the temporary file is removed and `path` is untouched.
+    """
+    if "r" in mode or "a" in mode:
+        raise ValueError(f"atomic_write is for fresh writes, not mode {mode!r}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

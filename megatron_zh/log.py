@@ -1,0 +1,33 @@
+"""Logging set-up shared by the tools and the trainer: one format, the rank in every line."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+_FORMAT = "%(asctime)s [%(levelname)s] [rank %(rank)s] %(name)s: %(message)s"
+
+
+class _RankFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank = os.environ.get("RANK", "0")
+        return True
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A logger under the `megatron_zh` hierarchy; configure output once with `setup_logging`."""
+    return logging.getLogger(name if name.startswith("megatron_zh") else f"megatron_zh.{name}")
+
+
+def setup_logging(level: int | str = logging.INFO) -> None:
+    """Send megatron_zh logs to stderr with the rank prefix. Idempotent."""
+    root = logging.getLogger("megatron_zh")
+    root.setLevel(level)
+    if not any(getattr(h, "_megatron_zh", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+        handler.addFilter(_RankFilter())
+        handler._megatron_zh = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.propagate = False
