@@ -1,0 +1,137 @@
+"""Preprocessing throughput: tools/preprocess_data.py's pipeline against the tokenizer alone, same run, same cores.
+
+  python bench/bench_preprocess.py                 # 2 workers, a >= 40 MB corpus, 3 repeats
+  python bench/bench_preprocess.py --workers 1 --min-mb 10 --repeats 1
+
+The corpus is CLUECorpusSmall_sampled.txt (from MEGATRON_ZH_DATA_DIR, default ../shared/data)
+repeated to at least --min-mb in a temporary directory. Printed per repeat:
+
+  bound (tokenizers)   stock `tokenizers` batch encoding (the transformers.BertTokenizer pipeline,
+                       encode_batch_fast) of the same lines, N processes, one core each: the brief's bound
+  bound (ours)         our tokenizer alone (BertChineseTokenizer.encode_batch_flat), N processes
+  preprocess           the whole of megatron_zh.data.preprocess with N workers: reading, tokenizing,
+                       framing, writing .bin/.idx/.meta.json, pool start-up included
+
+and the ratios preprocess / each bound. For reference (not measured here): Megatron-LM's own
+preprocess_data.py with its BERT WordPiece tokenizer processes about 0.7 M tokens/s with 2 workers
+on a 2-core machine; the target is >= 85% of the `tokenizers` bound and >= 1.6 M tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MEGATRON_ZH_DATA_DIR", REPO.parent / "shared" / "data")).resolve()
+MEGATRON_LM_TOKENS_PER_S = 0.7e6  # reference figure from the brief, 2 workers, same kind of machine
+
+
+def build_corpus(directory: Path, min_mb: float) -> Path:
+    source = (DATA_DIR / "CLUECorpusSmall_sampled.txt").read_bytes()
+    copies = max(1, int(-(-min_mb * 1e6 // len(source))))
+    path = directory / "corpus.txt"
+    with open(path, "wb") as f:
+        for _ in range(copies):
+            f.write(source if source.endswith(b"\n") else source + b"\n")
+    return path
+
+
+def _encode_share(kind: str, vocab: str, lines: list[str], barrier, queue) -> None:
+    """One process of a bound: encode its share of the lines in ~1 MB batches, timed from a common start."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from megatron_zh.tokenizer import BertChineseTokenizer, build_backend
+
+    batches, batch, size = [], [], 0
+    for line in lines:
+        batch.append(line)
+        size += len(line) * 3
+        if size >= 1 << 20:
+            batches.append(batch)
+            batch, size = [], 0
+    batches.append(batch)
+    if kind == "tokenizers":
+        backend = build_backend(vocab)
+        encode = lambda texts: sum(len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False))  # noqa: E731
+    else:
+        tokenizer = BertChineseTokenizer(vocab)
+        tokenizer.encode("warm up")  # builds its separator table: start-up, not throughput
+        encode = lambda texts: int(tokenizer.encode_batch_flat(texts)[1].sum())  # noqa: E731
+    barrier.wait()
+    start = time.perf_counter()
+    tokens = sum(encode(b) for b in batches)
+    queue.put((tokens, time.perf_counter() - start))
+
+
+def measure_bound(kind: str, vocab: Path, corpus: Path, processes: int) -> tuple[int, float]:
+    lines = [line for line in corpus.read_text(encoding="utf-8").split("\n") if line.strip()]
+    context = multiprocessing.get_context("fork")
+    barrier, queue = context.Barrier(processes), context.Queue()
+    share = -(-len(lines) // processes)
+    workers = [
+        context.Process(target=_encode_share, args=(kind, str(vocab), lines[i * share : (i + 1) * share], barrier, queue))
+        for i in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    results = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return sum(t for t, _ in results), max(s for _, s in results)
+
+
+def measure_preprocess(vocab: Path, corpus: Path, workers: int, out_dir: Path) -> tuple[int, float]:
+    from megatron_zh.data.preprocess import PreprocessConfig, preprocess
+
+    start = time.perf_counter()
+    stats = preprocess(PreprocessConfig(inputs=[str(corpus)], output_prefix=str(out_dir / "bench"),
+                                        vocab_file=str(vocab), workers=workers, progress=False))
+    return stats.tokens["text"], time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--min-mb", type=float, default=40.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    vocab = DATA_DIR / "google_zh_vocab.txt"
+    for path in (vocab, DATA_DIR / "CLUECorpusSmall_sampled.txt"):
+        if not path.is_file():
+            sys.exit(f"{path} is missing: set MEGATRON_ZH_DATA_DIR to the folder with the real vocab and corpus")
+    import logging
+
+    logging.getLogger("megatron_zh").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = build_corpus(Path(tmp), args.min_mb)
+        megabytes = corpus.stat().st_size / 1e6
+        print(f"corpus: {megabytes:.1f} MB ({corpus.stat().st_size / (DATA_DIR / 'CLUECorpusSmall_sampled.txt').stat().st_size:.0f}"
+              f" copies of CLUECorpusSmall_sampled.txt), {args.workers} worker(s), {os.cpu_count()} CPU(s)")
+        rows = []
+        for repeat in range(1, args.repeats + 1):
+            stock_tokens, stock_s = measure_bound("tokenizers", vocab, corpus, args.workers)
+            ours_tokens, ours_s = measure_bound("ours", vocab, corpus, args.workers)
+            tokens, seconds = measure_preprocess(vocab, corpus, args.workers, Path(tmp))
+            assert ours_tokens == stock_tokens, "our tokenizer and `tokenizers` disagree on the token count"
+            stock, alone, full = stock_tokens / stock_s, ours_tokens / ours_s, tokens / seconds
+            rows.append((stock, alone, full))
+            print(f"repeat {repeat}: bound (tokenizers) {stock / 1e6:5.2f} M tokens/s | bound (ours) {alone / 1e6:5.2f} M"
+                  f" tokens/s | preprocess {full / 1e6:5.2f} M tokens/s ({megabytes / seconds:.1f} MB/s, {seconds:.2f} s)"
+                  f" | preprocess / tokenizers bound = {full / stock:.2f}, / our bound = {full / alone:.2f},"
+                  f" / Megatron-LM 0.7 M = {full / MEGATRON_LM_TOKENS_PER_S:.1f}x")
+        stock, alone, full = (statistics.median(column) for column in zip(*rows))
+        ratio = statistics.median(r[2] / r[0] for r in rows)
+        print(f"median of {len(rows)}: preprocess {full / 1e6:.2f} M tokens/s, bound (tokenizers) {stock / 1e6:.2f},"
+              f" bound (ours) {alone / 1e6:.2f}; preprocess / tokenizers bound {ratio:.2f} (target >= 0.85),"
+              f" / our bound {statistics.median(r[2] / r[1] for r in rows):.2f};"
+              f" {full / MEGATRON_LM_TOKENS_PER_S:.1f}x Megatron-LM's ~0.7 M tokens/s (target >= 2.3x, >= 1.6 M tokens/s)")
+
+
+if __name__ == "__main__":
+    main()

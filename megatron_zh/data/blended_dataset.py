@@ -1,0 +1,203 @@
+"""Weighted blends of several corpora, and the one entry point that builds train/valid/test.
+
+`data_path = ["0.7", "a_text_document", "0.3", "b_text_document"]` draws 70% of every split's
+samples from `a` and 30% from `b`, interleaved so that every prefix of the blend keeps the ratio
+as closely as possible (Megatron's BlendedDataset). Each corpus is asked for its share plus a
+0.5% margin, so rounding in the interleaving never runs a corpus dry. A list of prefixes without
+weights blends them in proportion to their token counts.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_zh.data import helpers
+from megatron_zh.data.gpt_dataset import (
+    SPLIT_NAMES,
+    GPTDataset,
+    GPTDatasetConfig,
+    build_gpt_split_datasets,
+    open_indexed_dataset,
+)
+from megatron_zh.data.index_cache import (
+    INDEX_FORMAT_VERSION,
+    IndexCache,
+    MappedIndices,
+    default_cache_dir,
+    load_or_build,
+    rank0_first,
+)
+from megatron_zh.errors import ConfigError, DataFormatError
+from megatron_zh.log import get_logger
+
+logger = get_logger(__name__)
+
+# Megatron's mid_level_dataset_surplus: each corpus builds this much more than its share.
+MID_LEVEL_SURPLUS = 0.005
+
+
+def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None]:
+    """["0.7", "a", "0.3", "b"] -> (["a", "b"], [0.7, 0.3]); ["a", "b"] -> (["a", "b"], None)."""
+    items = [str(item).strip() for item in data_path]
+
+    def is_number(text: str) -> bool:
+        try:
+            float(text)
+        except ValueError:
+            return False
+        return True
+
+    if len(items) % 2 == 0 and all(is_number(w) for w in items[0::2]):
+        weights = [float(w) for w in items[0::2]]
+        prefixes = items[1::2]
+        bad = [(w, p) for w, p in zip(weights, prefixes) if not (math.isfinite(w) and w > 0)]
+        if bad:
+            raise ConfigError(f"blend weights must be positive numbers; got {bad[0][0]} for {bad[0][1]!r}")
+        return prefixes, weights
+    if any(is_number(item) for item in items):
+        raise ConfigError(
+            f"data_path {data_path!r} mixes weights and prefixes; write it as weight/prefix pairs "
+            "(['0.7', 'a_text_document', '0.3', 'b_text_document']) or as prefixes only"
+        )
+    return items, None
+
+
+def normalize(weights: list[float]) -> list[float]:
+    array = np.asarray(weights, dtype=np.float64)
+    return (array / np.sum(array)).tolist()
+
+
+def samples_per_dataset(weights: list[float], wanted: int, surplus: float = 0.0) -> list[int]:
+    """Megatron's per-corpus sample counts: ceil(ceil(wanted * weight) * (1 + surplus))."""
+    return [int(math.ceil(math.ceil(wanted * w) * (1 + surplus))) for w in weights]
+
+
+class BlendedDataset(MappedIndices, torch.utils.data.Dataset):
+    """`size` samples drawn from `datasets` in the ratio `weights` (normalised)."""
+
+    dataset_index: np.ndarray  # int16 [size]: which dataset serves sample i
+    dataset_sample_index: np.ndarray  # int64 [size]: which of its samples
+
+    def __init__(
+        self,
+        datasets: list[GPTDataset],
+        weights: list[float],
+        size: int,
+        split: str,
+        cache_dir: str | Path,
+    ) -> None:
+        if not datasets or len(datasets) != len(weights):
+            raise ConfigError(f"need one weight per dataset, got {len(datasets)} datasets and {len(weights)} weights")
+        if len(datasets) > np.iinfo(np.int16).max:
+            raise ConfigError(f"at most {np.iinfo(np.int16).max} datasets can be blended, got {len(datasets)}")
+        if size < 1:
+            raise ConfigError(f"a blend needs at least one sample, got size={size}")
+        self.datasets = datasets
+        self.weights = normalize(weights)
+        self.size = size
+        self.split = split
+        description = {
+            "class": "BlendedDataset",
+            "format_version": INDEX_FORMAT_VERSION,
+            "datasets": [dataset.cache.key for dataset in datasets],
+            "weights": self.weights,
+            "size": size,
+            "split": split,
+        }
+        self.cache = IndexCache(
+            Path(cache_dir), f"BlendedDataset-{split}", description, ("dataset_index", "dataset_sample_index")
+        )
+        arrays = load_or_build(self.cache, self._build_indices)
+        self.attach(arrays)  # dataset_index, dataset_sample_index
+        self._check_not_oversampled()
+
+    def _build_indices(self) -> dict[str, np.ndarray]:
+        dataset_index = np.zeros(self.size, dtype=np.int16)
+        dataset_sample_index = np.zeros(self.size, dtype=np.int64)
+        helpers.build_blending_indices(
+            dataset_index,
+            dataset_sample_index,
+            np.asarray(self.weights, dtype=np.float64),
+            len(self.datasets),
+            self.size,
+            False,
+        )
+        return {"dataset_index": dataset_index, "dataset_sample_index": dataset_sample_index}
+
+    def _check_not_oversampled(self) -> None:
+        if self.dataset_index.shape != (self.size,) or self.dataset_sample_index.shape != (self.size,):
+            raise DataFormatError(f"index cache {self.cache.description_path} has the wrong length; delete its files")
+        drawn = np.bincount(self.dataset_index, minlength=len(self.datasets))
+        for i, (count, dataset) in enumerate(zip(drawn, self.datasets)):
+            if count > len(dataset):
+                raise DataFormatError(
+                    f"the {self.split} blend draws {count} samples from dataset {i} "
+                    f"({dataset.indexed.path_prefix}), which has only {len(dataset)}"
+                )
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor | int]:
+        if not -self.size <= idx < self.size:
+            raise IndexError(f"sample {idx} is out of range for a blend of {self.size} samples")
+        dataset_id = int(self.dataset_index[idx])
+        sample = self.datasets[dataset_id][int(self.dataset_sample_index[idx])]
+        sample["dataset_id"] = dataset_id
+        return sample
+
+
+def _token_count(prefix: str) -> float:
+    corpus = open_indexed_dataset(prefix)  # held while its memory-mapped lengths are summed
+    return float(np.sum(corpus.sequence_lengths, dtype=np.int64))
+
+
+def _build_blend(
+    prefixes: list[str], weights: list[float] | None, config: GPTDatasetConfig, num_samples: tuple[int, int, int]
+) -> list[BlendedDataset | None]:
+    if weights is None:
+        weights = [_token_count(prefix) for prefix in prefixes]
+        logger.info("blending %s in proportion to their token counts %s", prefixes, weights)
+    weights = normalize(weights)
+    # Per corpus and split: the share the blend will draw (target) and the count to build (buffer).
+    targets = [samples_per_dataset(weights, wanted) for wanted in num_samples]
+    buffers = [samples_per_dataset(weights, wanted, MID_LEVEL_SURPLUS) for wanted in num_samples]
+    per_corpus = [
+        build_gpt_split_datasets(prefix, config, tuple(buffers[s][d] for s in range(3)))
+        for d, prefix in enumerate(prefixes)
+    ]
+    blends: list[BlendedDataset | None] = []
+    for s, split in enumerate(SPLIT_NAMES):
+        parts = [per_corpus[d][s] for d in range(len(prefixes))]
+        if any(part is None for part in parts):
+            blends.append(None)
+            continue
+        cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(parts[0].indexed.path_prefix)
+        blends.append(BlendedDataset(parts, weights, sum(targets[s]), split, cache_dir))
+    return blends
+
+
+def build_train_valid_test_datasets(
+    config: GPTDatasetConfig, num_samples: tuple[int, int, int]
+) -> tuple[torch.utils.data.Dataset | None, torch.utils.data.Dataset | None, torch.utils.data.Dataset | None]:
+    """Train, valid and test datasets of at least num_samples[i] samples each (None where 0 are wanted
+    or the split has weight 0), from one corpus or a blend.
+
+    Global rank 0 builds and caches the indices while the other ranks wait; they then load them.
+    """
+    if len(num_samples) != 3 or any(not isinstance(n, (int, np.integer)) or n < 0 for n in num_samples):
+        raise ConfigError(f"num_samples must be three non-negative integers (train, valid, test), got {num_samples!r}")
+    num_samples = tuple(int(n) for n in num_samples)
+    prefixes, weights = parse_data_path(config.data_path)
+
+    def build() -> list[torch.utils.data.Dataset | None]:
+        if len(prefixes) == 1:
+            return build_gpt_split_datasets(prefixes[0], config, num_samples)
+        return _build_blend(prefixes, weights, config, num_samples)
+
+    train, valid, test = rank0_first(build)
+    return train, valid, test

@@ -1,0 +1,380 @@
+"""GPTDataset: fixed-length training windows cut from a tokenized corpus, as Megatron builds them.
+
+The documents of one split are listed `num_epochs` times in a seeded random order (the
+*document index*), concatenated into one token stream and cut into windows of `seq_length + 1`
+tokens that overlap by one token (the *sample index*, built in C++), which are then visited in a
+seeded random order (the *shuffle index*). When the last epoch is needed only in part (below 80%
+of an epoch), it is shuffled separately so that its documents do not crowd out whole epochs.
+All three indices match megatron-core's GPTDataset for the same documents, seed and sizes.
+
+Only the `.idx` (document lengths) is read to build the indices, through a memory map; the token
+file is opened but not read until samples are drawn.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from megatron_zh.data import helpers
+from megatron_zh.data.index_cache import (
+    INDEX_FORMAT_VERSION,
+    IndexCache,
+    MappedIndices,
+    array_digest,
+    default_cache_dir,
+    load_or_build,
+)
+from megatron_zh.data.indexed_dataset import (
+    IndexedDataset,
+    data_file_path,
+    index_file_path,
+    metadata_file_path,
+    read_metadata,
+)
+from megatron_zh.errors import ConfigError, DataFormatError
+from megatron_zh.log import get_logger
+from megatron_zh.tokenizer import check_fingerprint
+
+logger = get_logger(__name__)
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+# Megatron's rule: a final epoch needed for less than this share of its samples is shuffled apart.
+SEPARATE_FINAL_EPOCH_THRESHOLD = 0.80
+
+
+@dataclass(frozen=True)
+class GPTDatasetConfig:
+    """What to read and how to cut it. Validated on construction (ConfigError)."""
+
+    data_path: list[str]  # ["prefix"] or Megatron-style ["0.7", "a_text_document", "0.3", "b_text_document"]
+    seq_length: int
+    split: str = "949,50,1"
+    seed: int = 1234
+    cache_dir: str | None = None  # where index .npy files go (default: index-cache/ beside each dataset)
+    eod_mask_loss: bool = False
+    vocab_fingerprint: str | None = None  # if set, must equal each dataset's metadata fingerprint
+    eod_token: int | None = None  # the id eod_mask_loss masks; default: the datasets' metadata "eod"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data_path, (str, os.PathLike)) or not self.data_path:
+            raise ConfigError(f"data_path must be a non-empty list of prefixes (and weights), got {self.data_path!r}")
+        if not all(isinstance(item, (str, os.PathLike)) for item in self.data_path):
+            raise ConfigError(f"data_path entries must be strings, got {self.data_path!r}")
+        if not isinstance(self.seq_length, int) or self.seq_length < 2:
+            raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if self.eod_token is not None and self.eod_token < 0:
+            raise ConfigError(f"eod_token must be a token id >= 0, got {self.eod_token}")
+        split_ranges(self.split)  # raises ConfigError when malformed
+
+
+def split_ranges(split: str) -> list[tuple[float, float] | None]:
+    """Megatron's split string ("949,50,1", "98,2", "1") -> [start, end) fractions per split.
+
+    Missing trailing weights are 0; a split of weight 0 is None. The arithmetic (float64
+    normalisation, running sum) is Megatron's, so the document boundaries agree with it.
+    """
+    parts = [p.strip() for p in re.split(r"[,/]", str(split))]
+    try:
+        weights = [float(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"split must be up to 3 comma-separated numbers like '949,50,1', got {split!r}") from None
+    if not 1 <= len(weights) <= 3 or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(
+            f"split must be 1 to 3 non-negative numbers with a positive sum (train,valid,test), got {split!r}"
+        )
+    weights += [0.0] * (3 - len(weights))
+    fractions = (np.asarray(weights, dtype=np.float64) / np.sum(weights, dtype=np.float64)).tolist()
+    ranges: list[tuple[float, float] | None] = []
+    start = 0.0
+    for fraction in fractions:
+        end = start + fraction
+        ranges.append((start, end) if end > start else None)
+        start = end
+    return ranges
+
+
+def document_range(fractions: tuple[float, float], num_documents: int) -> tuple[int, int]:
+    """The [begin, end) documents a split covers, rounded as Megatron rounds them."""
+    return int(round(fractions[0] * float(num_documents))), int(round(fractions[1] * float(num_documents)))
+
+
+def open_indexed_dataset(prefix: str, vocab_fingerprint: str | None = None) -> IndexedDataset:
+    """Open PREFIX.bin/.idx with errors that say what is missing and how to make it."""
+    prefix = re.sub(r"\.(bin|idx)$", "", str(prefix))
+    for path in (index_file_path(prefix), data_file_path(prefix)):
+        if not os.path.isfile(path):
+            hint = ""
+            if os.path.isfile(index_file_path(prefix + "_text_document")):
+                hint = f" (did you mean {prefix}_text_document? preprocessing appends _text_document)"
+            raise DataFormatError(
+                f"{path} not found: dataset prefix {prefix!r} needs {prefix}.bin and {prefix}.idx{hint}. "
+                "Make them with: python tools/preprocess_data.py --input CORPUS.txt "
+                "--output-prefix PREFIX --vocab-file VOCAB.txt"
+            )
+    if vocab_fingerprint is not None:
+        check_vocab_fingerprint(prefix, vocab_fingerprint)
+    return IndexedDataset(prefix)
+
+
+def check_vocab_fingerprint(prefix: str, expected: str) -> None:
+    meta = read_metadata(prefix)
+    found = None if meta is None else meta.get("vocab_fingerprint")
+    if found is None:
+        logger.warning(
+            "%s: no vocab fingerprint (%s is missing or lacks one); cannot check it was tokenized with vocab %s",
+            prefix,
+            metadata_file_path(prefix),
+            expected,
+        )
+        return
+    check_fingerprint(
+        found,
+        expected,
+        source=f"{prefix}.bin/.idx (per {metadata_file_path(prefix)})",
+        fix="re-run tools/preprocess_data.py with the training vocab, or train with the vocab the data was made with",
+    )
+
+
+def _eod_token(config: GPTDatasetConfig, prefix: str) -> int | None:
+    if not config.eod_mask_loss:
+        return None
+    if config.eod_token is not None:
+        return config.eod_token
+    meta = read_metadata(prefix) or {}
+    if "eod" not in meta:
+        raise ConfigError(
+            f"eod_mask_loss needs the end-of-document id: set GPTDatasetConfig.eod_token "
+            f"({metadata_file_path(prefix)} has no 'eod' entry)"
+        )
+    return int(meta["eod"])
+
+
+def _num_epochs(tokens_per_epoch: int, num_samples: int | None, seq_length: int) -> int:
+    """Fewest whole epochs whose tokens cover num_samples windows of seq_length + 1 tokens."""
+    if num_samples is None:
+        return 1
+    tokens_needed = num_samples * seq_length + 1
+    return max(1, -(-tokens_needed // tokens_per_epoch))
+
+
+def _document_index(
+    begin: int, end: int, num_epochs: int, rng: np.random.RandomState, separate_final_epoch: bool
+) -> np.ndarray:
+    """Documents [begin, end) once per epoch, shuffled; the final epoch shuffled on its own if separate.
+
+    Filled and shuffled in place: the peak memory is the index itself (4 bytes per entry).
+    """
+    count = end - begin
+    index = np.empty(num_epochs * count, dtype=np.int32)
+    index.reshape(num_epochs, count)[:] = np.arange(begin, end, dtype=np.int32)
+    if separate_final_epoch and num_epochs > 1:
+        rng.shuffle(index[:-count])
+        rng.shuffle(index[-count:])
+    else:
+        rng.shuffle(index)
+    return index
+
+
+def _shuffle_index(num_first: int, total: int, rng: np.random.RandomState) -> np.ndarray:
+    """A permutation of [0, total) that shuffles [0, num_first) and [num_first, total) apart."""
+    dtype = np.int64 if total >= np.iinfo(np.uint32).max - 1 else np.uint32
+    first = np.arange(num_first, dtype=dtype)
+    rng.shuffle(first)
+    if num_first == total:
+        return first
+    rest = np.arange(num_first, total, dtype=dtype)
+    rng.shuffle(rest)
+    return np.concatenate((first, rest))
+
+
+def build_gpt_indices(
+    sequence_lengths: np.ndarray,
+    begin: int,
+    end: int,
+    num_samples: int | None,
+    seq_length: int,
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """The document, sample and shuffle indices for documents [begin, end), as megatron-core builds them."""
+    tokens_per_epoch = int(np.sum(sequence_lengths[begin:end], dtype=np.int64))
+    num_epochs = _num_epochs(tokens_per_epoch, num_samples, seq_length)
+    separate_final_epoch = False
+    if num_epochs > 1:
+        samples_before_final_epoch = ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length
+        samples_from_final_epoch = num_samples - samples_before_final_epoch
+        samples_per_epoch = (tokens_per_epoch - 1) // seq_length
+        assert 0 <= samples_from_final_epoch <= samples_per_epoch + 1
+        separate_final_epoch = samples_from_final_epoch < int(SEPARATE_FINAL_EPOCH_THRESHOLD * samples_per_epoch)
+
+    rng = np.random.RandomState(seed)
+    document_index = _document_index(begin, end, num_epochs, rng, separate_final_epoch)
+    sample_index = helpers.build_sample_idx(
+        sequence_lengths, document_index, seq_length, num_epochs, tokens_per_epoch, True, True
+    )
+    num_built = sample_index.shape[0] - 1
+    shuffled_first = samples_before_final_epoch if separate_final_epoch else num_built
+    shuffle_index = _shuffle_index(shuffled_first, num_built, rng)
+    logger.info(
+        "documents [%d, %d): %d tokens/epoch, %d epoch(s)%s, %d samples of %d tokens",
+        begin,
+        end,
+        tokens_per_epoch,
+        num_epochs,
+        " (final epoch shuffled apart)" if separate_final_epoch else "",
+        num_built,
+        seq_length + 1,
+    )
+    return {"document_index": document_index, "sample_index": sample_index, "shuffle_index": shuffle_index}
+
+
+class GPTDataset(MappedIndices, torch.utils.data.Dataset):
+    """Samples `dict(tokens, input_ids, labels, loss_mask)` from documents [begin, end) of a corpus.
+
+    `num_samples` is the least number of samples wanted (epochs are added until it is met);
+    None means one epoch. `len(dataset)` may exceed it by up to an epoch's tail.
+    """
+
+    document_index: np.ndarray  # int32 [documents x epochs]: document ids in reading order
+    sample_index: np.ndarray  # int32 or int64 [samples + 1, 2]: (document_index position, offset)
+    shuffle_index: np.ndarray  # uint32 or int64 [samples]: the order samples are served in
+
+    def __init__(
+        self,
+        indexed: IndexedDataset,
+        split: str,
+        document_range: tuple[int, int],
+        num_samples: int | None,
+        config: GPTDatasetConfig,
+        cache_dir: str | os.PathLike,
+        eod_token: int | None = None,
+    ) -> None:
+        begin, end = document_range
+        if split not in SPLIT_NAMES:
+            raise ConfigError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
+        if not 0 <= begin <= end <= len(indexed):
+            raise ConfigError(
+                f"document range [{begin}, {end}) is outside the {len(indexed)} documents of {indexed.path_prefix}"
+            )
+        if num_samples is not None and num_samples < 1:
+            raise ConfigError(f"num_samples must be positive or None, got {num_samples}")
+        if config.eod_mask_loss and eod_token is None:
+            raise ConfigError("eod_mask_loss is set but no eod_token was given")
+        self.indexed = indexed
+        self.split = split
+        self.document_range = (begin, end)
+        self.num_samples = num_samples
+        self.seq_length = config.seq_length
+        self.eod_mask_loss = config.eod_mask_loss
+        self.eod_token = eod_token
+
+        lengths = indexed.sequence_lengths
+        if int(np.sum(lengths[begin:end], dtype=np.int64)) < 2:
+            raise DataFormatError(
+                f"the {split} split of {indexed.path_prefix} (documents [{begin}, {end}) of {len(indexed)}, "
+                f"split {config.split!r}) holds fewer than 2 tokens; give it a larger share or add data"
+            )
+        self.description = {
+            "class": "GPTDataset",
+            "format_version": INDEX_FORMAT_VERSION,
+            # The indices depend on the document lengths only, so the lengths' digest (not the
+            # path or mtime) names the dataset: a copied or moved corpus keeps its cache, and
+            # ranks that mount the data at different paths agree on the key.
+            "sequence_lengths": array_digest(lengths),
+            "num_sequences": int(len(lengths)),
+            "document_range": [begin, end],
+            "num_samples": num_samples,
+            "seq_length": config.seq_length,
+            "seed": config.seed,
+            "add_extra_token": True,
+            "separate_final_epoch_threshold": SEPARATE_FINAL_EPOCH_THRESHOLD,
+        }
+        cache = IndexCache(
+            Path(cache_dir),
+            f"GPTDataset-{split}",
+            self.description,
+            ("document_index", "sample_index", "shuffle_index"),
+        )
+        self.cache = cache
+        arrays = load_or_build(
+            cache, lambda: build_gpt_indices(lengths, begin, end, num_samples, config.seq_length, config.seed)
+        )
+        self.attach(arrays)  # document_index, sample_index, shuffle_index
+        self._check_indices()
+
+    def _check_indices(self) -> None:
+        rows = self.sample_index.shape[0] - 1
+        if (
+            self.sample_index.ndim != 2
+            or self.sample_index.shape[1] != 2
+            or self.shuffle_index.shape != (rows,)
+            or (self.num_samples is not None and rows < self.num_samples)
+        ):
+            raise DataFormatError(
+                f"index cache {self.cache.description_path} holds inconsistent arrays "
+                f"(sample index {self.sample_index.shape}, shuffle index {self.shuffle_index.shape}); "
+                "delete its files to rebuild them"
+            )
+
+    def __len__(self) -> int:
+        return self.sample_index.shape[0] - 1
+
+    def tokens(self, idx: int) -> np.ndarray:
+        """The seq_length + 1 tokens of sample `idx` (int64)."""
+        if not -len(self) <= idx < len(self):
+            raise IndexError(f"sample {idx} is out of range for a dataset of {len(self)} samples")
+        row = int(self.shuffle_index[idx])
+        (first, first_offset), (last, last_offset) = self.sample_index[row : row + 2].tolist()
+        if first == last:
+            document = int(self.document_index[first])
+            return self.indexed.get(document, first_offset, last_offset - first_offset + 1).astype(np.int64)
+        parts = [self.indexed.get(int(self.document_index[first]), first_offset)]
+        parts += [self.indexed.get(int(self.document_index[i])) for i in range(first + 1, last)]
+        parts.append(self.indexed.get(int(self.document_index[last]), 0, last_offset + 1))
+        return np.concatenate(parts, dtype=np.int64)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        """int64 `tokens` [seq + 1], `input_ids` / `labels` [seq] (views of it), float32 `loss_mask` [seq]."""
+        window = self.tokens(idx)
+        if window.shape[0] != self.seq_length + 1:
+            raise DataFormatError(
+                f"sample {idx} of {self.indexed.path_prefix} has {window.shape[0]} tokens instead of "
+                f"{self.seq_length + 1}: the .bin/.idx changed after its index cache was built"
+            )
+        # Tensors rather than numpy arrays: the DataLoader then collates about 20% faster.
+        tokens = torch.from_numpy(window)
+        input_ids = tokens[:-1]
+        loss_mask = torch.ones(self.seq_length, dtype=torch.float32)
+        if self.eod_mask_loss:
+            # Megatron's rule: no loss where the input is end-of-document (the next document's first token).
+            loss_mask[input_ids == self.eod_token] = 0.0
+        return {"tokens": tokens, "input_ids": input_ids, "labels": tokens[1:], "loss_mask": loss_mask}
+
+
+def build_gpt_split_datasets(
+    prefix: str, config: GPTDatasetConfig, num_samples: tuple[int | None, int | None, int | None]
+) -> list[GPTDataset | None]:
+    """One GPTDataset per split of one corpus; None where the split's weight or sample count is 0."""
+    indexed = open_indexed_dataset(prefix, config.vocab_fingerprint)
+    eod_token = _eod_token(config, indexed.path_prefix)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(indexed.path_prefix)
+    datasets: list[GPTDataset | None] = []
+    for name, fractions, wanted in zip(SPLIT_NAMES, split_ranges(config.split), num_samples):
+        if fractions is None or wanted == 0:
+            if fractions is None and wanted:
+                logger.warning("%d %s samples wanted but split %r gives no documents to it", wanted, name, config.split)
+            datasets.append(None)
+            continue
+        begin, end = document_range(fractions, len(indexed))
+        datasets.append(GPTDataset(indexed, name, (begin, end), wanted, config, cache_dir, eod_token))
+    return datasets
+

@@ -1,0 +1,65 @@
+"""tools/build_vocab.py: a WordPiece vocab trained on the real corpus loads in transformers.BertTokenizer
+with BERT-Chinese's special ids, and our tokenizer agrees with it on the whole corpus."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_zh.errors import ConfigError
+from megatron_zh.tokenizer import BertChineseTokenizer, read_vocab
+from megatron_zh.vocab_builder import VocabConfig, train_vocab
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_trained_vocab_on_real_corpus(tmp_path, zh_corpus_file):
+    from transformers import BertTokenizer
+
+    output = tmp_path / "vocab.txt"
+    result = subprocess.run(
+        [sys.executable, "tools/build_vocab.py", "--input", str(zh_corpus_file), "--output", str(output), "--vocab-size", "6000"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr
+    tokens = read_vocab(output)  # no duplicates, specials present
+    assert len(tokens) == 6000
+    assert tokens[:2] == ["[PAD]", "[unused1]"] and tokens[99] == "[unused99]"
+    assert tokens[100:104] == ["[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert any(t.startswith("##") for t in tokens) and "中" in tokens
+
+    reference = BertTokenizer(str(output))
+    ours = BertChineseTokenizer(output)
+    assert (ours.pad, ours.unk, ours.cls, ours.sep, ours.mask) == (0, 100, 101, 102, 103)
+    assert (reference.unk_token_id, reference.cls_token_id, reference.sep_token_id) == (100, 101, 102)
+    documents = [line for line in zh_corpus_file.read_text(encoding="utf-8").split("\n") if line]
+    ids = ours.encode_batch(documents)
+    assert ids == reference(documents, add_special_tokens=False)["input_ids"]
+    total = sum(map(len, ids))
+    unknown = sum(doc.count(ours.unk) for doc in ids)
+    assert unknown / total < 0.001, f"{unknown} of {total} tokens are [UNK]"  # every character was learned
+    # Words are split into learned pieces: fewer tokens than characters would give.
+    assert total < sum(len(d.replace(" ", "")) for d in documents)
+
+
+def test_compact_layout_and_jsonl(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"text": "hello world 你好"}\n{"text": "hello there"}\nnot json\n{"other": 1}\n', encoding="utf-8")
+    tokens = train_vocab(VocabConfig(inputs=[str(corpus)], output=str(tmp_path / "v.txt"), vocab_size=40,
+                                     layout="compact", min_frequency=1))
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert "hello" in tokens and "你" in tokens
+    assert BertChineseTokenizer(tmp_path / "v.txt").encode("hello 你好") == [tokens.index(t) for t in ("hello", "你", "好")]
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="reserves 104 ids"):
+        VocabConfig(inputs=["x"], output=str(tmp_path / "v.txt"), vocab_size=100)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="no text found"):
+        train_vocab(VocabConfig(inputs=[str(empty)], output=str(tmp_path / "v.txt"), vocab_size=500))
+    assert not (tmp_path / "v.txt").exists()

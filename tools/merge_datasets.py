@@ -1,0 +1,36 @@
+"""Merge several Megatron .bin/.idx datasets into one (e.g. the outputs of partitioned preprocessing runs).
+
+  python tools/merge_datasets.py --input a_text_document b_text_document --output-prefix merged_text_document
+  python tools/merge_datasets.py --input 'shards/part_*_text_document' --output-prefix merged_text_document
+
+Documents keep their order (inputs in the order given; a glob expands sorted). Inputs must share the
+token dtype and, where they carry PREFIX.meta.json, the vocab fingerprint and document framing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+from megatron_zh.cli import run_cli
+from megatron_zh.data.indexed_dataset import expand_prefixes, merge_datasets
+from megatron_zh.log import get_logger
+
+logger = get_logger("tools.merge_datasets")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", nargs="+", required=True,
+                        help="dataset prefixes (PREFIX.bin/.idx), or globs of them, in merge order")
+    parser.add_argument("--output-prefix", required=True, help="prefix of the merged PREFIX.bin/.idx")
+    args = parser.parse_args(argv)
+    inputs = expand_prefixes(args.input)
+    meta = merge_datasets(inputs, args.output_prefix)
+    logger.info("merged %d datasets into %s: %d documents, %d tokens",
+                len(inputs), args.output_prefix, meta["documents"], meta["tokens"])
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
