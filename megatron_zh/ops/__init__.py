@@ -1,1 +1,12 @@
+"""Fused GPU ops with Triton forward and backward kernels and PyTorch fallbacks off-GPU.
 
+Every op takes `backend="auto" | "triton" | "torch"`; see `megatron_zh.ops.dispatch`.
+"""
+
+from megatron_zh.ops.attention import causal_attention
+from megatron_zh.ops.dispatch import Backend, resolve_backend, triton_can_run, triton_installed
+from megatron_zh.ops.layer_norm import layer_norm
+from megatron_zh.ops.softmax import scaled_causal_softmax
+
+__all__ = ["Backend", "causal_attention", "layer_norm", "resolve_backend", "scaled_causal_softmax",
+           "triton_can_run", "triton_installed"]

@@ -1,0 +1,117 @@
+"""GPT-2 model configuration: one dataclass, named presets, validation at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from megatron_zh.errors import ConfigError
+
+ATTENTION_IMPLS = ("flash", "softmax", "torch")
+
+
+@dataclass
+class GPT2Config:
+    """Shape and regularisation of the GPT-2 model. Defaults are the "gpt2-distil" preset.
+
+    attention_impl: "flash" (fused causal flash-attention kernel), "softmax" (matmul, fused
+    scale+mask+softmax kernel, matmul: Megatron's classic path) or "torch"
+    (`F.scaled_dot_product_attention`). Without CUDA the Triton choices run PyTorch code.
+    """
+
+    vocab_size: int = 21128
+    max_position_embeddings: int = 1024
+    num_layers: int = 6
+    hidden_size: int = 768
+    num_attention_heads: int = 12
+    ffn_hidden_size: int = 3072
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layernorm_epsilon: float = 1e-5
+    init_std: float = 0.02
+    attention_impl: str = "flash"
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("vocab_size", "max_position_embeddings", "num_layers", "hidden_size", "num_attention_heads",
+                     "ffn_hidden_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                problems.append(f"{name} must be in [0, 1), got {value!r}")
+        for name in ("layernorm_epsilon", "init_std"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
+                problems.append(f"{name} must be a positive number, got {value!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            problems.append(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+        if not isinstance(self.activation_checkpointing, bool):
+            problems.append(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
+        if not problems and self.hidden_size % self.num_attention_heads:
+            problems.append(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                            f"({self.num_attention_heads})")
+        if problems:
+            raise ConfigError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> GPT2Config:
+        """A named preset (see `PRESETS`), with any fields overridden."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPT2Config:
+        """Build from a plain dict (e.g. a checkpoint's saved config); unknown keys are errors."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config key(s) {unknown}; valid keys are {sorted(known)}")
+        return cls(**d)
+
+
+# UER-py's published Chinese GPT-2 family (BERT-Chinese vocab, 1024 positions), plus a tiny model
+# that trains on two CPU ranks in about a minute.
+PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2-distil": {},
+    "gpt2-base": dict(num_layers=12),
+    "gpt2-medium": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, ffn_hidden_size=4096),
+    "gpt2-large": dict(num_layers=36, hidden_size=1280, num_attention_heads=20, ffn_hidden_size=5120),
+    "gpt2-xlarge": dict(num_layers=48, hidden_size=1600, num_attention_heads=25, ffn_hidden_size=6400),
+    "gpt2-tiny": dict(num_layers=2, hidden_size=128, num_attention_heads=4, ffn_hidden_size=512,
+                      max_position_embeddings=256),
+}
+
+
+def model_flops_per_token(config: GPT2Config, seq_length: int) -> float:
+    """Training FLOPs (forward + backward) per token, counting matrix multiplies only.
+
+    Per layer and token the forward pass does 2*h*3h (QKV) + 2*h*h (attention output)
+    + 2*2*h*f (MLP) multiply-adds times two, plus 2*s*h for q@k^T and 2*s*h for probs@v; the
+    tied LM head adds 2*h*V. Backward costs twice the forward, so
+
+        flops/token = 3 * (L * (8*h^2 + 4*h*f + 4*s*h) + 2*h*V)
+
+    which for f = 4h is Megatron-LM's 72*L*h^2 * (1 + s/(6h) + V/(12*h*L)) per token (Narayanan
+    et al., 2021). Conventions, as in Megatron and nanoGPT's MFU: attention counts the full
+    s x s scores although causal kernels skip half of them; activation-checkpointing recompute
+    is not counted (model FLOPs, not hardware FLOPs); embeddings, norms, softmax are ignored.
+    """
+    if seq_length < 1:
+        raise ConfigError(f"seq_length must be positive, got {seq_length}")
+    h, f, layers, vocab = config.hidden_size, config.ffn_hidden_size, config.num_layers, config.vocab_size
+    per_layer = 8 * h * h + 4 * h * f + 4 * seq_length * h
+    return 3.0 * (layers * per_layer + 2 * h * vocab)

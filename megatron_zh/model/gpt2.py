@@ -1,0 +1,194 @@
+"""GPT-2 language model: pre-LayerNorm blocks, a final LayerNorm, a tied LM head.
+
+Numerics follow Hugging Face `GPT2LMHeadModel` (activation "gelu_new" = GELU's tanh form) so
+weights move across unchanged through `megatron_zh.convert.hf_gpt2`. Parameter names follow
+Megatron-LM (`query_key_value`, `dense_h_to_4h`, ...); the fused QKV projection's output is
+[all query heads | all key heads | all value heads], as in GPT-2's `c_attn`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from megatron_zh import ops
+from megatron_zh.log import get_logger
+from megatron_zh.model.config import GPT2Config
+
+logger = get_logger(__name__)
+
+KernelBackend = Literal["auto", "triton", "torch"]
+
+
+class GPT2Output(NamedTuple):
+    logits: torch.Tensor          # [batch, seq, vocab], the model's dtype
+    loss: torch.Tensor | None     # float32 scalar when labels were given
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+
+    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        return ops.layer_norm(x, self.weight, self.bias, self.eps, backend=backend)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.impl = config.attention_impl
+        self.dropout_p = config.attention_dropout
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        batch, seq, hidden = x.shape
+        # [b, s, 3, heads, d] -> three strided [b, heads, s, d] views: no copies on the way in.
+        qkv = self.query_key_value(x).view(batch, seq, 3, self.num_heads, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))
+        dropout_p = self.dropout_p if self.training else 0.0
+        if self.impl == "flash":
+            context = ops.causal_attention(q, k, v, dropout_p=dropout_p, backend=backend)
+        elif self.impl == "softmax":
+            scores = torch.matmul(q, k.transpose(-1, -2))
+            probs = ops.scaled_causal_softmax(scores, 1.0 / math.sqrt(self.head_dim), backend=backend)
+            context = torch.matmul(F.dropout(probs, dropout_p, self.training), v)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        return self.dense(context.transpose(1, 2).reshape(batch, seq, hidden))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.ffn_hidden_size)
+        self.dense_4h_to_h = nn.Linear(config.ffn_hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))
+
+
+class TransformerBlock(nn.Module):
+    """x + Attn(LN(x)), then x + MLP(LN(x)): GPT-2's pre-LayerNorm block."""
+
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.input_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon)
+        self.self_attention = SelfAttention(config)
+        self.post_attention_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon)
+        self.mlp = MLP(config)
+        self.hidden_dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x, backend), backend))
+        return x + self.hidden_dropout(self.mlp(self.post_attention_layernorm(x, backend)))
+
+
+class Embedding(nn.Module):
+    """Word + learned position embeddings, then dropout (no embedding LayerNorm in GPT-2)."""
+
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.dropout(self.word_embeddings(input_ids) + self.position_embeddings(positions))
+
+
+class GPT2Model(nn.Module):
+    """GPT-2 with its LM head tied to the word embedding.
+
+    kernel_backend: "auto" runs the Triton kernels on CUDA tensors and PyTorch code elsewhere
+    (logging that once); "triton" forces the kernels (on CPU only under TRITON_INTERPRET=1);
+    "torch" forces PyTorch code.
+    """
+
+    def __init__(self, config: GPT2Config, *, kernel_backend: KernelBackend = "auto"):
+        super().__init__()
+        if kernel_backend not in ops.dispatch.BACKENDS:
+            raise ValueError(f"kernel_backend must be one of {ops.dispatch.BACKENDS}, got {kernel_backend!r}")
+        self.config = config
+        self.kernel_backend = kernel_backend
+        self.embedding = Embedding(config)
+        self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
+        self.final_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon)
+        self._fallback_logged = False
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, init_std) weights, zero biases, and the two residual output
+        projections of every block at init_std / sqrt(2 * num_layers)."""
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        residual_std = std / math.sqrt(2 * self.config.num_layers)
+        for layer in self.layers:
+            nn.init.normal_(layer.self_attention.dense.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(layer.mlp.dense_4h_to_h.weight, mean=0.0, std=residual_std)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # the tied LM head is counted once
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None) -> GPT2Output:
+        """input_ids [batch, seq] -> logits [batch, seq, vocab]; with labels (already shifted:
+        labels[:, i] is the token after input_ids[:, i]) also the loss
+        sum(ce * loss_mask) / sum(loss_mask), or the plain mean without a mask."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                             f"{self.config.max_position_embeddings}")
+        backend = self._resolve_kernel_backend(input_ids)
+        hidden = self.embedding(input_ids)
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
+        for layer in self.layers:
+            if recompute:
+                hidden = checkpoint(layer, hidden, backend, use_reentrant=False)
+            else:
+                hidden = layer(hidden, backend)
+        hidden = self.final_layernorm(hidden, backend)
+        logits = F.linear(hidden, self.embedding.word_embeddings.weight)
+        loss = None if labels is None else masked_lm_loss(logits, labels, loss_mask)
+        return GPT2Output(logits, loss)
+
+    def _resolve_kernel_backend(self, input_ids: torch.Tensor) -> str:
+        if self.kernel_backend != "auto":
+            return self.kernel_backend
+        if input_ids.is_cuda and ops.triton_installed():
+            return "triton"
+        if not self._fallback_logged:
+            self._fallback_logged = True
+            logger.info("no CUDA tensors (device %s): the fused Triton kernels fall back to PyTorch "
+                        "(F.layer_norm; attention_impl=%r runs %s)", input_ids.device, self.config.attention_impl,
+                        "masked softmax" if self.config.attention_impl == "softmax" else "scaled_dot_product_attention")
+        return "torch"
+
+
+def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean token cross-entropy in float32, weighted by loss_mask when given (0 if it is all 0)."""
+    losses = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
+    if loss_mask is None:
+        return losses.mean()
+    mask = loss_mask.reshape(-1).to(losses.dtype)
+    return (losses * mask).sum() / mask.sum().clamp_min(torch.finfo(losses.dtype).tiny)

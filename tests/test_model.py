@@ -1,0 +1,266 @@
+"""GPT2Config and GPT2Model: validation, shapes, loss masking, init, tied head, checkpointing,
+attention implementations and kernel backends."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatron_zh.errors import ConfigError
+from megatron_zh.model import PRESETS, GPT2Config, GPT2Model, model_flops_per_token
+
+
+def small_config(**overrides) -> GPT2Config:
+    fields = dict(vocab_size=500, max_position_embeddings=64, num_layers=2, hidden_size=64, num_attention_heads=4,
+                  ffn_hidden_size=256)
+    return GPT2Config(**{**fields, **overrides})
+
+
+def random_batch(config: GPT2Config, batch: int = 2, seq: int = 24, seed: int = 0):
+    tokens = torch.randint(0, config.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(seed))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+# --- config -------------------------------------------------------------------------------------
+
+def test_defaults_are_the_published_distil_model():
+    config = GPT2Config()
+    assert config == GPT2Config.from_preset("gpt2-distil")
+    assert (config.vocab_size, config.max_position_embeddings, config.num_layers, config.hidden_size,
+            config.num_attention_heads, config.ffn_hidden_size) == (21128, 1024, 6, 768, 12, 3072)
+    assert config.hidden_dropout == config.attention_dropout == 0.1
+    assert config.head_dim == 64
+
+
+def test_presets_build_and_round_trip_through_dicts():
+    for name in PRESETS:
+        config = GPT2Config.from_preset(name)
+        assert GPT2Config.from_dict(config.to_dict()) == config
+    tiny = GPT2Config.from_preset("gpt2-tiny", attention_impl="torch")
+    assert (tiny.num_layers, tiny.hidden_size, tiny.attention_impl) == (2, 128, "torch")
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(hidden_size=100, num_attention_heads=12), "divisible by num_attention_heads"),
+    (dict(num_layers=0), "num_layers must be a positive integer"),
+    (dict(vocab_size=True), "vocab_size must be a positive integer"),
+    (dict(hidden_dropout=1.0), r"hidden_dropout must be in \[0, 1\)"),
+    (dict(attention_dropout=-0.1), "attention_dropout"),
+    (dict(layernorm_epsilon=0.0), "layernorm_epsilon must be a positive number"),
+    (dict(init_std=float("nan")), "init_std"),
+    (dict(attention_impl="xformers"), "attention_impl must be one of"),
+    (dict(activation_checkpointing="yes"), "activation_checkpointing"),
+])
+def test_invalid_configs_are_rejected(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        GPT2Config(**fields)
+
+
+def test_unknown_preset_and_keys_are_rejected():
+    with pytest.raises(ConfigError, match="unknown model preset 'gpt3'.*gpt2-distil"):
+        GPT2Config.from_preset("gpt3")
+    with pytest.raises(ConfigError, match=r"unknown model config key\(s\) \['n_embd'\]"):
+        GPT2Config.from_dict({"n_embd": 768})
+
+
+def test_model_flops_per_token():
+    config = GPT2Config()
+    h, layers, vocab, seq = 768, 6, 21128, 1024
+    # Megatron-LM's formula (f = 4h): 72 * L * h^2 * (1 + s / 6h + V / 12hL) per token.
+    megatron = 72 * layers * h**2 * (1 + seq / (6 * h) + vocab / (12 * h * layers))
+    assert model_flops_per_token(config, seq) == pytest.approx(megatron, rel=1e-12)
+    # Independent count: 6 FLOPs per matmul weight per token, plus attention's 2 * 2 * s * h
+    # per layer in the forward (tripled for training).
+    model = GPT2Model(small_config())
+    matmul_weights = sum(p.numel() for name, p in model.named_parameters()
+                         if p.dim() == 2 and "position" not in name)
+    expected = 6 * matmul_weights + 3 * 4 * 32 * 64 * 2
+    assert model_flops_per_token(small_config(), 32) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ConfigError):
+        model_flops_per_token(config, 0)
+
+
+# --- model --------------------------------------------------------------------------------------
+
+def test_logits_shape_and_unmasked_loss():
+    config = small_config()
+    model = GPT2Model(config).eval()
+    input_ids, labels = random_batch(config)
+    out = model(input_ids, labels=labels)
+    assert out.logits.shape == (2, 24, config.vocab_size)
+    expected = F.cross_entropy(out.logits.reshape(-1, config.vocab_size), labels.reshape(-1))
+    torch.testing.assert_close(out.loss, expected)
+    assert model(input_ids).loss is None
+
+
+def test_loss_mask_excludes_positions():
+    config = small_config()
+    model = GPT2Model(config).eval()
+    input_ids, labels = random_batch(config)
+    mask = torch.ones(labels.shape)
+    mask[0, 5:] = 0
+    mask[1, :3] = 0
+    loss = model(input_ids, labels=labels, loss_mask=mask).loss
+    logits = model(input_ids).logits
+    per_token = F.cross_entropy(logits.reshape(-1, config.vocab_size), labels.reshape(-1), reduction="none")
+    torch.testing.assert_close(loss, per_token[mask.reshape(-1) > 0].mean())
+    # Labels under the mask do not matter.
+    other = labels.clone()
+    other[mask == 0] = (other[mask == 0] + 1) % config.vocab_size
+    torch.testing.assert_close(model(input_ids, labels=other, loss_mask=mask).loss, loss)
+    # An all-zero mask gives a zero loss and zero (not NaN) gradients.
+    empty = GPT2Model(config).train()
+    loss = empty(input_ids, labels=labels, loss_mask=torch.zeros(labels.shape)).loss
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in empty.parameters())
+
+
+def test_initialisation_statistics():
+    config = GPT2Config()  # full size: statistics over millions of weights
+    torch.manual_seed(0)
+    model = GPT2Model(config)
+    residual_std = 0.02 / math.sqrt(2 * config.num_layers)
+    for name, p in model.named_parameters():
+        if name.endswith("layernorm.weight"):
+            assert torch.equal(p, torch.ones_like(p)), name
+        elif name.endswith("bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        else:
+            expected = residual_std if name.endswith(("self_attention.dense.weight", "dense_4h_to_h.weight")) else 0.02
+            assert abs(p.mean().item()) < 3 * expected / math.sqrt(p.numel()) + 1e-7, name
+            assert p.std().item() == pytest.approx(expected, rel=0.02), name
+
+
+def test_lm_head_is_tied_to_the_word_embedding():
+    config = small_config()
+    model = GPT2Model(config).train()
+    assert not any("lm_head" in name for name in model.state_dict())
+    input_ids, labels = random_batch(config)
+    out = model(input_ids, labels=labels)
+    out.loss.backward()
+    word = model.embedding.word_embeddings.weight
+    # Rows of tokens never fed in still get gradient: it can only come through the LM head.
+    unused = torch.ones(config.vocab_size, dtype=torch.bool)
+    unused[input_ids.unique()] = False
+    assert word.grad[unused].abs().sum() > 0
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters())
+
+
+def test_activation_checkpointing_gives_identical_gradients():
+    config = small_config(hidden_dropout=0.1, attention_dropout=0.1)
+    input_ids, labels = random_batch(config)
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = GPT2Model(small_config(hidden_dropout=0.1, attention_dropout=0.1,
+                                       activation_checkpointing=checkpointing)).train()
+        calls = []
+        model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+        torch.manual_seed(1)  # the same dropout masks in both runs (and in the recompute)
+        loss = model(input_ids, labels=labels).loss
+        loss.backward()
+        assert len(calls) == (2 if checkpointing else 1)  # recomputed in the backward
+        results.append((loss.detach(), grads_of(model)))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], atol=0, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("impl", ["flash", "softmax"])
+def test_attention_impls_agree(impl):
+    input_ids, labels = random_batch(small_config())
+    results = {}
+    for name in ("torch", impl):
+        torch.manual_seed(0)
+        model = GPT2Model(small_config(attention_impl=name, hidden_dropout=0.0, attention_dropout=0.0))
+        loss = model(input_ids, labels=labels).loss
+        loss.backward()
+        results[name] = (loss.detach(), grads_of(model))
+    torch.testing.assert_close(results[impl][0], results["torch"][0], atol=1e-6, rtol=1e-6)
+    for name, grad in results["torch"][1].items():
+        torch.testing.assert_close(results[impl][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("impl", ["flash", "softmax"])
+def test_triton_kernels_in_the_model_match_pytorch(impl):
+    # kernel_backend="triton" runs the fused layer norm and attention kernels (here under
+    # Triton's interpreter); they must reproduce the PyTorch path.
+    config = small_config(attention_impl=impl, hidden_dropout=0.0, attention_dropout=0.0, num_layers=1)
+    input_ids, labels = random_batch(config, batch=2, seq=20)
+    results = {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(0)
+        model = GPT2Model(config, kernel_backend=backend)
+        loss = model(input_ids, labels=labels).loss
+        loss.backward()
+        results[backend] = (loss.detach(), grads_of(model))
+    torch.testing.assert_close(results["triton"][0], results["torch"][0], atol=1e-6, rtol=1e-6)
+    for name, grad in results["torch"][1].items():
+        torch.testing.assert_close(results["triton"][1][name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_dropout_only_in_training():
+    config = small_config(hidden_dropout=0.2, attention_dropout=0.2)
+    model = GPT2Model(config)
+    input_ids, _ = random_batch(config)
+    model.eval()
+    assert torch.equal(model(input_ids).logits, model(input_ids).logits)
+    model.train()
+    assert not torch.equal(model(input_ids).logits, model(input_ids).logits)
+
+
+def test_cpu_fallback_is_logged_once(caplog):
+    config = small_config()
+    model = GPT2Model(config)
+    input_ids, _ = random_batch(config)
+    with caplog.at_level(logging.INFO, logger="megatron_zh"):
+        model(input_ids)
+        model(input_ids)
+    lines = [r.getMessage() for r in caplog.records if "fall back to PyTorch" in r.getMessage()]
+    assert len(lines) == 1 and "attention_impl='flash'" in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="megatron_zh"):
+        GPT2Model(config, kernel_backend="torch")(input_ids)
+    assert not caplog.records
+
+
+def test_bad_inputs_are_rejected():
+    config = small_config()
+    model = GPT2Model(config)
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings 64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[batch, seq\]"):
+        model(torch.zeros(65, dtype=torch.long))
+    with pytest.raises(ValueError, match="kernel_backend"):
+        GPT2Model(config, kernel_backend="cuda")
+
+
+def test_cpu_only_machine_never_launches_triton(repo_root):
+    # Without TRITON_INTERPRET, CPU tensors take the PyTorch path, asking for Triton is a clear
+    # error, and importing the kernels touches no GPU driver.
+    code = (
+        "import torch, megatron_zh.ops as ops, megatron_zh.ops.kernels as k\n"
+        "x = torch.randn(2, 4, 8, 8)\n"
+        "assert not k.INTERPRETED and not ops.triton_can_run(x)\n"
+        "assert ops.resolve_backend('auto', 'op', x) == 'torch'\n"
+        "ops.causal_attention(x, x, x)\n"
+        "try:\n    ops.causal_attention(x, x, x, backend='triton')\nexcept RuntimeError as e:\n    print(e)\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "backend='triton' needs CUDA tensors" in result.stdout
