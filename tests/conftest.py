@@ -40,3 +40,20 @@ def zh_corpus_file() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def zh_text_document(tmp_path_factory, zh_corpus_file, zh_vocab_file) -> dict[str, str]:
+    """The real sampled corpus tokenized once by tools/preprocess_data.py with the real vocab:
+    {"prefix": .../clue_text_document (the .bin/.idx prefix), "vocab": the vocab file}."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("zh_text_document")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "preprocess_data.py"), "--input", str(zh_corpus_file),
+         "--output-prefix", str(out / "clue"), "--vocab-file", str(zh_vocab_file), "--workers", "2"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, f"preprocessing failed:\n{result.stdout}\n{result.stderr}"
+    return {"prefix": str(out / "clue_text_document"), "vocab": str(zh_vocab_file)}

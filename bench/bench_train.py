@@ -1,0 +1,346 @@
+"""Training throughput: the full DeepSpeed path of pretrain_gpt.py against a plain PyTorch loop.
+
+    python bench/bench_train.py                  # CPU: 2 ranks over gloo, tiny model (a few minutes)
+    python bench/bench_train.py --gpu            # GPU: the stage-2 shape, MFU (about a minute on an H100)
+
+Both paths train the same model (same init), on the same data, batch and number of steps, in the
+same processes, measured in alternating chunks so that a busy machine slows both alike:
+  deepspeed  megatron_zh.training: deepspeed.initialize (ZeRO-1, torch AdamW, WarmupDecayLR,
+             clipping, bf16 on GPU), one iteration = `run_iteration` of the train loop (micro-batches,
+             engine.backward/step, the per-step loss all-reduce)
+  plain      the loop a PyTorch user writes: DistributedDataParallel (no_sync while accumulating),
+             torch.optim.AdamW, clip_grad_norm_, LambdaLR with the same schedule, torch.autocast
+             for bf16 on GPU, and the same per-step loss all-reduce
+Printed: tokens/s of each (median over --repeats chunks), the overhead ratio plain/deepspeed
+(median over repeats of the ratio of back-to-back chunks; target <= 1.15 on CPU), TFLOP/s per device and MFU (model FLOPs: megatron_zh.model.
+model_flops_per_token; peak: the device table in megatron_zh.training.metrics, or --peak-tflops).
+
+GPU shape (--gpu): gpt2-distil, seq 1024, micro-batch 16 per GPU, bf16, Triton kernels, ZeRO-1
+from ds_configs/stage2.json; target >= 45% MFU on an H100. Data: the CLUECorpusSmall sample under
+MEGATRON_ZH_DATA_DIR (tokenized into runs/bench/ on first use), or --data-path/--vocab-file, or
+random tokens (--synthetic, automatic when no data is found: throughput does not depend on content).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DATA_DIR = Path(os.environ.get("MEGATRON_ZH_DATA_DIR", REPO.parent / "shared" / "data"))
+BENCH_DATA = REPO / "runs" / "bench" / "data"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gpu", action="store_true", help="the stage-2 GPU shape (bf16, gpt2-distil, seq 1024, mb 16)")
+    p.add_argument("--ranks", type=int, default=None, help="data-parallel ranks (default: 2 on CPU, 1 with --gpu)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per chunk (default 10 CPU, 30 GPU)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 CPU, 10 GPU)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating chunks per path")
+    p.add_argument("--ds_config", default=None, help="default: ds_configs/cpu_tiny.json, or stage2.json with --gpu")
+    p.add_argument("--model", default=None)
+    p.add_argument("--seq-length", type=int, default=None)
+    p.add_argument("--micro-batch-size", type=int, default=None)
+    p.add_argument("--accumulation", type=int, default=None, help="gradient accumulation steps (default: the config's)")
+    p.add_argument("--data-path", default=None)
+    p.add_argument("--vocab-file", default=None)
+    p.add_argument("--synthetic", action="store_true", help="random tokens instead of the corpus")
+    p.add_argument("--no-baseline", action="store_true", help="measure the DeepSpeed path only")
+    p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--json", default=None, help="also write the summary to this file")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.ranks = args.ranks or (1 if args.gpu else 2)
+    args.steps = args.steps or (30 if args.gpu else 10)
+    args.warmup = args.warmup if args.warmup is not None else (10 if args.gpu else 3)
+    args.ds_config = args.ds_config or str(REPO / "ds_configs" / ("stage2.json" if args.gpu else "cpu_tiny.json"))
+    if args.gpu:
+        args.model = args.model or "gpt2-distil"
+        args.seq_length = args.seq_length or 1024
+        args.micro_batch_size = args.micro_batch_size or 16
+    return args
+
+
+# ----------------------------------------------------------------------------------------- parent side
+
+
+def prepare_data(args) -> None:
+    """Resolve --data-path/--vocab-file (tokenizing the sample corpus once), or fall back to --synthetic."""
+    if args.synthetic or args.data_path:
+        return
+    prefix = BENCH_DATA / "clue_sampled_text_document"
+    vocab = BENCH_DATA / "google_zh_vocab.txt"
+    if not Path(str(prefix) + ".idx").is_file():
+        corpus, source_vocab = DATA_DIR / "CLUECorpusSmall_sampled.txt", DATA_DIR / "google_zh_vocab.txt"
+        if not (corpus.is_file() and source_vocab.is_file()):
+            print(f"no corpus under {DATA_DIR} (MEGATRON_ZH_DATA_DIR): using random tokens", flush=True)
+            args.synthetic = True
+            return
+        BENCH_DATA.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source_vocab, vocab)
+        print(f"tokenizing {corpus} -> {prefix} ...", flush=True)
+        subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(corpus),
+                        "--output-prefix", str(BENCH_DATA / "clue_sampled"), "--vocab-file", str(vocab)],
+                       check=True, cwd=REPO)
+    args.data_path, args.vocab_file = str(prefix), str(vocab)
+
+
+def forward_argv(args) -> list[str]:
+    argv = [f"--ranks={args.ranks}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+            f"--repeats={args.repeats}", f"--ds_config={args.ds_config}"]
+    for name in ("model", "seq_length", "micro_batch_size", "accumulation", "data_path", "vocab_file",
+                 "peak_tflops", "json"):
+        value = getattr(args, name)
+        if value is not None:
+            argv.append(f"--{name.replace('_', '-')}={value}")
+    argv += ["--gpu"] * args.gpu + ["--synthetic"] * args.synthetic + ["--no-baseline"] * args.no_baseline
+    return argv
+
+
+def launch(args) -> int:
+    from megatron_zh.training.distributed import free_port
+
+    deepspeed = Path(sys.executable).parent / "deepspeed"
+    cmd = [str(deepspeed) if deepspeed.exists() else "deepspeed", "--num_gpus", str(args.ranks),
+           "--master_port", str(free_port()), str(Path(__file__).resolve()), *forward_argv(args)]
+    return subprocess.run(cmd, cwd=REPO).returncode
+
+
+# ------------------------------------------------------------------------------------------- rank side
+
+
+class RandomTokens:
+    """Uniform random token windows shaped like GPTDataset's samples (seeded by index: reproducible)."""
+
+    def __init__(self, num_samples: int, seq_length: int, vocab_size: int):
+        self.num_samples, self.seq_length, self.vocab_size = num_samples, seq_length, vocab_size
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, idx: int) -> dict:
+        import numpy as np
+
+        tokens = np.random.default_rng(idx).integers(0, self.vocab_size, self.seq_length + 1, dtype=np.int64)
+        return {"tokens": tokens, "input_ids": tokens[:-1], "labels": tokens[1:],
+                "loss_mask": np.ones(self.seq_length, dtype=np.float32)}
+
+
+def build_run(args, world_size: int):
+    from megatron_zh.training.arguments import build_parser, build_run_config
+
+    total_steps = args.warmup + args.steps * args.repeats + 1
+    argv = ["--ds_config", args.ds_config, "--train-iters", str(total_steps), "--eval-interval", "0",
+            "--save-interval", "0", "--num-workers", "0", "--lr-warmup-iters", "2"]
+    for flag, value in (("--model", args.model), ("--seq-length", args.seq_length),
+                        ("--micro-batch-size", args.micro_batch_size), ("--data-path", args.data_path),
+                        ("--vocab-file", args.vocab_file)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.accumulation is not None:
+        micro = args.micro_batch_size or build_run_config(build_parser().parse_args(argv), world_size).micro_batch_size
+        argv += ["--global-batch-size", str(micro * args.accumulation * world_size)]
+    elif args.gpu:
+        argv += ["--global-batch-size", str(args.micro_batch_size * world_size)]
+    return build_run_config(build_parser().parse_args(argv), world_size)
+
+
+class PlainLoop:
+    """The baseline: what a PyTorch user writes for data-parallel AdamW training."""
+
+    def __init__(self, run, env, device, loader):
+        import torch
+
+        from megatron_zh.training.engine import build_model, optimizer_param_groups
+
+        self.run, self.env, self.device = run, env, device
+        self.batches = iter(loader)
+        model = build_model(run.model, run.train.seed).to(device)
+        params = run.deepspeed["optimizer"]["params"]
+        self.optimizer = torch.optim.AdamW(
+            optimizer_param_groups(model, float(params.get("weight_decay", 0.0))), lr=params["lr"],
+            betas=tuple(params.get("betas", (0.9, 0.999))), eps=params.get("eps", 1e-8))
+        sched = run.deepspeed["scheduler"]["params"]
+        warmup, total = sched["warmup_num_steps"], sched["total_num_steps"]
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: i / warmup if i < warmup else max(0.0, (total - i) / (total - warmup)))
+        if env.world_size > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank]
+                                                              if device.type == "cuda" else None)
+        self.model = model
+        self.clip = float(run.deepspeed.get("gradient_clipping", 0.0))
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.precision == "bf16")
+
+    def step(self) -> float:
+        import contextlib
+
+        import torch
+
+        from megatron_zh.training.data import to_device
+        from megatron_zh.training.distributed import all_reduce_sum
+
+        accumulation = self.run.gradient_accumulation_steps
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(accumulation):
+            batch = to_device(next(self.batches), self.device)
+            last = micro == accumulation - 1
+            sync = contextlib.nullcontext() if last or self.env.world_size == 1 else self.model.no_sync()
+            with sync:
+                with self.autocast:
+                    loss = self.model(batch["input_ids"], labels=batch["labels"], loss_mask=batch["loss_mask"]).loss
+                (loss / accumulation).backward()
+            loss_sum += loss.detach().float()
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return all_reduce_sum([loss_sum], self.device)[0] / (accumulation * self.env.world_size)
+
+
+def rank_main(args) -> None:
+    import torch
+
+    from megatron_zh.model import model_flops_per_token
+    from megatron_zh.training.checkpointing import TrainState
+    from megatron_zh.training.data import build_datasets, build_loaders
+    from megatron_zh.training.distributed import init_process_group, set_cpu_threads, setup_rendezvous_env
+    from megatron_zh.training.engine import build_model, initialize_engine, start_lr_schedule
+    from megatron_zh.training.loop import TrainContext, run_iteration
+    from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
+    from megatron_zh.training.signals import StopRequest
+    from megatron_zh.training.validation import check_data, check_device, check_vocab
+
+    env = setup_rendezvous_env(args.local_rank)
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    threads = torch.get_num_threads() if torch.cuda.is_available() else set_cpu_threads(env)
+    run = build_run(args, env.world_size)
+    check_device(run)
+    if args.synthetic:
+        fingerprint = None
+        samples = run.train.train_iters * run.global_batch_size
+        train_dataset = RandomTokens(samples, run.train.seq_length, run.model.vocab_size)
+    else:
+        fingerprint, _ = check_vocab(run)
+        check_data(run, fingerprint)
+    init_process_group(env)
+    if not args.synthetic:
+        train_dataset, _ = build_datasets(run, fingerprint)
+
+    # Two loaders over the same samples, one per path.
+    plain_loader, _ = build_loaders(run, env, train_dataset, None, 0)
+    ds_loader, _ = build_loaders(run, env, train_dataset, None, 0)
+    engine = initialize_engine(run, build_model(run.model, run.train.seed))
+    start_lr_schedule(engine)
+    peak, peak_source = device_peak_tflops(run.precision, threads, args.peak_tflops)
+    flops = FlopsCounter(model_flops_per_token(run.model, run.train.seq_length), env.world_size, peak)
+    ctx = TrainContext(run=run, env=env, engine=engine, train_batches=iter(ds_loader), valid_loader=None,
+                       metrics=MetricsLogger(False, None, None, 0), flops=flops, device=engine.device,
+                       vocab_fingerprint=fingerprint or "", vocab_size=run.model.vocab_size)
+    state, stop = TrainState(), StopRequest()
+
+    def sync() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    paths = {"deepspeed": lambda: run_iteration(ctx, state, stop).loss}
+    for _ in range(args.warmup):  # allocator, Triton autotuning, DeepSpeed's first-step set-up
+        paths["deepspeed"]()
+    if not args.no_baseline:
+        try:
+            plain = PlainLoop(run, env, engine.device, plain_loader)
+            for _ in range(args.warmup):
+                plain.step()
+            paths = {"plain": plain.step, **paths}
+        except Exception as exc:  # one rank only: the DeepSpeed figure is still worth reporting
+            if env.world_size > 1:
+                raise
+            print(f"plain PyTorch baseline failed, reporting DeepSpeed only: {type(exc).__name__}: {exc}", flush=True)
+    tokens_per_s: dict[str, list[float]] = {name: [] for name in paths}
+    losses: dict[str, float] = {}
+    for repeat in range(args.repeats):
+        order = list(paths) if repeat % 2 == 0 else list(reversed(paths))  # neither path always goes first
+        for name in order:
+            sync()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                losses[name] = paths[name]()
+            sync()
+            tokens_per_s[name].append(args.steps * run.tokens_per_step / (time.perf_counter() - start))
+    # Each repeat's two chunks ran back to back, so their ratio cancels slow drifts in machine load.
+    ratios = [p / d for p, d in zip(tokens_per_s.get("plain", []), tokens_per_s["deepspeed"])]
+
+    median = {name: statistics.median(v) for name, v in tokens_per_s.items()}
+    summary = {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x {env.world_size} ranks "
+                                                                                  f"({threads} thread(s) each)",
+        "model": run.train.model, "precision": run.precision, "seq_length": run.train.seq_length,
+        "micro_batch_size": run.micro_batch_size, "gradient_accumulation_steps": run.gradient_accumulation_steps,
+        "world_size": env.world_size, "global_batch_size": run.global_batch_size,
+        "data": "random tokens" if args.synthetic else args.data_path,
+        "steps_per_chunk": args.steps, "repeats": args.repeats,
+        "tokens_per_s": {name: [round(x, 1) for x in v] for name, v in tokens_per_s.items()},
+        "tokens_per_s_median": {name: round(v, 1) for name, v in median.items()},
+        "overhead_ratio_per_repeat": [round(r, 4) for r in ratios],
+        "overhead_ratio_plain_over_deepspeed": round(statistics.median(ratios), 4) if ratios else None,
+        "tflops_per_device": {name: round(flops.tflops_per_device(v), 3) for name, v in median.items()},
+        "mfu": {name: (None if flops.mfu(v) is None else round(flops.mfu(v), 4)) for name, v in median.items()},
+        "peak_tflops_per_device": peak, "peak_source": peak_source,
+        "last_loss": {name: round(v, 4) for name, v in losses.items()},
+        "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if torch.cuda.is_available() else None,
+    }
+    if env.is_main:
+        for name in paths:
+            mfu = summary["mfu"][name]
+            print(f"{name:>10}: {median[name]:12.1f} tokens/s  (chunks: "
+                  f"{', '.join(f'{x:.0f}' for x in tokens_per_s[name])})  "
+                  f"{summary['tflops_per_device'][name]:.3f} TFLOP/s/device  "
+                  f"MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", flush=True)
+        ratio = summary["overhead_ratio_plain_over_deepspeed"]
+        if ratio is not None:
+            print(f"overhead ratio plain/deepspeed: {ratio:.3f} (target <= 1.15 on CPU)", flush=True)
+        if args.gpu:
+            mfu = summary["mfu"]["deepspeed"]
+            print(f"MFU of the DeepSpeed path at the stage-2 shape: {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} "
+                  "(target >= 45% on an H100)", flush=True)
+        print(f"peak: {peak_source}", flush=True)
+        print("summary: " + json.dumps(summary), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if "RANK" in os.environ:  # a rank started by launch()
+        rank_main(args)
+        return 0
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--gpu needs a CUDA GPU; nothing measured", file=sys.stderr)
+            return 2
+    prepare_data(args)
+    if args.ranks == 1:
+        rank_main(args)
+        return 0
+    return launch(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The run's datasets and loaders, built from the pretrain block through the data layer."""
+
+from __future__ import annotations
+
+import torch
+
+from megatron_zh.data import GPTDatasetConfig, build_pretraining_data_loader, build_train_valid_test_datasets
+from megatron_zh.errors import MegatronZhError
+from megatron_zh.training.config import RunConfig
+from megatron_zh.training.distributed import DistEnv
+
+
+def build_datasets(run: RunConfig, vocab_fingerprint: str):
+    """(train, valid) datasets holding enough samples for train_iters steps and one evaluation."""
+    t = run.train
+    config = GPTDatasetConfig(
+        data_path=list(t.data_path),
+        seq_length=t.seq_length,
+        split=t.split,
+        seed=t.seed,
+        cache_dir=t.data_cache_path,
+        eod_mask_loss=t.eod_mask_loss,
+        vocab_fingerprint=vocab_fingerprint,
+    )
+    # Every evaluation reads the same first eval_iters global batches of the validation split, so the
+    # validation curve compares like with like.
+    num_samples = (t.train_iters * run.global_batch_size, t.eval_iters * run.global_batch_size, 0)
+    train, valid, _ = build_train_valid_test_datasets(config, num_samples)
+    if train is None:
+        raise MegatronZhError(f"split {t.split!r} leaves no training documents; give the first split a weight")
+    return train, valid
+
+
+def build_loaders(run: RunConfig, env: DistEnv, train_dataset, valid_dataset, consumed_samples: int):
+    """This rank's training loader (resuming after consumed_samples) and validation loader."""
+    train = build_pretraining_data_loader(train_dataset, consumed_samples, run.micro_batch_size, env.rank,
+                                          env.world_size, num_workers=run.train.num_workers)
+    valid = build_pretraining_data_loader(valid_dataset, 0, run.micro_batch_size, env.rank, env.world_size)
+    return train, valid
+
+
+def to_device(batch: dict, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.as_tensor(v).to(device, non_blocking=True) for k, v in batch.items()}

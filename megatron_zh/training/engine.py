@@ -1,0 +1,72 @@
+"""The model wrapped in a DeepSpeed engine: ZeRO-partitioned AdamW, the lr schedule, mixed precision.
+
+The optimizer and scheduler come from the DeepSpeed config (torch's AdamW under ZeRO's
+partitioned optimizer, WarmupDecayLR). One adjustment to DeepSpeed's scheduler: it leaves the lr
+at its warm-up start for the first *two* steps (the first `scheduler.step()` moves it from
+iteration -1 to 0, which is still the start). We take that first step before training, so
+iteration i (1-based) runs at the schedule's value for i - 1, as Megatron-LM and UER-py do:
+lr 0 for step 1, peak * k / warmup for step k + 1, then linear decay to the floor at the end.
+The scheduler's step count then always equals the iteration, which is what a checkpoint saves.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from megatron_zh.log import get_logger
+from megatron_zh.model import GPT2Config, GPT2Model
+from megatron_zh.training.config import RunConfig
+
+logger = get_logger(__name__)
+
+
+def build_model(config: GPT2Config, seed: int) -> GPT2Model:
+    """The model, initialised from `seed` so every rank starts from the same weights."""
+    torch.manual_seed(seed)
+    return GPT2Model(config)
+
+
+def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases, LayerNorm parameters (all 1-D) are not decayed (Megatron's rule)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def initialize_engine(run: RunConfig, model: nn.Module):
+    """deepspeed.initialize with the run's resolved config. Returns the engine."""
+    import deepspeed
+
+    weight_decay = float(run.deepspeed["optimizer"].get("params", {}).get("weight_decay", 0.0))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=optimizer_param_groups(model, weight_decay),
+        config=run.deepspeed,
+        dist_init_required=False,
+    )
+    return engine
+
+
+def start_lr_schedule(engine) -> None:
+    """Advance a fresh DeepSpeed warm-up scheduler to iteration 0 (see the module docstring)."""
+    scheduler = engine.lr_scheduler
+    if scheduler is not None and getattr(scheduler, "last_batch_iteration", None) == -1:
+        scheduler.step()
+
+
+def current_lr(engine) -> float:
+    return float(engine.get_lr()[0])
+
+
+def grad_norm(engine) -> float | None:
+    norm = engine.get_global_grad_norm()
+    return None if norm is None else float(norm)
+
+
+def loss_scale(engine) -> float:
+    """fp16's dynamic loss scale; 1.0 for fp32 and bf16."""
+    scale = getattr(engine.optimizer, "cur_scale", None)
+    return 1.0 if scale is None else float(scale)

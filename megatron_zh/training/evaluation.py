@@ -1,0 +1,40 @@
+"""Validation loss and perplexity: token-weighted over a fixed set of validation batches, all ranks."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from megatron_zh.training.data import to_device
+from megatron_zh.training.distributed import all_reduce_sum
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    ppl: float
+    tokens: int
+
+
+def evaluate(engine, loader, micro_batches: int, device: torch.device) -> EvalResult:
+    """Mean loss over the first `micro_batches` micro-batches of `loader` on every rank, weighted by
+    each micro-batch's loss-mask tokens. Dropout is off; the model returns to training mode after."""
+    engine.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = torch.zeros((), dtype=torch.float64, device=device)
+    try:
+        with torch.no_grad():
+            batches = iter(loader)
+            for _ in range(micro_batches):
+                batch = to_device(next(batches), device)
+                loss = engine(batch["input_ids"], labels=batch["labels"], loss_mask=batch["loss_mask"]).loss
+                count = batch["loss_mask"].sum().double()
+                loss_sum += loss.double() * count
+                tokens += count
+    finally:
+        engine.train()
+    total_loss, total_tokens = all_reduce_sum([loss_sum, tokens], device)
+    mean = total_loss / max(total_tokens, 1.0)
+    return EvalResult(loss=mean, ppl=math.exp(min(mean, 700.0)), tokens=int(total_tokens))

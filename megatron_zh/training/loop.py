@@ -1,0 +1,214 @@
+"""The training loop: micro-batches through the DeepSpeed engine, then logging, evaluation, checkpoints.
+
+One iteration = one optimizer step = gradient_accumulation_steps micro-batches per rank. After
+each step the ranks exchange, in one small all-reduce, their summed loss and whether they were
+asked to stop (SIGTERM/SIGINT), so all of them agree on the logged loss, on non-finite losses and
+on when to save and leave.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from megatron_zh.errors import MegatronZhError
+from megatron_zh.log import get_logger
+from megatron_zh.training import engine as engine_utils
+from megatron_zh.training.checkpointing import TrainState, save_checkpoint
+from megatron_zh.training.config import RunConfig
+from megatron_zh.training.data import to_device
+from megatron_zh.training.distributed import DistEnv, all_reduce_sum
+from megatron_zh.training.evaluation import evaluate
+from megatron_zh.training.metrics import FlopsCounter, MetricsLogger
+from megatron_zh.training.signals import StopRequest
+
+logger = get_logger(__name__)
+
+
+class NonFiniteLossError(MegatronZhError):
+    """The loss was NaN/inf for more steps in a row than the run tolerates."""
+
+
+@dataclass
+class TrainContext:
+    run: RunConfig
+    env: DistEnv
+    engine: object
+    train_batches: Iterator[dict]
+    valid_loader: object | None
+    metrics: MetricsLogger
+    flops: FlopsCounter
+    device: torch.device
+    vocab_fingerprint: str
+    vocab_size: int
+
+
+@dataclass
+class LogWindow:
+    """What happened since the last logged step."""
+
+    steps: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    nonfinite: int = 0
+
+    def add(self, loss: float, seconds: float) -> None:
+        self.steps += 1
+        self.seconds += seconds
+        if math.isfinite(loss):
+            self.losses.append(loss)
+        else:
+            self.nonfinite += 1
+
+
+@dataclass
+class NonFiniteGuard:
+    """Reports every non-finite loss with its iteration; raises after more than `tolerance` in a row."""
+
+    tolerance: int
+    in_row: int = 0
+    last_finite: tuple[int, float] | None = None
+
+    def check(self, iteration: int, loss: float, update_applied: bool) -> None:
+        if math.isfinite(loss):
+            self.in_row, self.last_finite = 0, (iteration, loss)
+            return
+        self.in_row += 1
+        logger.warning("iteration %d: loss is %s (update %s by DeepSpeed; %d non-finite in a row)",
+                       iteration, loss, "APPLIED" if update_applied else "skipped", self.in_row)
+        if self.in_row > self.tolerance:
+            since = (f"; last finite loss {self.last_finite[1]:.4f} at iteration {self.last_finite[0]}"
+                     if self.last_finite else "")
+            raise NonFiniteLossError(
+                f"loss was non-finite for {self.in_row} iterations in a row "
+                f"({iteration - self.in_row + 1}-{iteration}){since}; stopping instead of training on garbage. "
+                "Lower --lr, check the data, or resume from an earlier checkpoint "
+                "(--max-nonfinite-steps sets the tolerance)")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: TrainState
+    reason: str  # "completed" | "exit_interval" | "SIGTERM" | "SIGINT"
+
+
+def _next_batch(ctx: TrainContext) -> dict[str, torch.Tensor]:
+    try:
+        return to_device(next(ctx.train_batches), ctx.device)
+    except StopIteration:
+        raise MegatronZhError("the training data ran out before train_iters; the dataset was built for "
+                              "train_iters x global batch samples, so the loader and the config disagree") from None
+
+
+def train_step(ctx: TrainContext) -> torch.Tensor:
+    """Forward/backward of gradient_accumulation_steps micro-batches and one optimizer step (DeepSpeed
+    applies it at the accumulation boundary). Returns this rank's summed micro-batch losses."""
+    engine = ctx.engine
+    loss_sum = torch.zeros((), dtype=torch.float32, device=ctx.device)
+    for _ in range(ctx.run.gradient_accumulation_steps):
+        batch = _next_batch(ctx)
+        loss = engine(batch["input_ids"], labels=batch["labels"], loss_mask=batch["loss_mask"]).loss
+        engine.backward(loss)
+        engine.step()
+        loss_sum += loss.detach().float()
+    return loss_sum
+
+
+@dataclass(frozen=True)
+class IterationResult:
+    loss: float  # mean over micro-batches and ranks
+    lr: float  # the lr the step ran at
+    stop_requested: bool  # some rank was signalled
+    seconds: float
+
+
+def run_iteration(ctx: TrainContext, state: TrainState, stop: StopRequest) -> IterationResult:
+    """One iteration and the per-step agreement between ranks (loss, stop request); advances `state`."""
+    start = time.perf_counter()
+    lr = engine_utils.current_lr(ctx.engine)
+    loss_sum = train_step(ctx)
+    state.iteration += 1
+    state.consumed_samples += ctx.run.global_batch_size
+    total_loss, stopping_ranks = all_reduce_sum([loss_sum, float(stop.requested)], ctx.device)
+    loss = total_loss / (ctx.run.gradient_accumulation_steps * ctx.env.world_size)
+    return IterationResult(loss, lr, stopping_ranks > 0, time.perf_counter() - start)
+
+
+def _log_train(ctx: TrainContext, state: TrainState, window: LogWindow, lr: float) -> None:
+    run = ctx.run
+    tokens_per_s = window.steps * run.tokens_per_step / window.seconds if window.seconds > 0 else 0.0
+    seconds_per_step = window.seconds / max(window.steps, 1)
+    ctx.metrics.train({
+        "iteration": state.iteration,
+        "train_iters": run.train.train_iters,
+        "consumed_samples": state.consumed_samples,
+        "loss": sum(window.losses) / len(window.losses) if window.losses else float("nan"),
+        "lr": lr,
+        "grad_norm": engine_utils.grad_norm(ctx.engine),
+        "loss_scale": engine_utils.loss_scale(ctx.engine),
+        "global_batch_size": run.global_batch_size,
+        "step_time_ms": 1000.0 * seconds_per_step,
+        "tokens_per_s": tokens_per_s,
+        "tflops": ctx.flops.tflops_per_device(tokens_per_s),
+        "mfu": ctx.flops.mfu(tokens_per_s),
+        "nonfinite_steps": window.nonfinite,
+        "eta_s": seconds_per_step * (run.train.train_iters - state.iteration),
+    })
+
+
+def _evaluate(ctx: TrainContext, state: TrainState) -> None:
+    if ctx.valid_loader is None:
+        return
+    micro_batches = ctx.run.train.eval_iters * ctx.run.gradient_accumulation_steps
+    result = evaluate(ctx.engine, ctx.valid_loader, micro_batches, ctx.device)
+    ctx.metrics.eval({"iteration": state.iteration, "split": "valid", "loss": result.loss, "ppl": result.ppl,
+                      "tokens": result.tokens})
+
+
+def _save(ctx: TrainContext, state: TrainState) -> None:
+    start = time.perf_counter()
+    folder = save_checkpoint(ctx.engine, ctx.run, state, ctx.env, ctx.vocab_fingerprint, ctx.vocab_size)
+    ctx.metrics.message(f"saved checkpoint {folder} at iteration {state.iteration} "
+                        f"in {time.perf_counter() - start:.1f} s")
+
+
+def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
+    """Run from state.iteration to train_iters (or an earlier exit). Mutates and returns `state`."""
+    t = ctx.run.train
+    window = LogWindow()
+    guard = NonFiniteGuard(t.max_nonfinite_steps)
+    saved_at = state.iteration  # a resumed run starts from a saved checkpoint
+    evaluated_at = None
+    reason = "completed"
+    while state.iteration < t.train_iters:
+        step = run_iteration(ctx, state, stop)
+        window.add(step.loss, step.seconds)
+        guard.check(state.iteration, step.loss, ctx.engine.was_step_applied())
+
+        if state.iteration % t.log_interval == 0:
+            _log_train(ctx, state, window, step.lr)
+            window = LogWindow()
+        if t.eval_interval and state.iteration % t.eval_interval == 0:
+            _evaluate(ctx, state)
+            evaluated_at = state.iteration
+        if t.save and t.save_interval and state.iteration % t.save_interval == 0:
+            _save(ctx, state)
+            saved_at = state.iteration
+        if step.stop_requested:
+            reason = stop.signal_name or "SIGTERM"  # another rank got it first
+            break
+        if t.exit_interval and state.iteration % t.exit_interval == 0:
+            reason = "exit_interval"
+            break
+
+    if reason == "completed" and evaluated_at != state.iteration:
+        _evaluate(ctx, state)
+    if t.save and saved_at != state.iteration:
+        _save(ctx, state)
+    if reason != "completed":
+        ctx.metrics.message(f"stopping at iteration {state.iteration} ({reason})")
+    return Outcome(state, reason)

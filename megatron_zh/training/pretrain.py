@@ -1,0 +1,107 @@
+"""pretrain_gpt.py's body: configure and validate, then set up the engine and data, then train.
+
+Order matters: everything that can be wrong with the configuration, the files or the hardware is
+found before the process group, the model or the dataset indices are built; the RNG states of a
+resumed run are restored last, after everything that draws from them at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from megatron_zh.log import get_logger
+from megatron_zh.model import model_flops_per_token
+from megatron_zh.training.arguments import build_parser, build_run_config
+from megatron_zh.training.checkpointing import load_checkpoint, restore_rng_state, write_run_config
+from megatron_zh.training.config import RunConfig
+from megatron_zh.training.data import build_datasets, build_loaders
+from megatron_zh.training.distributed import DistEnv, init_process_group, set_cpu_threads, setup_rendezvous_env
+from megatron_zh.training.engine import build_model, initialize_engine, start_lr_schedule
+from megatron_zh.training.loop import Outcome, TrainContext, train
+from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
+from megatron_zh.training.signals import StopRequest
+from megatron_zh.training.validation import Preflight, validate
+
+logger = get_logger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed on every data-parallel rank, as Megatron (data differs per rank; dropout streams need not)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _quiet_other_ranks(env: DistEnv) -> None:
+    if not env.is_main:
+        logging.getLogger("megatron_zh").setLevel(logging.WARNING)
+    # DeepSpeed logs its whole config and a progress line per steps_per_print at INFO; ours covers both.
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+
+
+def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
+    threads = torch.get_num_threads() if torch.cuda.is_available() else set_cpu_threads(env)
+    backend = init_process_group(env)
+    logger.info("rank %d/%d (local %d), backend %s, %s", env.rank, env.world_size, env.local_rank, backend,
+                f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU, {threads} thread(s)")
+    seed_everything(run.train.seed)
+    train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint)
+    model = build_model(run.model, run.train.seed)
+    engine = initialize_engine(run, model)
+    state, rng_state = load_checkpoint(engine, preflight.start, env)
+    if preflight.start.mode != "resume":
+        start_lr_schedule(engine)
+    if state.iteration >= run.train.train_iters:
+        if env.is_main:
+            print(f"already at iteration {state.iteration} of {run.train.train_iters}: nothing to train", flush=True)
+        _finish()
+        return Outcome(state, "completed")
+    train_loader, valid_loader = build_loaders(run, env, train_dataset, valid_dataset, state.consumed_samples)
+    peak, peak_source = device_peak_tflops(run.precision, threads, run.train.peak_tflops)
+    flops = FlopsCounter(model_flops_per_token(run.model, run.train.seq_length), env.world_size, peak)
+    metrics = MetricsLogger(env.is_main, run.train.save, run.train.tensorboard_path, state.iteration)
+    metrics.message(f"model: {run.train.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+                    f"{flops.flops_per_token / 1e9:.3f} GFLOP/token (fwd+bwd); peak "
+                    f"{'n/a' if peak is None else f'{peak:.2f} TFLOP/s'} per device ({peak_source})")
+    ctx = TrainContext(run=run, env=env, engine=engine, train_batches=iter(train_loader), valid_loader=valid_loader,
+                       metrics=metrics, flops=flops, device=engine.device,
+                       vocab_fingerprint=preflight.vocab_fingerprint, vocab_size=preflight.vocab_size)
+    if rng_state is not None:
+        restore_rng_state(rng_state)  # after iter(train_loader), which draws a seed from torch's RNG
+    try:
+        with StopRequest() as stop:
+            outcome = train(ctx, state, stop)
+    finally:
+        metrics.close()
+    _finish()
+    return outcome
+
+
+def _finish() -> None:
+    """Leave the process group together (no rank exits while another still talks to it)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    env = setup_rendezvous_env(args.local_rank)
+    _quiet_other_ranks(env)
+    run = build_run_config(args, env.world_size)
+    preflight = validate(run)
+    if env.is_main:
+        effective = {**run.to_dict(), "start": preflight.start.mode, "argv": list(sys.argv if argv is None else argv)}
+        print("effective configuration:\n" + json.dumps(effective, indent=2, default=str), flush=True)
+        if run.train.save:
+            write_run_config(run.train.save, effective)
+    outcome = run_training(run, env, preflight)
+    logger.info("finished at iteration %d (%s)", outcome.state.iteration, outcome.reason)
+    return 0

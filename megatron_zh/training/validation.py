@@ -1,0 +1,87 @@
+"""Checks against files and hardware, run once before anything heavy (process group, model, data indices).
+
+Pure consistency checks (batch arithmetic, sequence length vs positions, schedule) already ran
+while the config was built (arguments.py, deepspeed_config.py). Here: the vocab and its
+fingerprint, the datasets and theirs, the checkpoint to start from and its, and whether the
+device can run the requested precision and optimizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_zh.errors import ConfigError
+from megatron_zh.log import get_logger
+from megatron_zh.training.checkpointing import StartPoint, check_compatible, resolve_start
+from megatron_zh.training.config import RunConfig
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What validation learned and the run needs."""
+
+    vocab_fingerprint: str
+    vocab_size: int
+    start: StartPoint
+
+
+def check_vocab(run: RunConfig) -> tuple[str, int]:
+    from megatron_zh.tokenizer import BertChineseTokenizer
+
+    path = Path(run.train.vocab_file)
+    if not path.is_file():
+        raise ConfigError(f"vocab file {path} not found (pretrain.vocab_file / --vocab-file)")
+    tokenizer = BertChineseTokenizer(path)
+    if run.model.vocab_size < tokenizer.vocab_size:
+        raise ConfigError(
+            f"{path} has {tokenizer.vocab_size} tokens but model {run.train.model!r} has only "
+            f"{run.model.vocab_size} embeddings; set model_overrides.vocab_size to {tokenizer.vocab_size}"
+        )
+    if run.model.vocab_size > tokenizer.vocab_size:
+        logger.warning("model has %d embeddings for a %d-token vocab; the extra rows are never trained",
+                       run.model.vocab_size, tokenizer.vocab_size)
+    return tokenizer.fingerprint, tokenizer.vocab_size
+
+
+def check_data(run: RunConfig, vocab_fingerprint: str) -> None:
+    """Every dataset prefix has its .bin/.idx and was tokenized with this vocab (its metadata sidecar)."""
+    from megatron_zh.data.blended_dataset import parse_data_path
+    from megatron_zh.data.gpt_dataset import open_indexed_dataset
+
+    prefixes, _ = parse_data_path(list(run.train.data_path))
+    for prefix in prefixes:
+        open_indexed_dataset(prefix, vocab_fingerprint)
+
+
+def check_device(run: RunConfig) -> None:
+    precision = run.precision
+    cuda = torch.cuda.is_available()
+    if precision == "bf16" and not (cuda and torch.cuda.is_bf16_supported()):
+        where = f"GPU {torch.cuda.get_device_name()}" if cuda else "this machine (no CUDA GPU)"
+        raise ConfigError(
+            f"{run.config_file} asks for bf16, which {where} cannot train in; pass --fp32 "
+            "(or --fp16 on pre-Ampere GPUs), or use ds_configs/cpu_tiny.json on CPU"
+        )
+    if precision == "fp16" and not cuda:
+        raise ConfigError(f"{run.config_file} asks for fp16, which needs a CUDA GPU; pass --fp32 on CPU")
+    optimizer = run.deepspeed["optimizer"]
+    if not cuda and optimizer["type"].lower() in ("adam", "adamw") and not optimizer["params"].get("torch_adam"):
+        raise ConfigError(
+            f"{run.config_file}: DeepSpeed's {optimizer['type']} without \"torch_adam\": true builds a C++/CUDA "
+            "extension; set optimizer.params.torch_adam to true (torch's AdamW, still ZeRO-partitioned)"
+        )
+
+
+def validate(run: RunConfig) -> Preflight:
+    """All file and hardware checks; raises ConfigError / DataFormatError / CheckpointError."""
+    check_device(run)
+    fingerprint, vocab_size = check_vocab(run)
+    check_data(run, fingerprint)
+    start = resolve_start(run.train)
+    check_compatible(start, run, fingerprint)
+    return Preflight(vocab_fingerprint=fingerprint, vocab_size=vocab_size, start=start)

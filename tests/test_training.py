@@ -1,0 +1,194 @@
+"""End-to-end training on CPU: 2 ranks over gloo, real DeepSpeed ZeRO-1, the real sampled corpus.
+
+Every run goes through the command users type (`deepspeed --num_gpus 2 pretrain_gpt.py --ds_config
+ds_configs/cpu_tiny.json ...`, or plain `python pretrain_gpt.py`). One 30-step reference run is
+shared by the tests that only read what it wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from megatron_zh.training.checkpointing import CLIENT_STATE_FILE, read_client_state, resolve_start
+from megatron_zh.training.config import TrainConfig
+from megatron_zh.training.metrics import read_metrics
+from training_runs import latest, pretrain_args, run, start, wait_for
+
+REFERENCE_ITERS = 30
+REFERENCE_FLAGS = dict(train_iters=REFERENCE_ITERS, log_interval=1, eval_interval=10, save_interval=10, keep_last=2)
+
+
+@pytest.fixture(scope="module")
+def reference(zh_text_document, tmp_path_factory) -> Path:
+    """An uninterrupted 30-step run: logs every step, evaluates and saves every 10, keeps the last 2."""
+    save = tmp_path_factory.mktemp("reference")
+    output = run(pretrain_args(zh_text_document, save, **REFERENCE_FLAGS))
+    (save / "stdout.txt").write_text(output)
+    return save
+
+
+def test_short_run_learns_and_writes_everything(reference):
+    losses = [r["loss"] for r in read_metrics(reference / "metrics.jsonl")]
+    assert len(losses) == REFERENCE_ITERS
+    assert losses[0] > 9.5  # ln(21128) = 9.96 at initialisation
+    final = sum(losses[-5:]) / 5
+    assert final < losses[0] - 2.0, f"loss fell only from {losses[0]:.3f} to {final:.3f}"
+
+    train = read_metrics(reference / "metrics.jsonl")
+    for record in train:
+        for key in ("iteration", "loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "tflops", "mfu",
+                    "consumed_samples", "step_time_ms", "eta_s"):
+            assert record[key] is not None, key
+    assert [r["iteration"] for r in train] == list(range(1, REFERENCE_ITERS + 1))
+    assert [r["consumed_samples"] for r in train] == [16 * i for i in range(1, REFERENCE_ITERS + 1)]
+    assert all(r["tokens_per_s"] > 0 and r["tflops"] > 0 and 0 < r["mfu"] < 1 for r in train)
+    # Linear warm-up over 10% of 30 steps from 0, then linear decay: step i runs at schedule(i - 1).
+    lrs = [r["lr"] for r in train]
+    peak, warmup = 2e-3, 3
+    assert lrs[0] == 0.0 and lrs[1] == pytest.approx(peak / warmup) and lrs[2] == pytest.approx(2 * peak / warmup)
+    assert lrs[3] == pytest.approx(peak) and lrs[-1] == pytest.approx(peak * 1 / (REFERENCE_ITERS - warmup))
+
+    evals = read_metrics(reference / "metrics.jsonl", kind="eval")
+    assert [r["iteration"] for r in evals] == [10, 20, 30]
+    assert all(r["ppl"] == pytest.approx(math.exp(r["loss"])) for r in evals)
+    assert evals[-1]["loss"] < evals[0]["loss"]
+
+    stdout = (reference / "stdout.txt").read_text()
+    assert "effective configuration:" in stdout
+    assert re.search(r"iteration +30/ +30 \| consumed samples: +480 .*MFU: [\d.]+% \| ETA", stdout)
+    assert "validation at iteration 30 | lm loss:" in stdout
+
+
+def test_checkpoints_use_deepspeeds_layout_and_commit_latest(reference):
+    assert latest(reference) == "global_step30"
+    # keep_last=2 removed global_step10
+    assert sorted(p.name for p in reference.glob("global_step*")) == ["global_step20", "global_step30"]
+    folder = reference / "global_step30"
+    assert {p.name for p in folder.iterdir()} == {
+        "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt", CLIENT_STATE_FILE}
+    info = json.loads((folder / CLIENT_STATE_FILE).read_text())
+    assert info["iteration"] == 30 and info["consumed_samples"] == 480 and info["world_size"] == 2
+    assert info["vocab_fingerprint"].startswith("sha256:") and info["model_config"]["num_layers"] == 2
+    assert info["train_config"]["seq_length"] == 128 and info["precision"] == "fp32"
+
+    states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    assert states["global_steps"] == 30 and states["iteration"] == 30
+    assert len(states["rng_states"]) == 2 and set(states["rng_states"][0]) == {"python", "numpy", "torch", "cuda"}
+    assert "embedding.word_embeddings.weight" in states["module"]
+    assert all(states[k] == info[k] for k in info)
+    shard = torch.load(folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=False)
+    partitions = shard["optimizer_state_dict"]["single_partition_of_fp32_groups"]
+    total = sum(p.numel() for p in states["module"].values() if p.dtype.is_floating_point)
+    # ZeRO-1 really shards: rank 1 holds about half of the fp32 master weights (tied weight counted once).
+    assert sum(p.numel() for p in partitions) < 0.6 * total
+
+    config = json.loads((reference / "config.json").read_text())
+    assert config["deepspeed"]["train_batch_size"] == 16 and config["deepspeed"]["gradient_accumulation_steps"] == 2
+    assert config["pretrain"]["train_iters"] == REFERENCE_ITERS and config["world_size"] == 2
+
+
+def test_tensorboard_events_hold_the_scalars(reference):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(reference / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu", "valid/loss",
+            "valid/ppl"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, REFERENCE_ITERS + 1))
+    losses = [r["loss"] for r in read_metrics(reference / "metrics.jsonl")]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses, rel=1e-6)
+
+
+def test_kill_after_step_20_and_resume_matches_bit_for_bit(reference, zh_text_document, tmp_path):
+    save = tmp_path / "killed"
+    args = pretrain_args(zh_text_document, save, **REFERENCE_FLAGS)
+    process = start(args, log=tmp_path / "killed.log")
+    wait_for(lambda: latest(save) == "global_step20", process, timeout=240)
+    os.killpg(process.pid, signal.SIGKILL)  # every rank and the launcher, no chance to clean up
+    process.wait()
+    assert not (save / "global_step30").exists(), "the run finished before it could be killed"
+
+    run(args)  # same command again: resumes from `latest`
+    resumed = {r["iteration"]: r for r in read_metrics(save / "metrics.jsonl")}
+    uninterrupted = {r["iteration"]: r for r in read_metrics(reference / "metrics.jsonl")}
+    assert sorted(resumed) == list(range(1, REFERENCE_ITERS + 1))
+    for i in range(21, REFERENCE_ITERS + 1):
+        for key in ("loss", "lr", "grad_norm", "consumed_samples"):
+            assert resumed[i][key] == uninterrupted[i][key], (i, key, resumed[i][key], uninterrupted[i][key])
+    evals = {r["iteration"]: r["loss"] for r in read_metrics(save / "metrics.jsonl", kind="eval")}
+    assert evals[30] == {r["iteration"]: r["loss"] for r in read_metrics(reference / "metrics.jsonl", "eval")}[30]
+
+    # The same command once more: the run is complete, so nothing is trained and nothing rewritten.
+    model_states = save / "global_step30" / "mp_rank_00_model_states.pt"
+    before = model_states.stat().st_mtime_ns
+    assert "already at iteration 30 of 30: nothing to train" in run(args)
+    assert model_states.stat().st_mtime_ns == before and latest(save) == "global_step30"
+
+
+def test_stage2_starts_from_stage1_weights_with_fresh_state(reference, zh_text_document, tmp_path):
+    save = tmp_path / "stage2"
+    args = pretrain_args(zh_text_document, save, train_iters=4, seq_length=256, micro_batch_size=2,
+                         global_batch_size=8, lr=5e-4, log_interval=1, eval_interval=0, save_interval=0)
+    args[args.index("--load") + 1] = str(reference)  # stage 2 reads stage 1's directory ...
+    output = run(args + ["--finetune"])  # ... for its weights only
+    assert "initialised the weights from" in output
+    train = read_metrics(save / "metrics.jsonl")
+    assert [r["iteration"] for r in train] == [1, 2, 3, 4]
+    assert [r["consumed_samples"] for r in train] == [8, 16, 24, 32]
+    assert train[0]["lr"] == 0.0 and train[1]["lr"] == pytest.approx(5e-4 / 2)  # a fresh schedule
+    stage1_final = read_metrics(reference / "metrics.jsonl", kind="eval")[-1]["loss"]
+    assert train[0]["loss"] < stage1_final + 0.5 < 9.0  # trained weights, not a fresh init (9.96)
+
+    info = read_client_state(save, "global_step4")
+    assert info["train_config"]["seq_length"] == 256 and info["consumed_samples"] == 32
+    shard = torch.load(save / "global_step4" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", map_location="cpu",
+                       weights_only=False)
+    adam_steps = {int(s["step"]) for s in shard["optimizer_state_dict"]["base_optimizer_state"]["state"].values()}
+    assert adam_steps == {4}  # a fresh optimizer: 4 steps, not 30 + 4
+
+    # Resubmitting the stage-2 command resumes stage 2's own checkpoint instead of starting over.
+    train_config = TrainConfig.from_dict({**info["train_config"], "train_iters": 6})
+    start_point = resolve_start(train_config)
+    assert (start_point.mode, start_point.directory, start_point.tag) == ("resume", str(save), "global_step4")
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(zh_text_document, tmp_path):
+    save = tmp_path / "preempted"
+    process = start(pretrain_args(zh_text_document, save, train_iters=1000, log_interval=1, eval_interval=0,
+                                  save_interval=0), log=tmp_path / "preempted.log")
+    wait_for(lambda: len(read_metrics(save / "metrics.jsonl")) >= 3, process, timeout=240)
+    ranks = [p for p in psutil.Process(process.pid).children(recursive=True)
+             if any("--local_rank" in arg for arg in p.cmdline())]
+    assert len(ranks) == 2
+    for rank in ranks:  # what SLURM does on pre-emption: SIGTERM to every task
+        rank.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    log = (tmp_path / "preempted.log").read_text()
+    stopped = int(re.search(r"stopping at iteration (\d+) \(SIGTERM\)", log).group(1))
+    assert 3 <= stopped < 1000
+    assert latest(save) == f"global_step{stopped}"
+    assert read_client_state(save, f"global_step{stopped}")["consumed_samples"] == 16 * stopped
+    assert read_metrics(save / "metrics.jsonl")[-1]["iteration"] == stopped
+
+
+def test_single_process_without_launcher_and_exit_interval(zh_text_document, tmp_path):
+    save = tmp_path / "single"
+    output = run(pretrain_args(zh_text_document, save, train_iters=100, exit_interval=3, log_interval=1,
+                               eval_interval=0, eval_iters=1), ranks=None)
+    assert "rank 0/1" in output and "stopping at iteration 3 (exit_interval)" in output
+    train = read_metrics(save / "metrics.jsonl")
+    assert [r["iteration"] for r in train] == [1, 2, 3]
+    # One rank: the global batch of 16 is 4 micro-batches of 4.
+    assert json.loads((save / "config.json").read_text())["deepspeed"]["gradient_accumulation_steps"] == 4
+    assert latest(save) == "global_step3"

@@ -1,0 +1,80 @@
+"""Shared by the training tests: start pretrain_gpt.py the way users do and read what it wrote."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from megatron_zh.training.distributed import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CPU_CONFIG = REPO_ROOT / "ds_configs" / "cpu_tiny.json"
+
+
+def deepspeed_command(ranks: int = 2) -> list[str]:
+    """`deepspeed --num_gpus N` from this interpreter's environment, on a free port (suites run in parallel)."""
+    launcher = Path(sys.executable).parent / "deepspeed"
+    return [str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", str(ranks),
+            "--master_port", str(free_port())]
+
+
+def pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
+    """pretrain_gpt.py arguments: the CPU config, the shared corpus, `save` as --save/--load, then flags."""
+    args = ["pretrain_gpt.py", "--ds_config", str(CPU_CONFIG), "--data-path", dataset["prefix"],
+            "--vocab-file", dataset["vocab"], "--save", str(save), "--load", str(save)]
+    for name, value in flags.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        else:
+            args += [flag, str(value)]
+    return args
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("OMP_NUM_THREADS", None)
+    return env
+
+
+def start(args: list[str], ranks: int | None = 2, log: Path | None = None) -> subprocess.Popen:
+    """Start a run in its own process group (so a test can signal or kill all of it)."""
+    command = (deepspeed_command(ranks) if ranks else [sys.executable]) + args
+    out = open(log, "w") if log else subprocess.PIPE
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=environment(), stdout=out, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def run(args: list[str], ranks: int | None = 2, timeout: float = 240, expect_rc: int | None = 0) -> str:
+    """Run to completion; returns the combined output (asserting the exit status unless expect_rc is None)."""
+    process = start(args, ranks)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError(f"run timed out after {timeout} s:\n{output[-4000:]}")
+    if expect_rc is not None:
+        assert process.returncode == expect_rc, f"exit status {process.returncode}:\n{output[-6000:]}"
+    return output
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float, poll: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (status {process.returncode}) before the condition held")
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise AssertionError("timed out waiting for the run")
+        time.sleep(poll)
+
+
+def latest(save: Path) -> str | None:
+    path = save / "latest"
+    return path.read_text().strip() if path.is_file() else None
