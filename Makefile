@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml setup.py csrc/helpers.cpp
 	touch $@
 
 quickstart: install
-	bash launch/quickstart.sh
+	bash launch/quickstart.sh $(ARGS)
 
 test: install
 	$(PY) -m pytest -q tests

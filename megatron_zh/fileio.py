@@ -9,11 +9,28 @@ from pathlib import Path
 from typing import IO, Iterator
 
 
+def _current_umask() -> int:
+    # Linux reports the umask without changing it; os.umask() can only read it by setting it (racy).
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/self/status", encoding="ascii") as f:
+            return int(next(line for line in f if line.startswith("Umask:")).split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def temporary_sibling(path: str | os.PathLike) -> Path:
-    """A fresh, unique name in the same directory as `path` (same filesystem, so rename is atomic)."""
+    """A fresh, unique name in the same directory as `path` (same filesystem, so rename is atomic).
+
+    mkstemp creates the file 0600; give it the mode a plain open() would have, so the renamed result
+    is readable by the same people as any other output (shared datasets, checkpoints on a cluster).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~_current_umask())
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 

@@ -207,7 +207,7 @@ def test_vocab_that_does_not_match_the_checkpoint(config, tmp_path):
     run = resolve(config)
     fake_checkpoint(tmp_path / "ckpt", "global_step7", iteration=7, vocab_fingerprint="sha256:" + "0" * 64,
                     model_config=run.model.to_dict())
-    with pytest.raises(ConfigError, match="global_step7 was trained with vocab sha256:0000"):
+    with pytest.raises(ConfigError, match="global_step7 was made with vocab sha256:0000"):
         validate(run)
 
 

@@ -58,6 +58,7 @@ import torch
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
+from megatron_zh.tokenizer import check_fingerprint
 from megatron_zh.training.config import RunConfig, TrainConfig
 from megatron_zh.training.distributed import DistEnv, barrier
 
@@ -158,12 +159,9 @@ def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) 
     if start.info is None:
         return
     where = f"{start.directory}/{start.tag}"
-    saved_fingerprint = start.info.get("vocab_fingerprint")
-    if saved_fingerprint is not None and saved_fingerprint != vocab_fingerprint:
-        raise ConfigError(
-            f"checkpoint {where} was trained with vocab {saved_fingerprint} but {run.train.vocab_file} is "
-            f"{vocab_fingerprint}; use the vocab the checkpoint was trained with"
-        )
+    check_fingerprint(start.info.get("vocab_fingerprint"), vocab_fingerprint, source=f"checkpoint {where}",
+                      fix=f"{run.train.vocab_file} is not the vocab it was trained with; use that one",
+                      error=ConfigError)
     saved_model = start.info.get("model_config") or {}
     mismatched = [f"{k}: checkpoint {saved_model[k]} vs run {getattr(run.model, k)}"
                   for k in SHAPE_FIELDS if k in saved_model and saved_model[k] != getattr(run.model, k)]
