@@ -57,3 +57,15 @@ def zh_text_document(tmp_path_factory, zh_corpus_file, zh_vocab_file) -> dict[st
     )
     assert result.returncode == 0, f"preprocessing failed:\n{result.stdout}\n{result.stderr}"
     return {"prefix": str(out / "clue_text_document"), "vocab": str(zh_vocab_file)}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, zh_text_document) -> dict:
+    """A committed checkpoint of `deepspeed --num_gpus 2 pretrain_gpt.py --ds_config ds_configs/cpu_tiny.json`
+    (ZeRO-1, gpt2-tiny, fp32) after 8 steps on the real corpus: {"save": Path, "vocab": str, "prefix": str}."""
+    from training_runs import pretrain_args, run
+
+    save = tmp_path_factory.mktemp("tiny_checkpoint") / "checkpoints"
+    run(pretrain_args(zh_text_document, save, train_iters=8, save_interval=8, eval_interval=0, eval_iters=1,
+                      log_interval=4))
+    return {"save": save, "vocab": zh_text_document["vocab"], "prefix": zh_text_document["prefix"]}

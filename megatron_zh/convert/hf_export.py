@@ -1,0 +1,166 @@
+"""Checkpoint -> Hugging Face folder (GPT2LMHeadModel + BertTokenizer), verified before it appears.
+
+The folder is built beside --output and renamed into place only after the self-check: it is
+loaded back with `transformers` (offline), its tokenizer must give our token ids, its weights
+must be ours bit for bit, and its logits on a batch of real text must match ours in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from megatron_zh.convert.checkpoint import LoadedCheckpoint, load_checkpoint_weights
+from megatron_zh.convert.hf_gpt2 import HF_LM_HEAD, from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
+from megatron_zh.convert.loading import build_model, checkpoint_tokenizer
+from megatron_zh.convert.output import commit_directory, staging_directory
+from megatron_zh.errors import CheckpointError, ConfigError
+from megatron_zh.log import get_logger
+from megatron_zh.model import GPT2Config
+from megatron_zh.tokenizer import SPECIAL_TOKENS, BertChineseTokenizer
+
+logger = get_logger(__name__)
+
+LOGIT_TOLERANCE = 1e-4  # fp32, both models on CPU
+EXPORT_INFO_FILE = "export_info.json"
+# Real text of the kinds the corpus holds (news, reviews, dialogue), with the cases lower-casing,
+# digits, Latin words and full-width punctuation exercise.
+SELF_CHECK_TEXTS = (
+    "北京时间今天凌晨，国际足联公布了最新一期世界排名，中国男足位列第77位，与上期相比上升了3位。",
+    "这家店的菜味道不错，服务员态度也很好，就是周末人太多了，等了将近一个小时才有位置。",
+    "我昨天刚买的iPhone，用了不到一天屏幕就出现了问题，客服说可以在7天内无理由退货。",
+    "“你明天有空吗？”“有啊，怎么了？”“我们一起去图书馆复习吧，下周就要考试了！”",
+    "The GPT-2 model was trained on CLUECorpusSmall with a BERT-Chinese vocabulary of 21128 tokens.",
+    "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。",
+)
+SELF_CHECK_ROWS = 4
+SELF_CHECK_MAX_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    output: Path
+    checkpoint: str  # DIR/TAG
+    iteration: int | None
+    weights_source: str
+    vocab_fingerprint: str
+    max_logit_diff: float
+    self_check_tokens: int
+
+
+def export_to_hf(checkpoint: str | Path, output: str | Path, *, tag: str | None = None,
+                 vocab_file: str | Path | None = None, overwrite: bool = False) -> ExportResult:
+    """Write checkpoint `tag` (default `latest`) of `checkpoint` as a Hugging Face folder at `output`."""
+    output = Path(output)
+    loaded = load_checkpoint_weights(checkpoint, tag)
+    if output.resolve() in (loaded.directory.resolve(), *loaded.directory.resolve().parents):
+        raise ConfigError(f"--output {output} would replace the checkpoint directory {loaded.directory}; "
+                          "choose a new folder")
+    tokenizer = checkpoint_tokenizer(loaded, vocab_file)
+    hf_config = _hf_config(loaded.model_config, tokenizer)
+    with staging_directory(output, overwrite=overwrite) as staging:
+        write_hf_folder(staging, loaded, tokenizer, hf_config)
+        max_diff, tokens = self_check(staging, loaded, tokenizer)
+        result = ExportResult(output=output, checkpoint=str(loaded.directory / loaded.tag),
+                              iteration=loaded.client_state.get("iteration"), weights_source=loaded.weights_source,
+                              vocab_fingerprint=tokenizer.fingerprint, max_logit_diff=max_diff,
+                              self_check_tokens=tokens)
+        (staging / EXPORT_INFO_FILE).write_text(
+            json.dumps({**asdict(result), "output": str(output), "logit_tolerance": LOGIT_TOLERANCE}, indent=2) + "\n",
+            encoding="utf-8")
+        commit_directory(staging, output)
+    logger.info("exported %s (%s) to %s; self-check max |logit diff| %.3g", result.checkpoint,
+                result.weights_source, output, max_diff)
+    return result
+
+
+def _hf_config(config: GPT2Config, tokenizer: BertChineseTokenizer):
+    """GPT-2 config with the tokenizer's own [CLS]/[SEP]/[PAD] ids; ConfigError if it does not map back."""
+    hf_config = to_hf_config(config, bos_token_id=tokenizer.cls, eos_token_id=tokenizer.sep,
+                             pad_token_id=tokenizer.pad)
+    back = from_hf_config(hf_config, attention_impl=config.attention_impl,
+                          activation_checkpointing=config.activation_checkpointing)
+    if back != config:
+        changed = {k: (v, getattr(back, k)) for k, v in config.to_dict().items() if getattr(back, k) != v}
+        raise ConfigError(f"the model config does not map to a Hugging Face GPT-2 config: {changed}")
+    return hf_config
+
+
+def write_hf_folder(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTokenizer, hf_config) -> None:
+    """config.json, model.safetensors, generation_config.json and the BertTokenizer files."""
+    from safetensors.torch import save_file
+    from transformers import BertTokenizer, GenerationConfig
+
+    hf_config.save_pretrained(folder)
+    weights = to_hf_state_dict(loaded.state_dict, loaded.model_config)
+    # The LM head is the word embedding (tie_word_embeddings); safetensors stores each tensor once.
+    weights.pop(HF_LM_HEAD)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "model.safetensors").chmod((folder / "config.json").stat().st_mode)  # not save_file's 0600
+
+    shutil.copyfile(tokenizer.vocab_file, folder / "vocab.txt")  # byte for byte the training vocab
+    # Lower-case as training did (the published model's do_lower_case=false disagrees with its training).
+    # GPT-2 adds wte(token_type_ids) to its input when given them, so the tokenizer must not produce
+    # BERT's token_type_ids (model_input_names, as GPT2Tokenizer has).
+    BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True,
+                  model_max_length=loaded.model_config.max_position_embeddings,
+                  model_input_names=["input_ids", "attention_mask"]).save_pretrained(folder)
+    names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+    (folder / "special_tokens_map.json").write_text(
+        json.dumps(dict(zip(names, SPECIAL_TOKENS)), indent=2) + "\n", encoding="utf-8")
+    GenerationConfig(bos_token_id=tokenizer.cls, eos_token_id=tokenizer.sep, pad_token_id=tokenizer.pad,
+                     do_sample=True, top_k=50, top_p=0.95, temperature=1.0, repetition_penalty=1.0,
+                     max_new_tokens=100).save_pretrained(folder)
+
+
+def self_check_batch(tokenizer: BertChineseTokenizer, max_positions: int) -> torch.Tensor:
+    """[rows, length] token ids: the sample texts framed [CLS] text [SEP] and packed, as in training."""
+    stream: list[int] = []
+    for ids in tokenizer.encode_batch(list(SELF_CHECK_TEXTS)):
+        stream += [tokenizer.cls, *ids, tokenizer.sep]
+    length = min(SELF_CHECK_MAX_LENGTH, max_positions)
+    needed = SELF_CHECK_ROWS * length
+    stream = (stream * (needed // len(stream) + 1))[:needed]
+    return torch.tensor(stream, dtype=torch.long).view(SELF_CHECK_ROWS, length)
+
+
+def self_check(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTokenizer) -> tuple[float, int]:
+    """Load `folder` with transformers offline and compare it with our model. Returns (max |logit diff|, tokens)."""
+    from transformers import BertTokenizer, GPT2LMHeadModel
+
+    hf_tokenizer = BertTokenizer.from_pretrained(folder, local_files_only=True)
+    ours_ids = tokenizer.encode_batch(list(SELF_CHECK_TEXTS))
+    hf_ids = [hf_tokenizer(text, add_special_tokens=False)["input_ids"] for text in SELF_CHECK_TEXTS]
+    if hf_ids != ours_ids:
+        bad = next(i for i, (a, b) in enumerate(zip(ours_ids, hf_ids)) if a != b)
+        raise CheckpointError(f"self-check failed: the exported tokenizer gives {hf_ids[bad][:12]}... for "
+                              f"{SELF_CHECK_TEXTS[bad]!r}, training gave {ours_ids[bad][:12]}...")
+
+    hf_model, info = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
+                                                     output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        raise CheckpointError(f"self-check failed: transformers loaded the export with {problems}")
+    hf_model.eval()
+    reloaded = from_hf_state_dict(hf_model.state_dict(), loaded.model_config)
+    changed = [name for name, tensor in loaded.state_dict.items() if not torch.equal(tensor, reloaded[name])]
+    if changed:
+        raise CheckpointError(f"self-check failed: transformers holds different values for {changed[:6]}")
+
+    ours = build_model(loaded.model_config, loaded.state_dict)
+    batch = self_check_batch(tokenizer, loaded.model_config.max_position_embeddings)
+    # Also exactly what the exported tokenizer hands the model (a pipeline's input), special tokens and all.
+    encoded = hf_tokenizer(SELF_CHECK_TEXTS[0], return_tensors="pt")
+    with torch.no_grad():
+        max_diff = max((ours(batch).logits - hf_model(input_ids=batch).logits).abs().max().item(),
+                       (ours(encoded["input_ids"]).logits - hf_model(**encoded).logits).abs().max().item())
+    if not max_diff <= LOGIT_TOLERANCE:  # also catches NaN
+        raise CheckpointError(f"self-check failed: the exported model's logits differ from ours by up to "
+                              f"{max_diff:.3g} (tolerance {LOGIT_TOLERANCE:g}, fp32); nothing was written")
+    logger.info("self-check passed: %d x %d tokens, max |logit diff| %.3g (tolerance %g)",
+                *batch.shape, max_diff, LOGIT_TOLERANCE)
+    return max_diff, batch.numel() + encoded["input_ids"].numel()

@@ -1,0 +1,119 @@
+"""Hugging Face GPT-2 folder -> our model: read config.json, the weights and the vocab; write a checkpoint.
+
+Accepts what `save_pretrained` writes and what the hub holds for uer/gpt2-*-chinese-*:
+config.json, model.safetensors or pytorch_model.bin (or their sharded *.index.json forms),
+vocab.txt, and tokenizer_config.json for do_lower_case (absent: true, as BERT-Chinese is trained).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatron_zh.convert.checkpoint import write_checkpoint
+from megatron_zh.convert.hf_gpt2 import from_hf_config, from_hf_state_dict
+from megatron_zh.errors import CheckpointError, ConfigError
+from megatron_zh.log import get_logger
+from megatron_zh.model import GPT2Config
+from megatron_zh.tokenizer import BertChineseTokenizer
+
+logger = get_logger(__name__)
+
+SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
+TORCH_FILE, TORCH_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+VOCAB_FILE = "vocab.txt"
+
+
+@dataclass(frozen=True)
+class HFCheckpoint:
+    folder: Path
+    model_config: GPT2Config
+    state_dict: dict[str, torch.Tensor]  # our names, float32
+    vocab_file: Path
+    lower_case: bool
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    return data
+
+
+def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged files raise many different types
+        raise CheckpointError(f"cannot read weights {path}: {type(exc).__name__}: {exc}") from None
+
+
+def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF folder: single file or sharded (index.json), safetensors preferred."""
+    for single, index in ((SAFETENSORS_FILE, SAFETENSORS_INDEX), (TORCH_FILE, TORCH_INDEX)):
+        if (folder / single).is_file():
+            return _load_weight_file(folder / single)
+        if (folder / index).is_file():
+            shards = sorted(set(_read_json(folder / index).get("weight_map", {}).values()))
+            weights: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                weights.update(_load_weight_file(folder / shard))
+            return weights
+    raise CheckpointError(f"{folder} has no {SAFETENSORS_FILE} or {TORCH_FILE} (nor a sharded index): not a "
+                          "Hugging Face model folder")
+
+
+def read_hf_folder(folder: str | Path, vocab_file: str | Path | None = None) -> HFCheckpoint:
+    """Our config, float32 state dict and vocab from a Hugging Face GPT-2 folder."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} has no config.json: not a Hugging Face model folder")
+    hf_config = _read_json(folder / "config.json")
+    architectures = hf_config.get("architectures") or ["GPT2LMHeadModel"]
+    if not set(architectures) & {"GPT2LMHeadModel", "GPT2Model"}:
+        raise ConfigError(f"{folder / 'config.json'}: architectures {architectures} is not GPT-2; "
+                          "only GPT2LMHeadModel folders can be read")
+    try:
+        model_config = from_hf_config(hf_config)
+    except ConfigError as exc:
+        raise ConfigError(f"{folder / 'config.json'}: {exc}") from None
+    hf_state_dict = read_hf_weights(folder)
+    state_dict = {name: tensor.float() for name, tensor in from_hf_state_dict(hf_state_dict, model_config).items()}
+
+    vocab = Path(vocab_file) if vocab_file is not None else folder / VOCAB_FILE
+    if not vocab.is_file():
+        raise ConfigError(f"{vocab} not found: the folder has no {VOCAB_FILE}; pass --vocab-file")
+    tokenizer_config = folder / "tokenizer_config.json"
+    lower_case = bool(_read_json(tokenizer_config).get("do_lower_case", True)) if tokenizer_config.is_file() else True
+    return HFCheckpoint(folder=folder, model_config=model_config, state_dict=state_dict, vocab_file=vocab,
+                        lower_case=lower_case)
+
+
+def import_from_hf(hf_folder: str | Path, output: str | Path, *, vocab_file: str | Path | None = None,
+                   overwrite: bool = False) -> Path:
+    """Convert an HF GPT-2 folder into a checkpoint directory pretrain_gpt.py --load ... --finetune starts from."""
+    hf = read_hf_folder(hf_folder, vocab_file)
+    tokenizer = BertChineseTokenizer(hf.vocab_file, lower_case=hf.lower_case)
+    if tokenizer.vocab_size > hf.model_config.vocab_size:
+        raise ConfigError(f"{hf.vocab_file} has {tokenizer.vocab_size} tokens but the model only "
+                          f"{hf.model_config.vocab_size} embeddings; it is not this model's vocab")
+    if not hf.lower_case:
+        logger.warning("%s says do_lower_case=false; pretrain_gpt.py tokenizes lower-cased (as the published "
+                       "Chinese GPT-2 models were trained)", hf.folder / "tokenizer_config.json")
+    folder = write_checkpoint(output, hf.model_config, hf.state_dict, vocab_fingerprint=tokenizer.fingerprint,
+                              vocab_size=tokenizer.vocab_size, source=f"Hugging Face folder {hf.folder.resolve()}",
+                              overwrite=overwrite)
+    logger.info("wrote %s (%d layers, hidden %d, %.1f M parameters, vocab %s)", folder,
+                hf.model_config.num_layers, hf.model_config.hidden_size,
+                sum(t.numel() for t in hf.state_dict.values()) / 1e6, tokenizer.fingerprint[:19])
+    return folder

@@ -1,0 +1,62 @@
+"""Output folders that appear whole or not at all: build beside the target, rename into place when done."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from megatron_zh.errors import ConfigError
+
+
+def check_output_directory(final: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing file, or a non-empty folder unless `overwrite`."""
+    if final.exists() and not final.is_dir():
+        raise ConfigError(f"output {final} exists and is not a directory; choose another --output")
+    if final.is_dir() and any(final.iterdir()) and not overwrite:
+        raise ConfigError(f"output directory {final} exists and is not empty; pass --overwrite to replace it "
+                          "(it is replaced only after the new one is complete)")
+
+
+@contextlib.contextmanager
+def staging_directory(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A new empty folder beside `final` to build the output in; removed on exit unless committed."""
+    final = Path(final)
+    check_output_directory(final, overwrite)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()  # mode from the umask, like any other output
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # already gone when committed
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_directory(staging: Path, final: str | os.PathLike) -> None:
+    """Make `staging` (complete, on disk) be `final`; an existing `final` is swapped out, then deleted."""
+    final = Path(final)
+    for path in staging.rglob("*"):
+        if path.is_file():
+            _fsync(path)
+    _fsync(staging)
+    old = None
+    if final.is_dir() and any(final.iterdir()):
+        old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
+        os.replace(final, old)
+    elif final.is_dir():
+        final.rmdir()
+    os.replace(staging, final)
+    _fsync(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
