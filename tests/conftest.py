@@ -69,3 +69,15 @@ def tiny_checkpoint(tmp_path_factory, zh_text_document) -> dict:
     run(pretrain_args(zh_text_document, save, train_iters=8, save_interval=8, eval_interval=0, eval_iters=1,
                       log_interval=4))
     return {"save": save, "vocab": zh_text_document["vocab"], "prefix": zh_text_document["prefix"]}
+
+
+@pytest.fixture(scope="session")
+def bf16_checkpoint(zh_text_document, tmp_path_factory) -> Path:
+    """3 ranks, bf16 with fp32 gradient accumulation under ZeRO-1 (DeepSpeed's BF16_Optimizer layout:
+    fp32 masters in bf16_zero_pp_rank_* files, alignment padding on the last rank), 3 steps."""
+    from training_runs import bf16_pretrain_args, run
+
+    save = tmp_path_factory.mktemp("bf16") / "checkpoints"
+    run(bf16_pretrain_args(zh_text_document, save, train_iters=3, lr_warmup_iters=1, save_interval=3,
+                           eval_interval=0, eval_iters=1, global_batch_size=12, micro_batch_size=4), ranks=3)
+    return save

@@ -24,7 +24,7 @@ from megatron_zh.convert.loading import load_model
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.training.checkpointing import MODEL_STATES_FILE
 from megatron_zh.training.metrics import read_metrics
-from training_runs import CPU_CONFIG, latest, pretrain_args, run
+from training_runs import latest, pretrain_args, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,22 +40,6 @@ def hf_export_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("export") / "hf"
     assert run_tool("convert_to_hf", ["--checkpoint", str(tiny_checkpoint["save"]), "--output", str(output)]) == 0
     return output
-
-
-@pytest.fixture(scope="module")
-def bf16_checkpoint(zh_text_document, tmp_path_factory) -> Path:
-    """3 ranks, bf16 with fp32 gradient accumulation under ZeRO-1: DeepSpeed's BF16_Optimizer layout."""
-    folder = tmp_path_factory.mktemp("bf16")
-    config = json.loads(CPU_CONFIG.read_text())
-    config["data_types"] = {"grad_accum_dtype": "fp32"}
-    (folder / "bf16.json").write_text(json.dumps(config))
-    save = folder / "checkpoints"
-    args = pretrain_args(zh_text_document, save, bf16=True, train_iters=3, lr_warmup_iters=1, save_interval=3,
-                         eval_interval=0, eval_iters=1, global_batch_size=12, micro_batch_size=4)
-    args[0] = "tests/cpu_bf16_pretrain.py"
-    args[args.index("--ds_config") + 1] = str(folder / "bf16.json")
-    run(args, ranks=3)
-    return save
 
 
 def tool_main(name: str):

@@ -21,7 +21,8 @@ import torch
 from megatron_zh.training.checkpointing import CLIENT_STATE_FILE, read_client_state, resolve_start
 from megatron_zh.training.config import TrainConfig
 from megatron_zh.training.metrics import read_metrics
-from training_runs import latest, pretrain_args, run, start, wait_for
+from megatron_zh.training.master_weights import read_fp32_weights
+from training_runs import bf16_pretrain_args, latest, pretrain_args, run, start, wait_for
 
 REFERENCE_ITERS = 30
 REFERENCE_FLAGS = dict(train_iters=REFERENCE_ITERS, log_interval=1, eval_interval=10, save_interval=10, keep_last=2)
@@ -161,6 +162,51 @@ def test_stage2_starts_from_stage1_weights_with_fresh_state(reference, zh_text_d
     train_config = TrainConfig.from_dict({**info["train_config"], "train_iters": 6})
     start_point = resolve_start(train_config)
     assert (start_point.mode, start_point.directory, start_point.tag) == ("resume", str(save), "global_step4")
+
+
+def test_bf16_stage2_starts_from_stage1_fp32_masters_not_their_bf16_copies(bf16_checkpoint, zh_text_document,
+                                                                           tmp_path):
+    """DeepSpeed's load_module_only refreshes the masters from the bf16 module; stage 2 must get stage 1's
+    own fp32 masters (written by 3 ranks, read here by 2). Step 1 runs at lr 0, so its masters are exactly
+    the ones it started from."""
+    save = tmp_path / "stage2_bf16"
+    args = bf16_pretrain_args(zh_text_document, save, train_iters=3, lr_warmup_iters=1, save_interval=1, keep_last=0,
+                              eval_interval=0, eval_iters=1, log_interval=1, global_batch_size=8, micro_batch_size=4)
+    args[args.index("--load") + 1] = str(bf16_checkpoint)
+    output = run(args + ["--finetune"])
+    assert re.search(r"fp32 master weights of \d+ parameters set from", output)
+    assert read_metrics(save / "metrics.jsonl")[0]["lr"] == 0.0
+
+    stage1, source = read_fp32_weights(bf16_checkpoint / latest(bf16_checkpoint))
+    assert source == "zero-fp32-master (bf16 optimizer, 3 ranks)"
+    stage2, source = read_fp32_weights(save / "global_step1")
+    assert source == "zero-fp32-master (bf16 optimizer, 2 ranks)"
+    for name, master in stage1.items():
+        assert torch.equal(stage2[name], master), name
+    wte = stage1["embedding.word_embeddings.weight"]
+    assert not torch.equal(wte, wte.to(torch.bfloat16).float()), "the masters should carry more than bf16"
+
+
+def test_diverged_run_stops_with_a_clear_error_and_keeps_finite_checkpoints(zh_text_document, tmp_path):
+    """lr 1e30: the loss turns non-finite at step 3. Each such step is reported with whether DeepSpeed
+    applied its update; the run stops once the tolerance is exceeded, and `latest` never names NaN weights
+    (steps whose NaN update was applied are not saved)."""
+    save = tmp_path / "diverged"
+    args = pretrain_args(zh_text_document, save, train_iters=30, lr=1e30, lr_warmup_iters=1, save_interval=1,
+                         keep_last=0, eval_interval=0, eval_iters=1, log_interval=1, max_nonfinite_steps=2)
+    output = run(args, ranks=None, expect_rc=2)
+    bad = re.findall(r"iteration (\d+): loss is (?:nan|inf) \(update (APPLIED|skipped) by DeepSpeed", output)
+    first = int(bad[0][0])
+    assert [int(i) for i, _ in bad] == [first, first + 1, first + 2]
+    assert re.search(rf"error: loss was non-finite for 3 iterations in a row \({first}-{first + 2}\); last finite "
+                     rf"loss [\d.]+ at iteration {first - 1}; stopping instead of training on garbage", output)
+    assert "Traceback" not in output
+    applied = [int(i) for i, how in bad if how == "APPLIED"]
+    for iteration in applied:
+        assert f"not saving at iteration {iteration}: an update from a non-finite loss was applied" in output
+    weights, _ = read_fp32_weights(save / latest(save))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert int(latest(save).removeprefix("global_step")) < first + 2  # the failing step saves nothing
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(zh_text_document, tmp_path):

@@ -65,8 +65,11 @@ def test_cpu_config_resolves_and_validates(config):
 def test_flags_override_the_file(config):
     run = resolve(config, "--micro-batch-size", "2", "--global-batch-size", "32", "--lr", "3e-4", "--min-lr",
                   "1e-5", "--clip-grad", "0.5", "--train-iters", "50", "--lr-warmup-iters", "5", "--seq-length",
-                  "64", "--save-interval", "0", "--seed", "7")
+                  "64", "--save-interval", "0", "--seed", "7", "--weight-decay", "0.01", "--adam-beta2", "0.95",
+                  "--adam-eps", "1e-8")
     ds = run.deepspeed
+    assert ds["optimizer"]["params"]["betas"] == [0.9, 0.95] and ds["optimizer"]["params"]["eps"] == 1e-8
+    assert ds["optimizer"]["params"]["weight_decay"] == 0.01
     assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) \
         == (2, 8, 32)
     assert ds["optimizer"]["params"]["lr"] == 3e-4 and ds["gradient_clipping"] == 0.5
@@ -109,6 +112,8 @@ def test_published_stage_configs_resolve_on_8_gpus():
     (("--micro-batch-size", "0"), 2, "must be a positive integer"),
     (("--train-iters", "2", "--lr-warmup-iters", "5"), 2, "warm-up (5 steps) must be shorter than train_iters"),
     (("--save-interval", "10", "--save", "x", "--keep-last", "-1"), 2, "keep_last must be a positive integer"),
+    (("--adam-beta2", "1.5"), 2, "Adam betas must be in [0, 1), got [0.9, 1.5]"),
+    (("--adam-eps", "0"), 2, "--adam-eps must be positive"),
 ])
 def test_inconsistent_values_are_config_errors(config, flags, world_size, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -270,12 +275,21 @@ def test_nonfinite_losses_are_tolerated_a_few_times_then_stop_the_run():
     guard.check(1, 5.0, True)
     for iteration in (2, 3, 4):
         guard.check(iteration, math.nan, False)
+    assert not guard.weights_suspect  # skipped updates (fp16 overflow) leave the weights as they were
     guard.check(5, 4.9, True)  # a finite loss resets the count
     for iteration in (6, 7, 8):
         guard.check(iteration, math.inf, False)
     with pytest.raises(NonFiniteLossError, match=r"4 iterations in a row \(6-9\); last finite loss 4.9000 at "
                                                  r"iteration 5"):
         guard.check(9, math.nan, False)
+
+    guard = NonFiniteGuard(tolerance=3)
+    guard.check(1, math.nan, True)
+    assert guard.weights_suspect  # an applied NaN update (fp32, bf16): the weights are not saved
+    guard.check(2, math.nan, False)
+    assert guard.weights_suspect
+    guard.check(3, 4.8, True)
+    assert not guard.weights_suspect
 
 
 def test_stop_request_turns_signals_into_a_flag():

@@ -35,6 +35,22 @@ def pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
     return args
 
 
+def bf16_pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
+    """pretrain_args for tests/cpu_bf16_pretrain.py: bf16 with fp32 gradient accumulation under ZeRO-1 on
+    CPU ranks, i.e. DeepSpeed's BF16_Optimizer and its checkpoint layout (as ds_configs/stage*.json on GPUs)."""
+    import json
+
+    config = json.loads(CPU_CONFIG.read_text())
+    config["data_types"] = {"grad_accum_dtype": "fp32"}
+    config_file = save.parent / f"{save.name}.bf16.json"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(json.dumps(config))
+    args = pretrain_args(dataset, save, bf16=True, **flags)
+    args[0] = str(REPO_ROOT / "tests" / "cpu_bf16_pretrain.py")
+    args[args.index("--ds_config") + 1] = str(config_file)
+    return args
+
+
 def environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")

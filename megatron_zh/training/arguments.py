@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--lr-warmup-iters", type=int)
     schedule.add_argument("--clip-grad", type=float, help="gradient clipping norm (DeepSpeed gradient_clipping)")
     schedule.add_argument("--weight-decay", type=float)
+    schedule.add_argument("--adam-beta1", type=float, help="AdamW beta1 (optimizer.params.betas[0])")
+    schedule.add_argument("--adam-beta2", type=float, help="AdamW beta2 (optimizer.params.betas[1])")
+    schedule.add_argument("--adam-eps", type=float, help="AdamW epsilon (optimizer.params.eps)")
     schedule.add_argument("--seed", type=int)
     precision = schedule.add_mutually_exclusive_group()
     for name in PRECISIONS:

@@ -61,13 +61,13 @@ from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import check_fingerprint
 from megatron_zh.training.config import RunConfig, TrainConfig
 from megatron_zh.training.distributed import DistEnv, barrier
+from megatron_zh.training.master_weights import MODEL_STATES_FILE, read_fp32_weights, set_fp32_masters
 
 logger = get_logger(__name__)
 
 CHECKPOINT_FORMAT = "megatron_zh/1"
 LATEST_FILE = "latest"
 CLIENT_STATE_FILE = "client_state.json"
-MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 # Model config fields that fix the weights' shapes: a checkpoint only loads into a model with the same.
 SHAPE_FIELDS = ("vocab_size", "max_position_embeddings", "num_layers", "hidden_size", "num_attention_heads",
@@ -293,6 +293,11 @@ def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {start.directory}/{start.tag}")
     if finetune:
+        if any(p.dtype != torch.float32 for p in engine.module.parameters()):
+            # DeepSpeed refreshed the fp32 masters from the bf16/fp16 module: take the checkpoint's own.
+            weights, source = read_fp32_weights(Path(start.directory) / start.tag)
+            count = set_fp32_masters(engine, weights)
+            logger.info("fp32 master weights of %d parameters set from %s (%s)", count, path, source)
         logger.info("initialised the weights from %s (fresh optimizer, schedule and sample counter)", path)
         return TrainState(), None
     state = TrainState(iteration=int(client["iteration"]), consumed_samples=int(client["consumed_samples"]))

@@ -38,6 +38,9 @@ class DeepSpeedOverrides:
     min_lr: float | None = None
     clip_grad: float | None = None
     weight_decay: float | None = None
+    adam_beta1: float | None = None
+    adam_beta2: float | None = None
+    adam_eps: float | None = None
     precision: str | None = None
 
 
@@ -102,6 +105,19 @@ def _resolve_optimizer(ds: dict, flags: DeepSpeedOverrides, source: str) -> floa
         params["lr"] = flags.lr
     if flags.weight_decay is not None:
         params["weight_decay"] = flags.weight_decay
+    if flags.adam_beta1 is not None or flags.adam_beta2 is not None:
+        betas = list(params.get("betas", (0.9, 0.999)))  # torch's AdamW defaults when the file has none
+        if flags.adam_beta1 is not None:
+            betas[0] = flags.adam_beta1
+        if flags.adam_beta2 is not None:
+            betas[1] = flags.adam_beta2
+        if not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ConfigError(f"Adam betas must be in [0, 1), got {betas} (--adam-beta1 / --adam-beta2)")
+        params["betas"] = betas
+    if flags.adam_eps is not None:
+        if not flags.adam_eps > 0:
+            raise ConfigError(f"--adam-eps must be positive, got {flags.adam_eps}")
+        params["eps"] = flags.adam_eps
     lr = params.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
         raise ConfigError(f"{source}: optimizer.params.lr must be a positive number (or pass --lr), got {lr!r}")

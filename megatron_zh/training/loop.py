@@ -72,12 +72,16 @@ class NonFiniteGuard:
     tolerance: int
     in_row: int = 0
     last_finite: tuple[int, float] | None = None
+    # An update was applied from a non-finite loss in the current streak: the weights are likely
+    # NaN (fp16's loss scaler skips such steps; fp32 and bf16 apply them), so they are not saved.
+    weights_suspect: bool = False
 
     def check(self, iteration: int, loss: float, update_applied: bool) -> None:
         if math.isfinite(loss):
-            self.in_row, self.last_finite = 0, (iteration, loss)
+            self.in_row, self.last_finite, self.weights_suspect = 0, (iteration, loss), False
             return
         self.in_row += 1
+        self.weights_suspect = self.weights_suspect or update_applied
         logger.warning("iteration %d: loss is %s (update %s by DeepSpeed; %d non-finite in a row)",
                        iteration, loss, "APPLIED" if update_applied else "skipped", self.in_row)
         if self.in_row > self.tolerance:
@@ -176,6 +180,17 @@ def _save(ctx: TrainContext, state: TrainState) -> None:
                         f"in {time.perf_counter() - start:.1f} s")
 
 
+def _save_unless_suspect(ctx: TrainContext, state: TrainState, guard: NonFiniteGuard, saved_at: int) -> int:
+    """Save, unless a non-finite update may have corrupted the weights: `latest` keeps naming the last
+    good checkpoint. Returns the iteration of the newest checkpoint."""
+    if guard.weights_suspect:
+        ctx.metrics.message(f"not saving at iteration {state.iteration}: an update from a non-finite loss "
+                            f"was applied; the newest checkpoint stays at iteration {saved_at}")
+        return saved_at
+    _save(ctx, state)
+    return state.iteration
+
+
 def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
     """Run from state.iteration to train_iters (or an earlier exit). Mutates and returns `state`."""
     t = ctx.run.train
@@ -196,8 +211,7 @@ def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
             _evaluate(ctx, state)
             evaluated_at = state.iteration
         if t.save and t.save_interval and state.iteration % t.save_interval == 0:
-            _save(ctx, state)
-            saved_at = state.iteration
+            saved_at = _save_unless_suspect(ctx, state, guard, saved_at)
         if step.stop_requested:
             reason = stop.signal_name or "SIGTERM"  # another rank got it first
             break
@@ -208,7 +222,7 @@ def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
     if reason == "completed" and evaluated_at != state.iteration:
         _evaluate(ctx, state)
     if t.save and saved_at != state.iteration:
-        _save(ctx, state)
+        _save_unless_suspect(ctx, state, guard, saved_at)
     if reason != "completed":
         ctx.metrics.message(f"stopping at iteration {state.iteration} ({reason})")
     return Outcome(state, reason)
