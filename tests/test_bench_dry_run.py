@@ -41,3 +41,12 @@ def test_bench_model_cpu_runs(repo_root):
                  "--batch-size", "2", "--seq-length", "16")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "ratio megatron_zh / transformers" in result.stdout
+
+
+def test_bench_index_runs(repo_root):
+    """All three parts at a small size: index build vs megatron-core, read throughput, peak memory."""
+    result = run(repo_root, "bench/bench_index.py", "--documents", "100000", "--repeats", "1",
+                 "--memory-documents", "100000", "--memory-tokens", "2e7")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "=> worst ratio ours/megatron-core:" in result.stdout
+    assert "speed-up over megatron-core" in result.stdout and "peak while building" in result.stdout

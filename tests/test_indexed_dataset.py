@@ -204,6 +204,32 @@ def test_writer_leaves_nothing_until_finalize(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["partial.bin", "partial.idx", "partial.meta.json"]
 
 
+def test_writer_memory_does_not_grow_with_the_number_of_documents(tmp_path):
+    """The index arrays are spilled to disk while writing and streamed into the .idx in slices of 1 M
+    entries: 8 M documents peak no higher than 2 M. (Kept in memory, the extra 6 M would add
+    6 M x (4 + 8) bytes, about twice over while the index is written: ~140 MB.)"""
+    script = (
+        "import re, sys\n"
+        "import numpy as np\n"
+        "from megatron_zh.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder\n"
+        "documents, prefix = int(sys.argv[1]), sys.argv[2]\n"
+        "with IndexedDatasetBuilder(prefix) as builder:\n"
+        "    for _ in range(documents // 100_000):\n"
+        "        builder.add_documents(np.full(200_000, 7, dtype=np.uint16), np.full(100_000, 2))\n"
+        "peak = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+        "dataset = IndexedDataset(prefix)\n"
+        "assert len(dataset) == documents and dataset.num_tokens == 2 * documents, dataset\n"
+        "assert dataset[documents - 1].tolist() == [7, 7] and int(dataset.document_indices[-1]) == documents\n"
+        "print(peak)\n"
+    )
+    peaks = []
+    for documents in (2_000_000, 8_000_000):
+        out = subprocess.run([sys.executable, "-c", script, str(documents), str(tmp_path / f"d{documents}")],
+                             capture_output=True, text=True, check=True).stdout
+        peaks.append(int(out.split()[-1]) / 1024)  # MB
+    assert peaks[1] < peaks[0] + 10, f"peak RSS {peaks[0]:.0f} MB for 2 M documents, {peaks[1]:.0f} MB for 8 M"
+
+
 def test_metadata(tmp_path):
     prefix = tmp_path / "m"
     assert read_metadata(prefix) is None

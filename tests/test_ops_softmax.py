@@ -56,6 +56,12 @@ def test_matches_float64_reference(shape, dtype):
     check(shape, dtype, scale=0.125, seed=sum(shape))
 
 
+@pytest.mark.parametrize("seq", [1024, 2048], ids=lambda n: f"seq{n}")
+def test_stage2_length_and_megatrons_limit(seq):
+    """Stage 2's 1024 and Megatron's fused-softmax limit of 2048, in fp16 (rows of 2048 keys in one program)."""
+    check((1, 1, seq, seq), torch.float16, scale=0.125, seed=seq)
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 17, 17), (1, 2, 129, 129)], ids=lambda s: "x".join(map(str, s)))
 def test_bfloat16(shape):
     check(shape, torch.bfloat16, scale=0.3, seed=7)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,7 +78,9 @@ def test_real_corpus_end_to_end(tmp_path, zh_vocab_file, zh_corpus_file, bert):
         2500, sum(map(len, expected)), 0, 0)
     assert (meta["eod"], meta["cls"], meta["append_eod"], meta["prepend_cls"], meta["dtype"]) == (102, 101, True, True, "uint16")
     # progress lines (stderr is not a terminal here) and the final summary
-    assert "tokens (" in result.stderr and "M/s" in result.stderr and "ETA" in result.stderr
+    progress = re.search(r"[\d,]+ documents \(\d+/s\), [\d,]+ tokens \([\d.]+ M/s\), [\d.]+/[\d.]+ MB "
+                         r"\([\d.]+ MB/s\), ETA \S+", result.stderr)
+    assert progress, result.stderr
     assert f"done: 2,500 documents, {meta['tokens']:,} tokens, 0 empty dropped, 0 bad lines" in result.stderr
 
 

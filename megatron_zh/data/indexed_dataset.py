@@ -31,7 +31,7 @@ import re
 import shutil
 import struct
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -249,6 +249,10 @@ class IndexedDatasetBuilder:
     Until `finalize()` everything lives under hidden temporary names beside PREFIX; `abort()` (or
     leaving a `with` block by an exception) deletes them. Tokens are range-checked against the
     dtype: an id that does not fit raises instead of wrapping around.
+
+    The index arrays go to two temporary spill files as documents arrive (int32 sequence lengths,
+    int64 sequences per document) and are streamed into the .idx in slices, so memory stays flat
+    however many documents the dataset has.
     """
 
     def __init__(self, path_prefix: str | os.PathLike, dtype=np.uint16) -> None:
@@ -257,11 +261,13 @@ class IndexedDatasetBuilder:
         if self.dtype not in _CODE_OF_DTYPE:
             raise ValueError(f"token dtype {self.dtype} is not one Megatron's index format can store")
         Path(self.path_prefix).parent.mkdir(parents=True, exist_ok=True)
-        self._bin_tmp = temporary_sibling(data_file_path(self.path_prefix))
-        self._bin = open(self._bin_tmp, "wb")
-        # The index grows as numpy chunks (not Python ints) so millions of documents stay compact.
-        self._lengths: list[np.ndarray] = []
-        self._document_sizes: list[np.ndarray] = []  # sequences per document
+        idx_path = index_file_path(self.path_prefix)
+        self._temporaries = [temporary_sibling(data_file_path(self.path_prefix)),
+                             temporary_sibling(idx_path + ".lengths"), temporary_sibling(idx_path + ".documents")]
+        self._bin_tmp = self._temporaries[0]
+        self._bin, self._lengths, self._document_sizes = (open(path, "wb") for path in self._temporaries)
+        self._num_sequences = 0
+        self._num_documents = 0
         self._pending_lengths: list[int] = []
         self._pending_sizes: list[int] = []
         self._limits = np.iinfo(self.dtype) if self.dtype.kind in "iu" else None
@@ -314,12 +320,9 @@ class IndexedDatasetBuilder:
         lengths = np.asarray(document_lengths, dtype=np.int64)
         if int(lengths.sum()) != array.size or (lengths < 0).any():
             raise ValueError(f"document lengths add up to {int(lengths.sum())}, but {array.size} tokens were given")
-        if lengths.size and lengths.max() > np.iinfo(np.int32).max:
-            raise ValueError("a document longer than 2**31 - 1 tokens does not fit the index format")
         self._flush_pending()
         self._bin.write(array.tobytes())
-        self._lengths.append(lengths.astype(np.int32))
-        self._document_sizes.append(np.ones(lengths.size, dtype=np.int64))
+        self._append_index(lengths, np.ones(lengths.size, dtype=np.int64))
 
     def add_index(self, other_prefix: str | os.PathLike) -> None:
         """Append every document of the (validated) dataset at `other_prefix`: the merge step."""
@@ -331,21 +334,30 @@ class IndexedDatasetBuilder:
                 f"{self.dtype.name}; merge only datasets made with the same vocab"
             )
         self._flush_pending()
-        self._lengths.append(np.array(other.sequence_lengths, dtype=np.int32))
-        self._document_sizes.append(np.diff(other.document_indices))
+        for start in range(0, other.num_documents, _CHECK_CHUNK):  # slices: the other index may be huge
+            documents = other.document_indices[start : start + _CHECK_CHUNK + 1]
+            self._append_index(other.sequence_lengths[documents[0] : documents[-1]], np.diff(documents))
         with open(data_file_path(other_prefix), "rb") as f:
             shutil.copyfileobj(f, self._bin, 16 << 20)
         del other
 
+    def _append_index(self, sequence_lengths: np.ndarray, sequences_per_document: np.ndarray) -> None:
+        if sequence_lengths.size and int(np.max(sequence_lengths)) > np.iinfo(np.int32).max:
+            raise ValueError("a sequence longer than 2**31 - 1 tokens does not fit the index format")
+        self._lengths.write(np.asarray(sequence_lengths, dtype=np.int32).tobytes())
+        self._document_sizes.write(np.asarray(sequences_per_document, dtype=np.int64).tobytes())
+        self._num_sequences += int(sequence_lengths.size)
+        self._num_documents += int(sequences_per_document.size)
+
     def _flush_pending(self) -> None:
         if self._pending_sizes:
-            self._lengths.append(np.array(self._pending_lengths, dtype=np.int32))
-            self._document_sizes.append(np.array(self._pending_sizes, dtype=np.int64))
+            self._append_index(np.array(self._pending_lengths, dtype=np.int64),
+                               np.array(self._pending_sizes, dtype=np.int64))
             self._pending_lengths, self._pending_sizes = [], []
 
     @property
     def num_documents(self) -> int:
-        return sum(len(c) for c in self._document_sizes) + len(self._pending_sizes)
+        return self._num_documents + len(self._pending_sizes)
 
     @property
     def num_tokens(self) -> int:
@@ -361,7 +373,8 @@ class IndexedDatasetBuilder:
         self._flush_pending()
         self._bin.flush()
         os.fsync(self._bin.fileno())
-        self._bin.close()
+        for f in (self._bin, self._lengths, self._document_sizes):
+            f.close()
         idx_tmp = temporary_sibling(index_file_path(self.path_prefix))
         try:
             self._write_index(idx_tmp)
@@ -372,41 +385,60 @@ class IndexedDatasetBuilder:
                 write_metadata(self.path_prefix, metadata)
             commit(idx_tmp, index_file_path(self.path_prefix))
         except BaseException:
-            for tmp in (idx_tmp, self._bin_tmp):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(idx_tmp)
             raise
         finally:
             self._closed = True
+            self._remove_temporaries()
 
     def _write_index(self, path: Path) -> None:
-        lengths = np.concatenate(self._lengths) if self._lengths else np.empty(0, np.int32)
-        sizes = np.concatenate(self._document_sizes) if self._document_sizes else np.empty(0, np.int64)
+        """Header, then the three arrays, each streamed from the spill files one slice at a time."""
+        lengths_file, documents_file = self._temporaries[1:]
         with open(path, "wb") as f:
             f.write(INDEX_MAGIC)
-            f.write(struct.pack("<QBQQ", INDEX_VERSION, _CODE_OF_DTYPE[self.dtype], len(lengths), len(sizes) + 1))
-            f.write(lengths.tobytes())
-            end = 0  # pointers are written slice by slice to keep the peak memory of huge indices low
-            for start in range(0, len(lengths), _CHECK_CHUNK):
-                nbytes = lengths[start : start + _CHECK_CHUNK].astype(np.int64) * self.dtype.itemsize
-                ends = end + np.cumsum(nbytes)
+            f.write(struct.pack("<QBQQ", INDEX_VERSION, _CODE_OF_DTYPE[self.dtype], self._num_sequences,
+                                self._num_documents + 1))
+            with open(lengths_file, "rb") as lengths:
+                shutil.copyfileobj(lengths, f, 16 << 20)
+            end = 0
+            for chunk in _read_slices(lengths_file, np.int32):
+                ends = end + np.cumsum(chunk.astype(np.int64) * self.dtype.itemsize)
                 f.write(np.concatenate(([end], ends[:-1])).astype(np.int64).tobytes())
                 end = int(ends[-1])
-            f.write(np.concatenate(([0], np.cumsum(sizes))).astype(np.int64).tobytes())
+            first_sequence = 0
+            f.write(np.int64(0).tobytes())
+            for chunk in _read_slices(documents_file, np.int64):
+                starts = first_sequence + np.cumsum(chunk)
+                f.write(starts.astype(np.int64).tobytes())
+                first_sequence = int(starts[-1])
+
+    def _remove_temporaries(self) -> None:
+        for path in self._temporaries:  # the .bin is already renamed when finalized
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
     def abort(self) -> None:
         """Discard everything written so far; PREFIX.bin/.idx on disk are left as they were."""
         if self._closed:
             return
         self._closed = True
-        self._bin.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._bin_tmp)
+        for f in (self._bin, self._lengths, self._document_sizes):
+            f.close()
+        self._remove_temporaries()
 
     def __del__(self) -> None:
         # A builder dropped without finalize() leaves no temporary file behind.
         with contextlib.suppress(Exception):
             self.abort()
+
+
+def _read_slices(path: str | os.PathLike, dtype) -> Iterator[np.ndarray]:
+    """The array stored in `path`, _CHECK_CHUNK elements at a time (never all of it in memory)."""
+    itemsize = np.dtype(dtype).itemsize
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHECK_CHUNK * itemsize):
+            yield np.frombuffer(chunk, dtype=dtype)
 
 
 def expand_prefixes(patterns: Iterable[str]) -> list[str]:
