@@ -18,4 +18,5 @@ if [ ! -f "$OUT/clue_sampled_text_document.idx" ]; then
 fi
 # On CPU `--num_gpus` counts ranks (DeepSpeed's CPU accelerator); each rank takes its share of the cores.
 # Do not add --bind_cores_to_rank unless numactl is installed.
-exec deepspeed --num_gpus 2 pretrain_gpt.py --ds_config ds_configs/cpu_tiny.json "$@"
+source launch/common.sh  # run_deepspeed: SIGTERM/SIGINT to this script reach every rank
+run_deepspeed --num_gpus 2 pretrain_gpt.py --ds_config ds_configs/cpu_tiny.json "$@"

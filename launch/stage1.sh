@@ -5,4 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NUM_GPUS="${NUM_GPUS:-8}"
-exec deepspeed --num_gpus "$NUM_GPUS" pretrain_gpt.py --ds_config ds_configs/stage1.json "$@"
+source launch/common.sh  # run_deepspeed: SIGTERM/SIGINT to this script reach every rank
+run_deepspeed --num_gpus "$NUM_GPUS" pretrain_gpt.py --ds_config ds_configs/stage1.json "$@"

@@ -228,6 +228,36 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(zh_text_document, tmp_path
     assert read_metrics(save / "metrics.jsonl")[-1]["iteration"] == stopped
 
 
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm-to-launch-script"])
+def test_signal_through_the_launcher_saves_a_checkpoint(how, zh_text_document, tmp_path):
+    """Ctrl-C on `deepspeed ...` in a terminal (SIGINT to the whole foreground process group), or SIGTERM
+    to a launch/*.sh script alone (what `kill PID` or a scheduler does; the script forwards it to the
+    launcher's process group, since DeepSpeed's runner does not): the ranks agree to stop after the same
+    step, save, `latest` names that checkpoint, and nothing is left running."""
+    save = tmp_path / how
+    log = tmp_path / f"{how}.log"
+    process = start(pretrain_args(zh_text_document, save, train_iters=1000, log_interval=1, eval_interval=0,
+                                  save_interval=0), log=log, through_launch_script=how != "ctrl-c")
+    wait_for(lambda: len(read_metrics(save / "metrics.jsonl")) >= 3, process, timeout=240)
+    ranks = [p for p in psutil.Process(process.pid).children(recursive=True)
+             if any("--local_rank" in arg for arg in p.cmdline())]
+    assert len(ranks) == 2
+    if how == "ctrl-c":
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)  # its status is the launcher's own (non-zero once signalled)
+    _, alive = psutil.wait_procs(ranks, timeout=5)
+    assert not alive, "ranks outlived the launcher"
+    name = "SIGINT" if how == "ctrl-c" else "SIGTERM"
+    stopped = int(re.search(rf"stopping at iteration (\d+) \({name}\)", log.read_text()).group(1))
+    assert 3 <= stopped < 1000
+    assert latest(save) == f"global_step{stopped}"
+    assert read_client_state(save, f"global_step{stopped}")["consumed_samples"] == 16 * stopped
+    assert sorted(p.name for p in (save / f"global_step{stopped}").glob("*optim_states.pt")) == [
+        f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
+
+
 def test_single_process_without_launcher_and_exit_interval(zh_text_document, tmp_path):
     save = tmp_path / "single"
     output = run(pretrain_args(zh_text_document, save, train_iters=100, exit_interval=3, log_interval=1,

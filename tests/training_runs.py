@@ -58,9 +58,14 @@ def environment() -> dict[str, str]:
     return env
 
 
-def start(args: list[str], ranks: int | None = 2, log: Path | None = None) -> subprocess.Popen:
-    """Start a run in its own process group (so a test can signal or kill all of it)."""
+def start(args: list[str], ranks: int | None = 2, log: Path | None = None, through_launch_script: bool = False
+          ) -> subprocess.Popen:
+    """Start a run in its own process group (so a test can signal or kill all of it).
+
+    through_launch_script: as launch/*.sh start it, through launch/common.sh's run_deepspeed."""
     command = (deepspeed_command(ranks) if ranks else [sys.executable]) + args
+    if through_launch_script:
+        command = ["bash", "-c", 'source launch/common.sh; DEEPSPEED="$0" run_deepspeed "$@"', *command]
     out = open(log, "w") if log else subprocess.PIPE
     return subprocess.Popen(command, cwd=REPO_ROOT, env=environment(), stdout=out, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
