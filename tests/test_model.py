@@ -197,9 +197,11 @@ def test_attention_impls_agree(impl):
 @pytest.mark.parametrize("impl", ["flash", "softmax"])
 def test_triton_kernels_in_the_model_match_pytorch(impl):
     # kernel_backend="triton" runs the fused layer norm and attention kernels (here under
-    # Triton's interpreter); they must reproduce the PyTorch path.
-    config = small_config(attention_impl=impl, hidden_dropout=0.0, attention_dropout=0.0, num_layers=1)
-    input_ids, labels = random_batch(config, batch=2, seq=20)
+    # Triton's interpreter); they must reproduce the PyTorch path. 150 tokens span query blocks that
+    # have key blocks wholly below the diagonal (unmasked), straddling it, and past it (skipped).
+    config = small_config(attention_impl=impl, hidden_dropout=0.0, attention_dropout=0.0,
+                          max_position_embeddings=160)
+    input_ids, labels = random_batch(config, batch=2, seq=150)
     results = {}
     for backend in ("torch", "triton"):
         torch.manual_seed(0)

@@ -16,7 +16,8 @@ import pytest
 
 from megatron_zh.errors import ConfigError, DataFormatError, MegatronZhError
 from megatron_zh.training.arguments import build_parser, build_run_config
-from megatron_zh.training.checkpointing import prune_checkpoints
+from megatron_zh.training.config import TrainConfig
+from megatron_zh.training.checkpointing import prune_checkpoints, resolve_start
 from megatron_zh.training.distributed import setup_rendezvous_env
 from megatron_zh.training.loop import NonFiniteGuard, NonFiniteLossError
 from megatron_zh.training.signals import StopRequest
@@ -55,8 +56,8 @@ def test_cpu_config_resolves_and_validates(config):
     run = resolve(config)
     assert (run.micro_batch_size, run.gradient_accumulation_steps, run.global_batch_size) == (4, 2, 16)
     scheduler = run.deepspeed["scheduler"]["params"]
-    assert scheduler == {"warmup_min_lr": 0.0, "warmup_type": "linear", "warmup_num_steps": 20,
-                         "warmup_max_lr": 2e-3, "total_num_steps": 200}
+    assert scheduler == {"warmup_min_lr": 0.0, "warmup_type": "linear", "warmup_num_steps": 12,
+                         "warmup_max_lr": 2e-3, "total_num_steps": 120}
     assert run.precision == "fp32" and run.model.num_layers == 2
     preflight = validate(run)
     assert preflight.vocab_size == 21128 and preflight.start.mode == "scratch"
@@ -124,7 +125,7 @@ def test_inconsistent_values_are_config_errors(config, flags, world_size, messag
     ({"gradient_accumulation_steps": 4}, {}, (), "drop gradient_accumulation_steps (it is derived)"),
     ({"zero_optimization": {"stage": 3}}, {}, (), "zero_optimization.stage 3 is not supported"),
     ({"scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 999}}}, {}, (),
-     "scheduler.params.total_num_steps is 999 but train_iters gives 200"),
+     "scheduler.params.total_num_steps is 999 but train_iters gives 120"),
     ({}, {"save_intervall": 5}, (), "unknown key 'save_intervall'; did you mean 'save_interval'?"),
     ({}, {}, ("optimizer",), "an \"optimizer\" section"),
     ({"bf16": {"enabled": True}, "fp16": {"enabled": True}}, {}, (), "bf16 and fp16 are both enabled"),
@@ -214,6 +215,22 @@ def test_vocab_that_does_not_match_the_checkpoint(config, tmp_path):
                     model_config=run.model.to_dict())
     with pytest.raises(ConfigError, match="global_step7 was made with vocab sha256:0000"):
         validate(run)
+
+
+def test_finetune_from_an_unfinished_run_warns(config, tmp_path, caplog):
+    """Stage 2 from a stage-1 directory whose newest checkpoint is not its last step: allowed, said loudly."""
+    run = resolve(config)
+    for iteration, planned, warned in ((500, 1000, True), (1000, 1000, False)):
+        stage1 = tmp_path / f"stage1_{iteration}"
+        fake_checkpoint(stage1, f"global_step{iteration}", iteration=iteration,
+                        train_config={**run.train.to_dict(), "train_iters": planned})
+        train = TrainConfig.from_dict({**run.train.to_dict(), "load": str(stage1), "save": str(tmp_path / "s2"),
+                                       "finetune": True})
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            start = resolve_start(train)
+        assert (start.mode, start.tag) == ("finetune", f"global_step{iteration}")
+        assert ("planned 1000 iterations: it has not finished" in caplog.text) == warned, caplog.text
 
 
 def test_checkpoint_of_another_model_shape(config, tmp_path):

@@ -151,7 +151,13 @@ def resolve_start(train: TrainConfig) -> StartPoint:
                               "train stage 1 first or point --load at its save directory")
         logger.warning("no checkpoint in %s (no `latest` file): starting from scratch", train.load)
         return StartPoint("scratch")
-    return StartPoint("finetune" if train.finetune else "resume", train.load, tag, read_client_state(train.load, tag))
+    info = read_client_state(train.load, tag)
+    planned = (info.get("train_config") or {}).get("train_iters")
+    if train.finetune and isinstance(planned, int) and info.get("iteration", planned) < planned:
+        logger.warning("starting from %s/%s at iteration %s, but the run that wrote it planned %d iterations: "
+                       "it has not finished (pass --load of a finished run, or resume it first)", train.load, tag,
+                       info.get("iteration"), planned)
+    return StartPoint("finetune" if train.finetune else "resume", train.load, tag, info)
 
 
 def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) -> None:
