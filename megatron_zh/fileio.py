@@ -34,6 +34,23 @@ def temporary_sibling(path: str | os.PathLike) -> Path:
     return Path(tmp)
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync a file or a directory (a directory's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file below `folder`, then `folder` itself."""
+    for path in Path(folder).rglob("*"):
+        if path.is_file():
+            fsync_path(path)
+    fsync_path(folder)
+
+
 def commit(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """fsync `tmp` and atomically rename it to `final`."""
     with open(tmp, "rb+") as f:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from megatron_zh.errors import ConfigError
+from megatron_zh.fileio import fsync_path, fsync_tree
 
 
 def check_output_directory(final: Path, overwrite: bool) -> None:
@@ -35,21 +36,10 @@ def staging_directory(final: str | os.PathLike, overwrite: bool = False) -> Iter
         shutil.rmtree(staging, ignore_errors=True)  # already gone when committed
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def commit_directory(staging: Path, final: str | os.PathLike) -> None:
     """Make `staging` (complete, on disk) be `final`; an existing `final` is swapped out, then deleted."""
     final = Path(final)
-    for path in staging.rglob("*"):
-        if path.is_file():
-            _fsync(path)
-    _fsync(staging)
+    fsync_tree(staging)
     old = None
     if final.is_dir() and any(final.iterdir()):
         old = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.old"
@@ -57,6 +47,6 @@ def commit_directory(staging: Path, final: str | os.PathLike) -> None:
     elif final.is_dir():
         final.rmdir()
     os.replace(staging, final)
-    _fsync(final.parent)
+    fsync_path(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 
 from megatron_zh.errors import CheckpointError, ConfigError
-from megatron_zh.fileio import atomic_write
+from megatron_zh.fileio import atomic_write, fsync_tree
 from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import check_fingerprint
 from megatron_zh.training.config import RunConfig, TrainConfig
@@ -214,18 +214,6 @@ def _gather_rng_states(env: DistEnv) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- save
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(engine, run: RunConfig, state: TrainState, env: DistEnv, vocab_fingerprint: str,
                     vocab_size: int) -> Path:
     """Write global_step<iteration> on every rank, then commit `latest` once all ranks are done."""
@@ -249,7 +237,7 @@ def save_checkpoint(engine, run: RunConfig, state: TrainState, env: DistEnv, voc
     rng_states = _gather_rng_states(env)
     engine.save_checkpoint(str(save_dir), tag=tag, client_state={**client_state, "rng_states": rng_states},
                            save_latest=False)
-    _fsync_tree(folder)  # each rank: its own files are on disk before anyone says the checkpoint is whole
+    fsync_tree(folder)  # each rank: its own files are on disk before anyone says the checkpoint is whole
     barrier()
     if env.is_main:
         with atomic_write(folder / CLIENT_STATE_FILE) as f:
