@@ -44,17 +44,24 @@ def ours(model, prompts, new_tokens):
 def full_recompute(model, prompts, new_tokens):
     ids = torch.tensor(prompts, device=model.embedding.word_embeddings.weight.device)  # equal lengths
     for _ in range(new_tokens):
-        window = ids[:, -model.config.max_position_embeddings:]
+        window = ids[:, -model.config.max_position_embeddings :]
         ids = torch.cat([ids, model(window).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[:, len(prompts[0]):].tolist()
+    return ids[:, len(prompts[0]) :].tolist()
 
 
 @torch.inference_mode()
 def hf_generate(hf, prompts, new_tokens):
     ids = torch.tensor(prompts, device=hf.device)
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                      do_sample=False, use_cache=True, pad_token_id=PAD)
-    return out[:, ids.shape[1]:].tolist()
+    out = hf.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        use_cache=True,
+        pad_token_id=PAD,
+    )
+    return out[:, ids.shape[1] :].tolist()
 
 
 def timed(fn, device) -> tuple[float, list]:
@@ -83,10 +90,14 @@ def main() -> int:
     config = GPT2Config.from_preset(args.preset, init_std=0.3)  # wide weights: varied greedy tokens
     model = GPT2Model(config).eval().to(device)
     generator = torch.Generator().manual_seed(1)
-    prompts = [[101] + torch.randint(672, 7992, (args.prompt_length - 1,), generator=generator).tolist()
-               for _ in range(args.batch)]
-    runs = {"ours (kv cache)": lambda: ours(model, prompts, args.new_tokens),
-            "full recompute": lambda: full_recompute(model, prompts, args.new_tokens)}
+    prompts = [
+        [101] + torch.randint(672, 7992, (args.prompt_length - 1,), generator=generator).tolist()
+        for _ in range(args.batch)
+    ]
+    runs = {
+        "ours (kv cache)": lambda: ours(model, prompts, args.new_tokens),
+        "full recompute": lambda: full_recompute(model, prompts, args.new_tokens),
+    }
     if not args.skip_hf:
         from transformers import GPT2LMHeadModel
 
@@ -95,8 +106,10 @@ def main() -> int:
         hf.to(device)
         runs["hf generate (cache)"] = lambda: hf_generate(hf, prompts, args.new_tokens)
 
-    print(f"{args.preset} on {device} ({torch.get_num_threads()} threads): batch {args.batch}, prompt "
-          f"{args.prompt_length} tokens, {args.new_tokens} new tokens, greedy fp32, median of {args.repeats}")
+    print(
+        f"{args.preset} on {device} ({torch.get_num_threads()} threads): batch {args.batch}, prompt "
+        f"{args.prompt_length} tokens, {args.new_tokens} new tokens, greedy fp32, median of {args.repeats}"
+    )
     for fn in runs.values():  # warm-up
         fn()
     times = {name: [] for name in runs}
@@ -114,8 +127,10 @@ def main() -> int:
     for name in runs:
         if name != "ours (kv cache)":
             same = sum(a == b for a, b in zip(first, outputs[name]))
-            print(f"  ours / {name}: {rate['ours (kv cache)'] / rate[name]:.2f}x   "
-                  f"(same greedy tokens for {same}/{len(first)} prompts)")
+            print(
+                f"  ours / {name}: {rate['ours (kv cache)'] / rate[name]:.2f}x   "
+                f"(same greedy tokens for {same}/{len(first)} prompts)"
+            )
     return 0
 
 

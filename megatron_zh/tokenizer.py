@@ -24,8 +24,8 @@ import hashlib
 import os
 import re
 import unicodedata
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
@@ -67,7 +67,9 @@ def read_vocab(vocab_file: str | os.PathLike) -> list[str]:
     trimmed: dict[str, int] = {}
     for line_no, token in enumerate(tokens, start=1):
         if token in seen:
-            raise DataFormatError(f"{path}: token {token!r} on line {line_no} repeats line {seen[token]}; ids would be ambiguous")
+            raise DataFormatError(
+                f"{path}: token {token!r} on line {line_no} repeats line {seen[token]}; ids would be ambiguous"
+            )
         seen[token] = line_no
         key = token.rstrip()
         if key in trimmed:
@@ -78,7 +80,9 @@ def read_vocab(vocab_file: str | os.PathLike) -> list[str]:
         trimmed[key] = line_no
     missing = [t for t in SPECIAL_TOKENS if t not in seen]
     if missing:
-        hint = " (the file has Windows line endings? tokens must be separated by \\n)" if tokens[0].endswith("\r") else ""
+        hint = (
+            " (the file has Windows line endings? tokens must be separated by \\n)" if tokens[0].endswith("\r") else ""
+        )
         raise DataFormatError(f"{path}: special tokens {missing} are not in the vocab{hint}")
     return tokens
 
@@ -110,7 +114,9 @@ def check_fingerprint(
 
 def bert_normalizer(lower_case: bool = True) -> normalizers.Normalizer:
     # strip_accents=None follows lower_case, as in the original BERT and in BertTokenizer.
-    return normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lower_case)
+    return normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lower_case
+    )
 
 
 def build_backend(vocab_file: str | os.PathLike, lower_case: bool = True) -> Tokenizer:
@@ -213,7 +219,9 @@ class BertChineseTokenizer:
         self.fingerprint = fingerprint_of_tokens(self._tokens)
         self._backend = build_backend(self.vocab_file, lower_case)
         if self._backend.get_vocab_size(with_added_tokens=True) != self.vocab_size:
-            raise DataFormatError(f"{self.vocab_file}: `tokenizers` read a different number of tokens than the file has lines")
+            raise DataFormatError(
+                f"{self.vocab_file}: `tokenizers` read a different number of tokens than the file has lines"
+            )
         ids = {t: self._backend.token_to_id(t) for t in SPECIAL_TOKENS}
         self.pad, self.unk, self.cls, self.sep, self.mask = (ids[t] for t in SPECIAL_TOKENS)
         self.eod = self.sep  # [SEP] ends a document
@@ -248,7 +256,7 @@ class BertChineseTokenizer:
             code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
         except UnicodeEncodeError as exc:
             raise ValueError(
-                f"text contains a lone surrogate ({exc.object[exc.start:exc.end]!r}), which is not valid Unicode; "
+                f"text contains a lone surrogate ({exc.object[exc.start : exc.end]!r}), which is not valid Unicode; "
                 "decode input bytes with errors='strict' or 'replace'"
             ) from None
         kind = self._table.kind[code_points]
@@ -268,7 +276,8 @@ class BertChineseTokenizer:
         run_lengths = np.zeros(len(run_starts), dtype=np.int64)
         if len(run_starts):
             encoding = self._backend.encode(
-                "\n".join([joined[s:e] for s, e in zip(run_starts.tolist(), run_ends.tolist())]), add_special_tokens=False
+                "\n".join([joined[s:e] for s, e in zip(run_starts.tolist(), run_ends.tolist())]),
+                add_special_tokens=False,
             )
             run_ids = np.array(encoding.ids, dtype=np.int32)
             if len(run_ids):
@@ -320,12 +329,7 @@ class BertChineseTokenizer:
 def _is_cjk_ideograph(ch: str) -> bool:
     """The code point ranges BERT calls Chinese characters (and puts spaces around)."""
     cp = ord(ch)
-    return (
-        0x4E00 <= cp <= 0x9FFF
-        or 0x3400 <= cp <= 0x4DBF
-        or 0x20000 <= cp <= 0x2FA1F
-        or 0xF900 <= cp <= 0xFAFF
-    )
+    return 0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2FA1F or 0xF900 <= cp <= 0xFAFF
 
 
 _NO_SPACE_BEFORE = set(".,!?;:%)]}'\"")

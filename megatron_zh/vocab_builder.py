@@ -10,9 +10,9 @@ pieces prefixed "##"). The "compact" layout puts [PAD] [UNK] [CLS] [SEP] [MASK] 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
@@ -104,7 +104,11 @@ def train_vocab(config: VocabConfig) -> list[str]:
         f.write("\n".join(tokens) + "\n")
     logger.info(
         "wrote %s: %d tokens (%d reserved, %d learned) from %d documents%s",
-        config.output, len(tokens), len(reserved), len(tokens) - len(reserved), counts["documents"],
+        config.output,
+        len(tokens),
+        len(reserved),
+        len(tokens) - len(reserved),
+        counts["documents"],
         f", {counts['bad']} unreadable lines skipped" if counts["bad"] else "",
     )
     if len(tokens) < config.vocab_size:

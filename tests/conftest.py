@@ -51,9 +51,21 @@ def zh_text_document(tmp_path_factory, zh_corpus_file, zh_vocab_file) -> dict[st
 
     out = tmp_path_factory.mktemp("zh_text_document")
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools" / "preprocess_data.py"), "--input", str(zh_corpus_file),
-         "--output-prefix", str(out / "clue"), "--vocab-file", str(zh_vocab_file), "--workers", "2"],
-        cwd=REPO_ROOT, capture_output=True, text=True,
+        [
+            sys.executable,
+            str(REPO_ROOT / "tools" / "preprocess_data.py"),
+            "--input",
+            str(zh_corpus_file),
+            "--output-prefix",
+            str(out / "clue"),
+            "--vocab-file",
+            str(zh_vocab_file),
+            "--workers",
+            "2",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, f"preprocessing failed:\n{result.stdout}\n{result.stderr}"
     return {"prefix": str(out / "clue_text_document"), "vocab": str(zh_vocab_file)}
@@ -66,8 +78,11 @@ def tiny_checkpoint(tmp_path_factory, zh_text_document) -> dict:
     from training_runs import pretrain_args, run
 
     save = tmp_path_factory.mktemp("tiny_checkpoint") / "checkpoints"
-    run(pretrain_args(zh_text_document, save, train_iters=8, save_interval=8, eval_interval=0, eval_iters=1,
-                      log_interval=4))
+    run(
+        pretrain_args(
+            zh_text_document, save, train_iters=8, save_interval=8, eval_interval=0, eval_iters=1, log_interval=4
+        )
+    )
     return {"save": save, "vocab": zh_text_document["vocab"], "prefix": zh_text_document["prefix"]}
 
 
@@ -78,6 +93,18 @@ def bf16_checkpoint(zh_text_document, tmp_path_factory) -> Path:
     from training_runs import bf16_pretrain_args, run
 
     save = tmp_path_factory.mktemp("bf16") / "checkpoints"
-    run(bf16_pretrain_args(zh_text_document, save, train_iters=3, lr_warmup_iters=1, save_interval=3,
-                           eval_interval=0, eval_iters=1, global_batch_size=12, micro_batch_size=4), ranks=3)
+    run(
+        bf16_pretrain_args(
+            zh_text_document,
+            save,
+            train_iters=3,
+            lr_warmup_iters=1,
+            save_interval=3,
+            eval_interval=0,
+            eval_iters=1,
+            global_batch_size=12,
+            micro_batch_size=4,
+        ),
+        ranks=3,
+    )
     return save

@@ -51,7 +51,10 @@ def test_extraction_and_checksums(tmp_path, zh_vocab_file):
     spec = build_archives(tmp_path / "cache" / "archives", zh_vocab_file.read_bytes())
     assets = fetch_assets(tmp_path / "cache", spec)
     assert assets.vocab_file.read_bytes() == zh_vocab_file.read_bytes()
-    assert assets.corpus_file.read_text(encoding="utf-8") == "这本书写得很好，推荐！\n质量不错 good\n太差了，退货。\n物流很慢\n"
+    assert (
+        assets.corpus_file.read_text(encoding="utf-8")
+        == "这本书写得很好，推荐！\n质量不错 good\n太差了，退货。\n物流很慢\n"
+    )
     # Cached and verified: a second call reuses the files untouched.
     stamps = [p.stat().st_mtime_ns for p in (assets.vocab_file, assets.corpus_file)]
     again = fetch_assets(tmp_path / "cache", spec)
@@ -65,7 +68,12 @@ def test_extraction_and_checksums(tmp_path, zh_vocab_file):
 
 def test_archive_checksum_mismatch(tmp_path, zh_vocab_file):
     spec = build_archives(tmp_path / "archives", zh_vocab_file.read_bytes())
-    bad = AssetSpec(**{**spec.__dict__, "vocab_archive": Archive(spec.vocab_archive.requirement, spec.vocab_archive.filename, "0" * 64)})
+    bad = AssetSpec(
+        **{
+            **spec.__dict__,
+            "vocab_archive": Archive(spec.vocab_archive.requirement, spec.vocab_archive.filename, "0" * 64),
+        }
+    )
     with pytest.raises(AssetFetchError) as info:
         fetch_vocab(tmp_path, bad)
     message = str(info.value)
@@ -76,7 +84,9 @@ def test_archive_checksum_mismatch(tmp_path, zh_vocab_file):
 def test_vocab_checksum_mismatch(tmp_path, zh_vocab_file):
     spec = build_archives(tmp_path / "archives", zh_vocab_file.read_bytes() + b"extra\n")
     bad = AssetSpec(**{**spec.__dict__, "vocab_sha256": DEFAULT_ASSETS.vocab_sha256})
-    with pytest.raises(AssetFetchError, match=f"fakeclip/clip/vocab.txt in .* has sha256 .*expected {DEFAULT_ASSETS.vocab_sha256}"):
+    with pytest.raises(
+        AssetFetchError, match=f"fakeclip/clip/vocab.txt in .* has sha256 .*expected {DEFAULT_ASSETS.vocab_sha256}"
+    ):
         fetch_vocab(tmp_path, bad)
     assert not (tmp_path / bad.vocab_name).exists()
 
@@ -96,8 +106,13 @@ def test_failed_download_says_how_to_proceed_offline(tmp_path, monkeypatch):
 
 def test_real_fetch_from_pypi(tmp_path, zh_vocab_file):
     """The vocab for real: pip download of the cn_clip wheel (200 kB), checksums, extraction, via the tool."""
-    result = subprocess.run([sys.executable, "tools/fetch_assets.py", "--cache-dir", str(tmp_path), "--only", "vocab"],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "tools/fetch_assets.py", "--cache-dir", str(tmp_path), "--only", "vocab"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     vocab = Path(result.stdout.strip())
     assert vocab == tmp_path / DEFAULT_ASSETS.vocab_name

@@ -6,8 +6,8 @@ import pickle
 
 import numpy as np
 import pytest
-
 from gpt_corpus import assert_same_indices, megatron_datasets, random_documents, write_corpus
+
 from megatron_zh.data import blended_dataset
 from megatron_zh.data.blended_dataset import (
     BlendedDataset,
@@ -56,7 +56,9 @@ def test_blend_matches_megatron_core(corpora, tmp_path, weights, sizes):
 
 
 def test_blend_ratio_holds_on_every_prefix(corpora, tmp_path):
-    config = GPTDatasetConfig(data_path=["0.7", corpora[0], "0.3", corpora[1]], seq_length=32, split="1", cache_dir=str(tmp_path))
+    config = GPTDatasetConfig(
+        data_path=["0.7", corpora[0], "0.3", corpora[1]], seq_length=32, split="1", cache_dir=str(tmp_path)
+    )
     train, _, _ = build_train_valid_test_datasets(config, (10_000, 0, 0))
     drawn = np.cumsum(np.asarray(train.dataset_index) == 0)
     steps = np.arange(1, len(drawn) + 1)
@@ -74,20 +76,26 @@ def test_unweighted_prefixes_blend_by_token_count(corpora, tmp_path):
 
 
 def test_blend_cache_hit_and_key(corpora, tmp_path, monkeypatch):
-    config = GPTDatasetConfig(data_path=["0.6", corpora[0], "0.4", corpora[2]], seq_length=64, split="1", cache_dir=str(tmp_path))
+    config = GPTDatasetConfig(
+        data_path=["0.6", corpora[0], "0.4", corpora[2]], seq_length=64, split="1", cache_dir=str(tmp_path)
+    )
     first, _, _ = build_train_valid_test_datasets(config, (2000, 0, 0))
     monkeypatch.setattr(BlendedDataset, "_build_indices", lambda self: pytest.fail("blend rebuilt despite its cache"))
     second, _, _ = build_train_valid_test_datasets(config, (2000, 0, 0))
     assert isinstance(second.dataset_index.base, np.memmap)
     np.testing.assert_array_equal(first.dataset_index, second.dataset_index)
     monkeypatch.undo()
-    other = GPTDatasetConfig(data_path=["0.5", corpora[0], "0.5", corpora[2]], seq_length=64, split="1", cache_dir=str(tmp_path))
+    other = GPTDatasetConfig(
+        data_path=["0.5", corpora[0], "0.5", corpora[2]], seq_length=64, split="1", cache_dir=str(tmp_path)
+    )
     third, _, _ = build_train_valid_test_datasets(other, (2000, 0, 0))
     assert third.cache.key != first.cache.key
 
 
 def test_zero_samples_or_zero_split_weight_give_none(corpora, tmp_path):
-    config = GPTDatasetConfig(data_path=["1", corpora[0], "1", corpora[1]], seq_length=64, split="90,10,0", cache_dir=str(tmp_path))
+    config = GPTDatasetConfig(
+        data_path=["1", corpora[0], "1", corpora[1]], seq_length=64, split="90,10,0", cache_dir=str(tmp_path)
+    )
     train, valid, test = build_train_valid_test_datasets(config, (100, 0, 50))
     assert isinstance(train, BlendedDataset) and valid is None and test is None
 
@@ -100,7 +108,9 @@ def test_single_corpus_is_not_wrapped(corpora, tmp_path):
 
 def test_oversampled_corpus_is_reported(corpora, tmp_path, monkeypatch):
     monkeypatch.setattr(blended_dataset, "MID_LEVEL_SURPLUS", -0.5)  # build too few per corpus
-    config = GPTDatasetConfig(data_path=["0.5", corpora[0], "0.5", corpora[1]], seq_length=64, split="1", cache_dir=str(tmp_path))
+    config = GPTDatasetConfig(
+        data_path=["0.5", corpora[0], "0.5", corpora[1]], seq_length=64, split="1", cache_dir=str(tmp_path)
+    )
     with pytest.raises(Exception, match="draws .* samples from dataset"):
         build_train_valid_test_datasets(config, (200_000, 0, 0))
 
@@ -119,14 +129,18 @@ def test_parse_data_path(data_path, expected):
     assert parse_data_path(data_path) == expected
 
 
-@pytest.mark.parametrize("data_path", [["0.7", "a", "b"], ["0", "a", "1", "b"], ["-1", "a", "2", "b"], ["nan", "a", "1", "b"]])
+@pytest.mark.parametrize(
+    "data_path", [["0.7", "a", "b"], ["0", "a", "1", "b"], ["-1", "a", "2", "b"], ["nan", "a", "1", "b"]]
+)
 def test_bad_data_path_is_rejected(data_path):
     with pytest.raises(ConfigError):
         parse_data_path(data_path)
 
 
 def test_blend_pickles_without_its_indices(corpora, tmp_path):
-    config = GPTDatasetConfig(data_path=["0.5", corpora[0], "0.5", corpora[1]], seq_length=64, split="1", cache_dir=str(tmp_path))
+    config = GPTDatasetConfig(
+        data_path=["0.5", corpora[0], "0.5", corpora[1]], seq_length=64, split="1", cache_dir=str(tmp_path)
+    )
     train, _, _ = build_train_valid_test_datasets(config, (20_000, 0, 0))
     payload = pickle.dumps(train)
     assert len(payload) < 20_000 < train.dataset_sample_index.nbytes  # paths and settings, not arrays

@@ -21,8 +21,19 @@ def test_trained_vocab_on_real_corpus(tmp_path, zh_corpus_file):
 
     output = tmp_path / "vocab.txt"
     result = subprocess.run(
-        [sys.executable, "tools/build_vocab.py", "--input", str(zh_corpus_file), "--output", str(output), "--vocab-size", "6000"],
-        capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "tools/build_vocab.py",
+            "--input",
+            str(zh_corpus_file),
+            "--output",
+            str(output),
+            "--vocab-size",
+            "6000",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     tokens = read_vocab(output)  # no duplicates, specials present
@@ -47,12 +58,19 @@ def test_trained_vocab_on_real_corpus(tmp_path, zh_corpus_file):
 
 def test_compact_layout_and_jsonl(tmp_path):
     corpus = tmp_path / "c.jsonl"
-    corpus.write_text('{"text": "hello world 你好"}\n{"text": "hello there"}\nnot json\n{"other": 1}\n', encoding="utf-8")
-    tokens = train_vocab(VocabConfig(inputs=[str(corpus)], output=str(tmp_path / "v.txt"), vocab_size=40,
-                                     layout="compact", min_frequency=1))
+    corpus.write_text(
+        '{"text": "hello world 你好"}\n{"text": "hello there"}\nnot json\n{"other": 1}\n', encoding="utf-8"
+    )
+    tokens = train_vocab(
+        VocabConfig(
+            inputs=[str(corpus)], output=str(tmp_path / "v.txt"), vocab_size=40, layout="compact", min_frequency=1
+        )
+    )
     assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert "hello" in tokens and "你" in tokens
-    assert BertChineseTokenizer(tmp_path / "v.txt").encode("hello 你好") == [tokens.index(t) for t in ("hello", "你", "好")]
+    assert BertChineseTokenizer(tmp_path / "v.txt").encode("hello 你好") == [
+        tokens.index(t) for t in ("hello", "你", "好")
+    ]
 
 
 def test_config_errors(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from training_runs import latest, pretrain_args, run
 
 from megatron_zh.cli import run_cli
 from megatron_zh.convert import hf_export
@@ -24,7 +25,6 @@ from megatron_zh.convert.loading import load_model
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.training.checkpointing import MODEL_STATES_FILE
 from megatron_zh.training.metrics import read_metrics
-from training_runs import latest, pretrain_args, run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,9 +77,11 @@ def test_zero1_fp32_masters_are_the_module_weights(tiny_checkpoint):
 def test_bf16_optimizer_masters_are_fp32_not_the_bf16_copies(bf16_checkpoint):
     folder = bf16_checkpoint / latest(bf16_checkpoint)
     assert sorted(p.name for p in folder.glob("*optim_states.pt")) == [
-        f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(3)]
-    padding = torch.load(folder / "bf16_zero_pp_rank_2_mp_rank_00_optim_states.pt", map_location="cpu",
-                         weights_only=False)["optimizer_state_dict"]["group_paddings"]
+        f"bf16_zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(3)
+    ]
+    padding = torch.load(
+        folder / "bf16_zero_pp_rank_2_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=False
+    )["optimizer_state_dict"]["group_paddings"]
     assert any(padding), "the last rank should hold alignment padding (3 ranks)"
 
     loaded = load_checkpoint_weights(bf16_checkpoint)
@@ -103,8 +105,9 @@ def test_incomplete_or_mismatched_shards_are_refused(tiny_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="written by 2 ranks but .* has 1 optimizer files"):
         load_checkpoint_weights(copy)
     # Shards of another run (here: the optimizer files swapped for each other's ranks) do not match the module.
-    shutil.copy(folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    shutil.copy(
+        folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt", folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    )
     with pytest.raises(CheckpointError, match="differs from the module copy"):
         load_checkpoint_weights(copy)
 
@@ -116,16 +119,29 @@ def test_export_loads_in_transformers_with_our_logits(tiny_checkpoint, hf_export
     from transformers import BertTokenizer, GPT2LMHeadModel
 
     names = {p.name for p in hf_export_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json",
-            "generation_config.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+    } <= names
     assert not list(hf_export_dir.parent.glob(".hf.*")), "no temporary folder left behind"
     assert (hf_export_dir / "vocab.txt").read_bytes() == Path(tiny_checkpoint["vocab"]).read_bytes()
 
     config = json.loads((hf_export_dir / "config.json").read_text())
     assert config["activation_function"] == "gelu_new" and config["tokenizer_class"] == "BertTokenizer"
     assert (config["bos_token_id"], config["eos_token_id"], config["pad_token_id"]) == (101, 102, 0)
-    assert (config["n_layer"], config["n_embd"], config["n_head"], config["n_inner"], config["n_positions"],
-            config["vocab_size"], config["layer_norm_epsilon"]) == (2, 128, 4, 512, 256, 21128, 1e-5)
+    assert (
+        config["n_layer"],
+        config["n_embd"],
+        config["n_head"],
+        config["n_inner"],
+        config["n_positions"],
+        config["vocab_size"],
+        config["layer_norm_epsilon"],
+    ) == (2, 128, 4, 512, 256, 21128, 1e-5)
     tokenizer_config = json.loads((hf_export_dir / "tokenizer_config.json").read_text())
     assert tokenizer_config["do_lower_case"] is True and tokenizer_config["model_max_length"] == 256
     generation = json.loads((hf_export_dir / "generation_config.json").read_text())
@@ -140,7 +156,10 @@ def test_export_loads_in_transformers_with_our_logits(tiny_checkpoint, hf_export
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied, as ours
 
     ours = load_model(checkpoint=str(tiny_checkpoint["save"]))
-    texts = ["北京是中华人民共和国的首都，也是全国的政治和文化中心。", "这部电影的剧情很精彩，演员的表演也非常自然，值得一看。"]
+    texts = [
+        "北京是中华人民共和国的首都，也是全国的政治和文化中心。",
+        "这部电影的剧情很精彩，演员的表演也非常自然，值得一看。",
+    ]
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     assert batch["attention_mask"].all(), "equal-length texts: no padding, so both models see the same input"
     assert set(batch) == {"input_ids", "attention_mask"}, "GPT-2 would add wte(token_type_ids) to its input"
@@ -206,16 +225,17 @@ def test_refuses_a_vocab_with_another_fingerprint(tiny_checkpoint, tmp_path, cap
     tokens[800], tokens[801] = tokens[801], tokens[800]  # same tokens, two ids swapped
     other = tmp_path / "vocab.txt"
     other.write_text("\n".join(tokens), encoding="utf-8")
-    status = run_tool("convert_to_hf", ["--checkpoint", str(tiny_checkpoint["save"]), "--output",
-                                        str(tmp_path / "out"), "--vocab-file", str(other)])
+    status = run_tool(
+        "convert_to_hf",
+        ["--checkpoint", str(tiny_checkpoint["save"]), "--output", str(tmp_path / "out"), "--vocab-file", str(other)],
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert err.startswith("error: checkpoint ") and "was made with vocab sha256:" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
-def test_output_is_replaced_only_with_overwrite_and_only_after_the_self_check(tiny_checkpoint, tmp_path,
-                                                                               monkeypatch):
+def test_output_is_replaced_only_with_overwrite_and_only_after_the_self_check(tiny_checkpoint, tmp_path, monkeypatch):
     output = tmp_path / "hf"
     output.mkdir()
     (output / "keep.txt").write_text("mine")
@@ -299,8 +319,17 @@ def test_pretraining_continues_from_an_imported_checkpoint(tiny_checkpoint, hf_e
     imported = load_checkpoint_weights(tmp_path / "imported").state_dict
     dataset = {"prefix": tiny_checkpoint["prefix"], "vocab": tiny_checkpoint["vocab"]}
     save = tmp_path / "continued"
-    args = pretrain_args(dataset, save, train_iters=3, lr_warmup_iters=1, save_interval=1, keep_last=0,
-                         eval_interval=0, eval_iters=1, log_interval=1)
+    args = pretrain_args(
+        dataset,
+        save,
+        train_iters=3,
+        lr_warmup_iters=1,
+        save_interval=1,
+        keep_last=0,
+        eval_interval=0,
+        eval_iters=1,
+        log_interval=1,
+    )
     args[args.index("--load") + 1] = str(tmp_path / "imported")
     run(args + ["--finetune"], ranks=None)  # one process, no launcher
 

@@ -45,13 +45,17 @@ def corpus(tmp_path_factory, zh_corpus_file, zh_vocab_file) -> dict:
     out = tmp_path_factory.mktemp("eval_corpus")
     text = out / "docs.txt"
     text.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    stats = preprocess(PreprocessConfig(inputs=[str(text)], output_prefix=str(out / "docs"),
-                                        vocab_file=str(zh_vocab_file), progress=False))
+    stats = preprocess(
+        PreprocessConfig(
+            inputs=[str(text)], output_prefix=str(out / "docs"), vocab_file=str(zh_vocab_file), progress=False
+        )
+    )
     return {"text": text, "lines": lines, "prefix": stats.outputs["text"]}
 
 
-def reference_loss(model: GPT2Model, vocab_file, lines: list[str], seq: int,
-                   eod_mask_loss: bool = False) -> tuple[float, int]:
+def reference_loss(
+    model: GPT2Model, vocab_file, lines: list[str], seq: int, eod_mask_loss: bool = False
+) -> tuple[float, int]:
     """transformers' BertTokenizer and GPT2LMHeadModel (our weights), windows cut here by hand."""
     from transformers import BertTokenizer, GPT2LMHeadModel
 
@@ -70,7 +74,7 @@ def reference_loss(model: GPT2Model, vocab_file, lines: list[str], seq: int,
     total, count = 0.0, 0
     with torch.no_grad():
         for first, scored in windows:
-            window = torch.tensor(stream[first:first + seq + 1][-(seq + 1):])
+            window = torch.tensor(stream[first : first + seq + 1][-(seq + 1) :])
             inputs, labels = window[:-1], window[1:]
             losses = F.cross_entropy(hf(inputs[None]).logits[0], labels, reduction="none")[-scored:]
             keep = inputs[-scored:] != bert.sep_token_id if eod_mask_loss else torch.ones(scored, dtype=torch.bool)
@@ -109,8 +113,9 @@ def test_full_windows_are_training_samples_in_file_order(corpus):
     dataset = IndexedDataset(corpus["prefix"])
     lengths = dataset.sequence_lengths
     for seq in (64, 100, 128):
-        sample_index = helpers.build_sample_idx(lengths, np.arange(len(lengths), dtype=np.int32), seq, 1,
-                                                int(lengths.sum()), True, True)
+        sample_index = helpers.build_sample_idx(
+            lengths, np.arange(len(lengths), dtype=np.int32), seq, 1, int(lengths.sum()), True, True
+        )
         document_starts = np.cumsum(lengths, dtype=np.int64) - lengths
         starts = document_starts[sample_index[:-1, 0]] + sample_index[:-1, 1]
         assert len(starts) == (dataset.num_tokens - 1) // seq
@@ -143,11 +148,13 @@ def test_max_tokens_evaluates_a_prefix_of_the_stream(model, tokenizer, corpus):
 
 def test_jsonl_input_reads_the_named_key(model, tokenizer, corpus, tmp_path):
     path = tmp_path / "docs.jsonl"
-    path.write_text("".join(json.dumps({"content": line}, ensure_ascii=False) + "\n" for line in corpus["lines"]),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"content": line}, ensure_ascii=False) + "\n" for line in corpus["lines"]), encoding="utf-8"
+    )
     config = EvaluationConfig(96, max_tokens=2000, progress=False)
-    from_json = evaluate_input(model, tokenizer, str(path), EvaluationConfig(96, max_tokens=2000, json_key="content",
-                                                                              progress=False))
+    from_json = evaluate_input(
+        model, tokenizer, str(path), EvaluationConfig(96, max_tokens=2000, json_key="content", progress=False)
+    )
     assert from_json.loss == evaluate_input(model, tokenizer, corpus["prefix"], config).loss
     with pytest.raises(DataFormatError, match="missing key 'text'"):
         evaluate_input(model, tokenizer, str(path), EvaluationConfig(96, strict=True, progress=False))
@@ -175,11 +182,14 @@ def test_token_ids_outside_the_vocab_are_refused(model, tokenizer, tmp_path):
         evaluate_input(model, tokenizer, prefix, EvaluationConfig(64, progress=False))
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "no such text file, and no dataset"),
-    ("\n  \n", "0 token"),
-    (b"\xff\xfe bad\n", "invalid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such text file, and no dataset"),
+        ("\n  \n", "0 token"),
+        (b"\xff\xfe bad\n", "invalid UTF-8"),
+    ],
+)
 def test_bad_inputs_get_clear_errors(model, tokenizer, tmp_path, content, message):
     path = tmp_path / "input.txt"
     if isinstance(content, bytes):
@@ -202,8 +212,13 @@ def test_config_is_validated(model, tokenizer, corpus):
 
 
 def run_tool(repo_root, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(repo_root / "tools" / "evaluate.py"), *map(str, args)],
-                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "evaluate.py"), *map(str, args)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_evaluate_tool_on_a_trained_checkpoint_and_its_hf_export_agree(tiny_checkpoint, repo_root, corpus, tmp_path):
@@ -238,24 +253,43 @@ def test_evaluate_tool_on_a_trained_checkpoint_and_its_hf_export_agree(tiny_chec
         (ours_text,) = generate(loaded.model, loaded.tokenizer, [prompt], config)
         prompt_ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
         with torch.no_grad():
-            out = hf.generate(prompt_ids, attention_mask=torch.ones_like(prompt_ids), max_new_tokens=20,
-                              do_sample=False, eos_token_id=loaded.tokenizer.eod, pad_token_id=loaded.tokenizer.pad)
-        assert ours_text.token_ids == out[0, prompt_ids.shape[1]:].tolist()
+            out = hf.generate(
+                prompt_ids,
+                attention_mask=torch.ones_like(prompt_ids),
+                max_new_tokens=20,
+                do_sample=False,
+                eos_token_id=loaded.tokenizer.eod,
+                pad_token_id=loaded.tokenizer.pad,
+            )
+        assert ours_text.token_ids == out[0, prompt_ids.shape[1] :].tolist()
 
 
 def export_to_hf(tiny_checkpoint, repo_root, out) -> str:
     """tools/convert_to_hf.py's export of the checkpoint."""
-    result = subprocess.run([sys.executable, str(repo_root / "tools" / "convert_to_hf.py"), "--checkpoint",
-                             str(tiny_checkpoint["save"]), "--output", str(out)],
-                            cwd=repo_root, capture_output=True, text=True, timeout=180)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "tools" / "convert_to_hf.py"),
+            "--checkpoint",
+            str(tiny_checkpoint["save"]),
+            "--output",
+            str(out),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert result.returncode == 0, result.stderr
     return str(out)
 
 
 def test_evaluate_tool_errors_are_one_line(tiny_checkpoint, repo_root, corpus, tmp_path):
-    missing = run_tool(repo_root, "--checkpoint", tiny_checkpoint["save"], "--input", tmp_path / "nope.txt",
-                       "--seq-length", 64)
+    missing = run_tool(
+        repo_root, "--checkpoint", tiny_checkpoint["save"], "--input", tmp_path / "nope.txt", "--seq-length", 64
+    )
     assert missing.returncode == 2 and "no such text file" in missing.stderr and "Traceback" not in missing.stderr
-    too_long = run_tool(repo_root, "--checkpoint", tiny_checkpoint["save"], "--input", corpus["prefix"],
-                        "--seq-length", 100000)
+    too_long = run_tool(
+        repo_root, "--checkpoint", tiny_checkpoint["save"], "--input", corpus["prefix"], "--seq-length", 100000
+    )
     assert too_long.returncode == 2 and "exceeds the model's" in too_long.stderr

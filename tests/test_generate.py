@@ -60,7 +60,7 @@ def reference_greedy(model: GPT2Model, prompt: list[int], steps: int) -> list[in
         for _ in range(steps):
             logits = model(torch.tensor([sequence[-window:]])).logits[0, -1]
             sequence.append(int(logits.argmax()))
-    return sequence[len(prompt):]
+    return sequence[len(prompt) :]
 
 
 def run(model, prompts, config, eod_id=102, row_ids=None) -> list[list[int]]:
@@ -126,8 +126,10 @@ def test_stop_at_eod_ends_only_that_prompt(short_model):
     config = GenerationConfig(max_new_tokens=10, sampling=SamplingConfig(greedy=True))
     got = run(short_model, prompts, config, eod_id=eod)
     assert got == [expected[0][: stop + 1], expected[1]]
-    assert run(short_model, prompts, GenerationConfig(10, SamplingConfig(greedy=True), stop_at_eod=False),
-               eod_id=eod) == expected
+    assert (
+        run(short_model, prompts, GenerationConfig(10, SamplingConfig(greedy=True), stop_at_eod=False), eod_id=eod)
+        == expected
+    )
 
 
 def test_sampling_is_deterministic_per_seed_and_independent_of_batch(model):
@@ -185,13 +187,16 @@ def test_filter_logits_top_k_then_top_p():
     assert torch.isfinite(filter_logits(logits, top_p=1e-9)).tolist() == [[True, False, False, False, False]]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=0.0), "temperature"),
-    (dict(top_k=-1), "top_k"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(seed=-1), "seed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=0.0), "temperature"),
+        (dict(top_k=-1), "top_k"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(seed=-1), "seed"),
+    ],
+)
 def test_sampling_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         SamplingConfig(**kwargs)
@@ -220,7 +225,7 @@ def test_text_stream_pieces_concatenate_to_decode(tokenizer):
     expected = tokenizer.decode(prompt + new, skip_special_tokens=True)
     prefix = tokenizer.decode(prompt, skip_special_tokens=True)
     assert expected.startswith(prefix)
-    assert "".join(pieces) == expected[len(prefix):]
+    assert "".join(pieces) == expected[len(prefix) :]
     assert "".join(pieces).startswith("ing今天很好")
     # End of document: a line break, then the next document from scratch.
     assert stream.push(tokenizer.eod) == "\n"
@@ -239,7 +244,7 @@ def test_streaming_equals_generate_and_has_no_spaces_between_chinese_characters(
         whole = tokenizer.decode(result.prompt_ids + result.token_ids, skip_special_tokens=True)
         prompt_text = tokenizer.decode(result.prompt_ids, skip_special_tokens=True)
         assert tokenizer.eod not in result.token_ids  # else the text holds a line break decode() drops
-        assert result.text == whole[len(prompt_text):]
+        assert result.text == whole[len(prompt_text) :]
         assert not CJK_PAIR_WITH_SPACE.search(result.text)
     assert sum(map(len, seen.values())) > 0
     assert sum(re.match(r"[\u4e00-\u9fff]", ch) is not None for ch in results[0].text) > 5  # the check saw CJK pairs
@@ -252,7 +257,7 @@ def test_padded_vocab_rows_are_never_generated_and_a_larger_vocab_is_refused(tok
     emits the padding ids; a model smaller than the vocab is refused."""
     padded = tiny_model(vocab_size=tokenizer.vocab_size + 24)
     with torch.no_grad():
-        padded.embedding.word_embeddings.weight[tokenizer.vocab_size:] *= 50  # the padding would win every argmax
+        padded.embedding.word_embeddings.weight[tokenizer.vocab_size :] *= 50  # the padding would win every argmax
     config = GenerationConfig(12, SamplingConfig(greedy=True), stop_at_eod=False)
     (result,) = generate(padded, tokenizer, ["你好"], config)
     assert len(result.token_ids) == 12 and max(result.token_ids) < tokenizer.vocab_size
@@ -264,16 +269,31 @@ def test_padded_vocab_rows_are_never_generated_and_a_larger_vocab_is_refused(tok
 
 
 def run_tool(repo_root, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(repo_root / "tools" / "generate.py"), *map(str, args)],
-                          cwd=repo_root, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "generate.py"), *map(str, args)],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_generate_tool_on_a_trained_checkpoint(tiny_checkpoint, repo_root, tmp_path):
     """Streamed and batched runs print the same texts; --json the same again; no CJK spaces."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("今天天气很好\n\n北京是中国的\n", encoding="utf-8")
-    common = ["--checkpoint", tiny_checkpoint["save"], "--prompt-file", prompts, "--max-new-tokens", 24,
-              "--seed", 5, "--device", "cpu"]
+    common = [
+        "--checkpoint",
+        tiny_checkpoint["save"],
+        "--prompt-file",
+        prompts,
+        "--max-new-tokens",
+        24,
+        "--seed",
+        5,
+        "--device",
+        "cpu",
+    ]
     streamed = run_tool(repo_root, *common)
     assert streamed.returncode == 0, streamed.stderr
     batched = run_tool(repo_root, *common, "--no-stream", "--json")

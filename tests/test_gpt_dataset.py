@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from gpt_corpus import EOD, assert_same_indices, megatron_datasets, random_documents, write_corpus
+
 from megatron_zh.data import gpt_dataset
 from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
 from megatron_zh.data.gpt_dataset import GPTDatasetConfig, split_ranges
@@ -106,7 +106,9 @@ def test_sample_fields_and_collation(corpus, tmp_path):
 
 
 def test_eod_mask_loss_masks_inputs_that_end_a_document(corpus, tmp_path):
-    config = GPTDatasetConfig(data_path=[corpus], seq_length=64, split="1", cache_dir=str(tmp_path), eod_mask_loss=True, eod_token=EOD)
+    config = GPTDatasetConfig(
+        data_path=[corpus], seq_length=64, split="1", cache_dir=str(tmp_path), eod_mask_loss=True, eod_token=EOD
+    )
     train, _, _ = build_train_valid_test_datasets(config, (200, 0, 0))
     masked = 0
     for i in range(50):
@@ -208,7 +210,8 @@ def test_cache_key_follows_the_document_lengths_not_the_path(tmp_path):
     keys = []
     for prefix in (a, b, c):
         train, _, _ = build_train_valid_test_datasets(
-            GPTDatasetConfig(data_path=[prefix], seq_length=16, split="1", cache_dir=str(tmp_path / "cache")), (100, 0, 0)
+            GPTDatasetConfig(data_path=[prefix], seq_length=16, split="1", cache_dir=str(tmp_path / "cache")),
+            (100, 0, 0),
         )
         keys.append(train.cache.key)
     assert keys[0] == keys[1] != keys[2]
@@ -256,7 +259,9 @@ def test_two_processes_sharing_a_cache_dir_build_once(corpus, tmp_path, repo_roo
     go = f"{__import__('time').time() + 3.0}"  # both start building at the same moment
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
     procs = [
-        subprocess.Popen([sys.executable, "-c", _BUILDER_SCRIPT, corpus, str(cache), str(tmp_path / f"r{i}.json"), go], env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", _BUILDER_SCRIPT, corpus, str(cache), str(tmp_path / f"r{i}.json"), go], env=env
+        )
         for i in range(2)
     ]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]

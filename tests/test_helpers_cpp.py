@@ -145,7 +145,9 @@ def test_wrapper_picks_int32_then_int64(monkeypatch):
     large = helpers.build_sample_idx(sizes, document_idx, 4, 1, 18)
     assert large.dtype == np.int64
     np.testing.assert_array_equal(small, large)
-    np.testing.assert_array_equal(small, megatron_helpers.build_sample_idx_int32(sizes, document_idx, 4, 1, 18, True, 1))
+    np.testing.assert_array_equal(
+        small, megatron_helpers.build_sample_idx_int32(sizes, document_idx, 4, 1, 18, True, 1)
+    )
 
 
 @pytest.mark.parametrize(

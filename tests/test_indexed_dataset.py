@@ -166,9 +166,17 @@ def test_merge(tmp_path, megatron_indexed):
 
     # The command-line tool with a glob gives byte-identical files.
     result = subprocess.run(
-        [sys.executable, "tools/merge_datasets.py", "--input", str(tmp_path / "part_*"),
-         "--output-prefix", str(tmp_path / "merged_cli")],
-        capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)),
+        [
+            sys.executable,
+            "tools/merge_datasets.py",
+            "--input",
+            str(tmp_path / "part_*"),
+            "--output-prefix",
+            str(tmp_path / "merged_cli"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
     )
     assert result.returncode == 0, result.stderr
     for path in (data_file_path, index_file_path):
@@ -224,8 +232,12 @@ def test_writer_memory_does_not_grow_with_the_number_of_documents(tmp_path):
     )
     peaks = []
     for documents in (2_000_000, 8_000_000):
-        out = subprocess.run([sys.executable, "-c", script, str(documents), str(tmp_path / f"d{documents}")],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", script, str(documents), str(tmp_path / f"d{documents}")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         peaks.append(int(out.split()[-1]) / 1024)  # MB
     assert peaks[1] < peaks[0] + 10, f"peak RSS {peaks[0]:.0f} MB for 2 M documents, {peaks[1]:.0f} MB for 8 M"
 
@@ -275,17 +287,53 @@ CORRUPTIONS = {
     "wrong dtype code": ("idx", lambda p: _patch(p, 17, bytes([4])), r"sequence 1 points at byte 10 .* expected 20"),
     "truncated header": ("idx", lambda p: _truncate(p, 20), r"truncated header"),
     "empty idx": ("idx", lambda p: _truncate(p, 0), r"bad magic"),
-    "truncated idx": ("idx", lambda p: _truncate(p, os.path.getsize(p) - 8), r"size \d+ bytes does not match its header"),
-    "sequence count too large": ("idx", lambda p: _patch(p, 18, struct.pack("<Q", 6)), r"does not match its header \(6 sequences"),
+    "truncated idx": (
+        "idx",
+        lambda p: _truncate(p, os.path.getsize(p) - 8),
+        r"size \d+ bytes does not match its header",
+    ),
+    "sequence count too large": (
+        "idx",
+        lambda p: _patch(p, 18, struct.pack("<Q", 6)),
+        r"does not match its header \(6 sequences",
+    ),
     "document count too large": ("idx", lambda p: _patch(p, 26, struct.pack("<Q", 7)), r"does not match its header"),
     "trailing bytes (multimodal)": ("idx", lambda p: _append(p, bytes(NUM_SEQUENCES)), r"multimodal"),
-    "negative length": ("idx", lambda p: _patch(p, LENGTHS_AT + 4, struct.pack("<i", -3)), r"sequence 1 has negative length"),
-    "length beyond bin": ("idx", lambda p: _patch(p, LENGTHS_AT + 16, struct.pack("<i", 9)), r"sequence 4 ends at byte 58 .* only 56"),
-    "pointer moved": ("idx", lambda p: _patch(p, POINTERS_AT + 16, struct.pack("<q", 4)), r"sequence 2 points at byte 4 .* expected 10"),
-    "pointer beyond bin": ("idx", lambda p: _patch(p, POINTERS_AT + 32, struct.pack("<q", 10**9)), r"sequence 4 points at byte 1000000000"),
-    "document index not monotonic": ("idx", lambda p: _patch(p, DOCUMENTS_AT + 16, struct.pack("<q", 0)), r"not monotonic at document 1"),
-    "document index not starting at 0": ("idx", lambda p: _patch(p, DOCUMENTS_AT, struct.pack("<q", 1)), r"must run from 0"),
-    "document index past the end": ("idx", lambda p: _patch(p, DOCUMENTS_AT + 40, struct.pack("<q", 9)), r"must run from 0 to the sequence count 5"),
+    "negative length": (
+        "idx",
+        lambda p: _patch(p, LENGTHS_AT + 4, struct.pack("<i", -3)),
+        r"sequence 1 has negative length",
+    ),
+    "length beyond bin": (
+        "idx",
+        lambda p: _patch(p, LENGTHS_AT + 16, struct.pack("<i", 9)),
+        r"sequence 4 ends at byte 58 .* only 56",
+    ),
+    "pointer moved": (
+        "idx",
+        lambda p: _patch(p, POINTERS_AT + 16, struct.pack("<q", 4)),
+        r"sequence 2 points at byte 4 .* expected 10",
+    ),
+    "pointer beyond bin": (
+        "idx",
+        lambda p: _patch(p, POINTERS_AT + 32, struct.pack("<q", 10**9)),
+        r"sequence 4 points at byte 1000000000",
+    ),
+    "document index not monotonic": (
+        "idx",
+        lambda p: _patch(p, DOCUMENTS_AT + 16, struct.pack("<q", 0)),
+        r"not monotonic at document 1",
+    ),
+    "document index not starting at 0": (
+        "idx",
+        lambda p: _patch(p, DOCUMENTS_AT, struct.pack("<q", 1)),
+        r"must run from 0",
+    ),
+    "document index past the end": (
+        "idx",
+        lambda p: _patch(p, DOCUMENTS_AT + 40, struct.pack("<q", 9)),
+        r"must run from 0 to the sequence count 5",
+    ),
     "truncated bin": ("bin", lambda p: _truncate(p, 40), r"ends at byte \d+ but .*corrupt\.bin has only 40 bytes"),
     "bin too long": ("bin", lambda p: _append(p, b"\x00\x00"), r"corrupt\.bin: 58 bytes, but .*describes 56 bytes"),
     "missing bin": ("bin", os.unlink, r"corrupt\.bin: file not found"),

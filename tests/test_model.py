@@ -18,8 +18,14 @@ from megatron_zh.model import PRESETS, GPT2Config, GPT2Model, model_flops_per_to
 
 
 def small_config(**overrides) -> GPT2Config:
-    fields = dict(vocab_size=500, max_position_embeddings=64, num_layers=2, hidden_size=64, num_attention_heads=4,
-                  ffn_hidden_size=256)
+    fields = dict(
+        vocab_size=500,
+        max_position_embeddings=64,
+        num_layers=2,
+        hidden_size=64,
+        num_attention_heads=4,
+        ffn_hidden_size=256,
+    )
     return GPT2Config(**{**fields, **overrides})
 
 
@@ -34,11 +40,18 @@ def grads_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 # --- config -------------------------------------------------------------------------------------
 
+
 def test_defaults_are_the_published_distil_model():
     config = GPT2Config()
     assert config == GPT2Config.from_preset("gpt2-distil")
-    assert (config.vocab_size, config.max_position_embeddings, config.num_layers, config.hidden_size,
-            config.num_attention_heads, config.ffn_hidden_size) == (21128, 1024, 6, 768, 12, 3072)
+    assert (
+        config.vocab_size,
+        config.max_position_embeddings,
+        config.num_layers,
+        config.hidden_size,
+        config.num_attention_heads,
+        config.ffn_hidden_size,
+    ) == (21128, 1024, 6, 768, 12, 3072)
     assert config.hidden_dropout == config.attention_dropout == 0.1
     assert config.head_dim == 64
 
@@ -51,17 +64,20 @@ def test_presets_build_and_round_trip_through_dicts():
     assert (tiny.num_layers, tiny.hidden_size, tiny.attention_impl) == (2, 128, "torch")
 
 
-@pytest.mark.parametrize("fields, message", [
-    (dict(hidden_size=100, num_attention_heads=12), "divisible by num_attention_heads"),
-    (dict(num_layers=0), "num_layers must be a positive integer"),
-    (dict(vocab_size=True), "vocab_size must be a positive integer"),
-    (dict(hidden_dropout=1.0), r"hidden_dropout must be in \[0, 1\)"),
-    (dict(attention_dropout=-0.1), "attention_dropout"),
-    (dict(layernorm_epsilon=0.0), "layernorm_epsilon must be a positive number"),
-    (dict(init_std=float("nan")), "init_std"),
-    (dict(attention_impl="xformers"), "attention_impl must be one of"),
-    (dict(activation_checkpointing="yes"), "activation_checkpointing"),
-])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(hidden_size=100, num_attention_heads=12), "divisible by num_attention_heads"),
+        (dict(num_layers=0), "num_layers must be a positive integer"),
+        (dict(vocab_size=True), "vocab_size must be a positive integer"),
+        (dict(hidden_dropout=1.0), r"hidden_dropout must be in \[0, 1\)"),
+        (dict(attention_dropout=-0.1), "attention_dropout"),
+        (dict(layernorm_epsilon=0.0), "layernorm_epsilon must be a positive number"),
+        (dict(init_std=float("nan")), "init_std"),
+        (dict(attention_impl="xformers"), "attention_impl must be one of"),
+        (dict(activation_checkpointing="yes"), "activation_checkpointing"),
+    ],
+)
 def test_invalid_configs_are_rejected(fields, message):
     with pytest.raises(ConfigError, match=message):
         GPT2Config(**fields)
@@ -83,8 +99,7 @@ def test_model_flops_per_token():
     # Independent count: 6 FLOPs per matmul weight per token, plus attention's 2 * 2 * s * h
     # per layer in the forward (tripled for training).
     model = GPT2Model(small_config())
-    matmul_weights = sum(p.numel() for name, p in model.named_parameters()
-                         if p.dim() == 2 and "position" not in name)
+    matmul_weights = sum(p.numel() for name, p in model.named_parameters() if p.dim() == 2 and "position" not in name)
     expected = 6 * matmul_weights + 3 * 4 * 32 * 64 * 2
     assert model_flops_per_token(small_config(), 32) == pytest.approx(expected, rel=1e-12)
     with pytest.raises(ConfigError):
@@ -92,6 +107,7 @@ def test_model_flops_per_token():
 
 
 # --- model --------------------------------------------------------------------------------------
+
 
 def test_logits_shape_and_unmasked_loss():
     config = small_config()
@@ -164,8 +180,9 @@ def test_activation_checkpointing_gives_identical_gradients():
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        model = GPT2Model(small_config(hidden_dropout=0.1, attention_dropout=0.1,
-                                       activation_checkpointing=checkpointing)).train()
+        model = GPT2Model(
+            small_config(hidden_dropout=0.1, attention_dropout=0.1, activation_checkpointing=checkpointing)
+        ).train()
         calls = []
         model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
         torch.manual_seed(1)  # the same dropout masks in both runs (and in the recompute)
@@ -199,8 +216,7 @@ def test_triton_kernels_in_the_model_match_pytorch(impl):
     # kernel_backend="triton" runs the fused layer norm and attention kernels (here under
     # Triton's interpreter); they must reproduce the PyTorch path. 150 tokens span query blocks that
     # have key blocks wholly below the diagonal (unmasked), straddling it, and past it (skipped).
-    config = small_config(attention_impl=impl, hidden_dropout=0.0, attention_dropout=0.0,
-                          max_position_embeddings=160)
+    config = small_config(attention_impl=impl, hidden_dropout=0.0, attention_dropout=0.0, max_position_embeddings=160)
     input_ids, labels = random_batch(config, batch=2, seq=150)
     results = {}
     for backend in ("torch", "triton"):
@@ -262,7 +278,8 @@ def test_cpu_only_machine_never_launches_triton(repo_root):
         "try:\n    ops.causal_attention(x, x, x, backend='triton')\nexcept RuntimeError as e:\n    print(e)\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo_root, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "backend='triton' needs CUDA tensors" in result.stdout

@@ -53,8 +53,9 @@ def run_public(q, k, v, grad, scale=None, dropout_p=0.0):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("shape", [(2, 3, 1, 64), (2, 3, 17, 64), (1, 3, 129, 64), (1, 2, 1000, 64)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 1, 64), (2, 3, 17, 64), (1, 3, 129, 64), (1, 2, 1000, 64)], ids=lambda s: "x".join(map(str, s))
+)
 def test_matches_float64_reference(shape, dtype):
     q, k, v, grad = make_inputs(shape, dtype, seed=shape[2])
     assert_matches(run_public(q, k, v, grad), float64_reference(q, k, v, grad, 1 / math.sqrt(shape[-1])), dtype)
@@ -71,9 +72,11 @@ def test_other_head_dims_and_scale(head_dim):
     assert_matches(run_public(q, k, v, grad, scale=0.3), float64_reference(q, k, v, grad, 0.3), torch.float32)
 
 
-@pytest.mark.parametrize("config", [dict(BLOCK_M=16, BLOCK_N=64), dict(BLOCK_M=32, BLOCK_N=32),
-                                    dict(BLOCK_M=128, BLOCK_N=16)],
-                         ids=lambda c: f"m{c['BLOCK_M']}n{c['BLOCK_N']}")
+@pytest.mark.parametrize(
+    "config",
+    [dict(BLOCK_M=16, BLOCK_N=64), dict(BLOCK_M=32, BLOCK_N=32), dict(BLOCK_M=128, BLOCK_N=16)],
+    ids=lambda c: f"m{c['BLOCK_M']}n{c['BLOCK_N']}",
+)
 def test_block_tilings_agree(config):
     # GPU autotuning picks the tiling; the diagonal/off-diagonal split must hold for each,
     # including key blocks wider than query blocks.

@@ -13,12 +13,15 @@ from megatron_zh.ops.kernels import layer_norm as kernels
 # once to the dtype; dx likewise; dweight and dbias stay float32 (accumulated in float32 over
 # all rows, so their absolute error grows with the row count).
 TOLERANCES = {
-    torch.float32: dict(y=dict(atol=1e-5, rtol=1e-5), dx=dict(atol=1e-5, rtol=1e-5),
-                        dparams=dict(atol=1e-4, rtol=1e-5)),
-    torch.float16: dict(y=dict(atol=2e-3, rtol=2e-3), dx=dict(atol=2e-3, rtol=2e-3),
-                        dparams=dict(atol=1e-3, rtol=1e-4)),
-    torch.bfloat16: dict(y=dict(atol=2e-2, rtol=1.6e-2), dx=dict(atol=2e-2, rtol=1.6e-2),
-                         dparams=dict(atol=1e-2, rtol=1e-3)),
+    torch.float32: dict(
+        y=dict(atol=1e-5, rtol=1e-5), dx=dict(atol=1e-5, rtol=1e-5), dparams=dict(atol=1e-4, rtol=1e-5)
+    ),
+    torch.float16: dict(
+        y=dict(atol=2e-3, rtol=2e-3), dx=dict(atol=2e-3, rtol=2e-3), dparams=dict(atol=1e-3, rtol=1e-4)
+    ),
+    torch.bfloat16: dict(
+        y=dict(atol=2e-2, rtol=1.6e-2), dx=dict(atol=2e-2, rtol=1.6e-2), dparams=dict(atol=1e-2, rtol=1e-3)
+    ),
 }
 
 
@@ -55,8 +58,9 @@ def check(shape, dtype, seed, eps=1e-5):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("shape", [(1, 1, 768), (1, 17, 768), (2, 129, 768), (1, 1000, 768)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 768), (1, 17, 768), (2, 129, 768), (1, 1000, 768)], ids=lambda s: "x".join(map(str, s))
+)
 def test_matches_float64_reference(shape, dtype):
     check(shape, dtype, seed=shape[1])
 
@@ -105,8 +109,12 @@ def test_weight_gradients_are_deterministic():
 
 def test_torch_backend_agrees_with_triton():
     x, weight, bias, _ = make_inputs((4, 9, 48), torch.float32, seed=6)
-    torch.testing.assert_close(layer_norm(x, weight, bias, backend="torch"),
-                               layer_norm(x, weight, bias, backend="triton"), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        layer_norm(x, weight, bias, backend="torch"),
+        layer_norm(x, weight, bias, backend="triton"),
+        atol=1e-5,
+        rtol=1e-5,
+    )
 
 
 def test_bad_arguments_are_rejected():

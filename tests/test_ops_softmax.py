@@ -50,8 +50,9 @@ def check(shape: tuple[int, ...], dtype: torch.dtype, scale: float, seed: int, c
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (2, 3, 17, 17), (3, 5, 129, 129), (1, 1, 1000, 1000)],
-                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 1, 1), (2, 3, 17, 17), (3, 5, 129, 129), (1, 1, 1000, 1000)], ids=lambda s: "x".join(map(str, s))
+)
 def test_matches_float64_reference(shape, dtype):
     check(shape, dtype, scale=0.125, seed=sum(shape))
 
@@ -82,17 +83,29 @@ def test_non_contiguous_input_and_leading_dims():
     gen = torch.Generator().manual_seed(5)
     base = torch.randn(4, 23, 2, 23, generator=gen)
     scores = base.transpose(1, 2)  # [4, 2, 23, 23], not contiguous
-    torch.testing.assert_close(scaled_causal_softmax(scores, 0.7, backend="triton").double(),
-                               reference(scores.double(), 0.7), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        scaled_causal_softmax(scores, 0.7, backend="triton").double(),
+        reference(scores.double(), 0.7),
+        atol=1e-6,
+        rtol=1e-5,
+    )
     three_d = torch.randn(6, 31, 31, generator=gen)
-    torch.testing.assert_close(scaled_causal_softmax(three_d, 0.7, backend="triton").double(),
-                               reference(three_d.double(), 0.7), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        scaled_causal_softmax(three_d, 0.7, backend="triton").double(),
+        reference(three_d.double(), 0.7),
+        atol=1e-6,
+        rtol=1e-5,
+    )
 
 
 def test_torch_backend_agrees_with_triton():
     scores = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(9))
-    torch.testing.assert_close(scaled_causal_softmax(scores, 0.4, backend="torch"),
-                               scaled_causal_softmax(scores, 0.4, backend="triton"), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        scaled_causal_softmax(scores, 0.4, backend="torch"),
+        scaled_causal_softmax(scores, 0.4, backend="triton"),
+        atol=1e-6,
+        rtol=1e-5,
+    )
 
 
 def test_bad_arguments_are_rejected():

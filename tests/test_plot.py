@@ -21,8 +21,18 @@ def _write_metrics(path, train_losses, eval_losses):
 def test_plot_writes_a_png_of_the_run(tmp_path, repo_root):
     metrics = tmp_path / "metrics.jsonl"
     _write_metrics(metrics, [10.0 - 0.1 * i for i in range(40)], [(20, 8.5), (40, 7.0)])
-    result = subprocess.run([sys.executable, str(repo_root / "tools" / "plot_loss.py"), "--metrics", str(metrics),
-                             "--output", str(tmp_path / "loss.png")], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(repo_root / "tools" / "plot_loss.py"),
+            "--metrics",
+            str(metrics),
+            "--output",
+            str(tmp_path / "loss.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     png = (tmp_path / "loss.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")

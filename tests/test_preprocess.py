@@ -33,15 +33,22 @@ def bert(zh_vocab_file):
 
 
 def run_tool(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, cwd=REPO, **kwargs)
+    result = subprocess.run(
+        [sys.executable, str(TOOL), *map(str, args)], capture_output=True, text=True, cwd=REPO, **kwargs
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
 
 
 def config(tmp_path, vocab, inputs, **overrides) -> PreprocessConfig:
-    values = dict(inputs=[str(p) for p in inputs], output_prefix=str(tmp_path / "out"), vocab_file=str(vocab),
-                  workers=1, progress=False)
+    values = dict(
+        inputs=[str(p) for p in inputs],
+        output_prefix=str(tmp_path / "out"),
+        vocab_file=str(vocab),
+        workers=1,
+        progress=False,
+    )
     values.update(overrides)
     return PreprocessConfig(**values)
 
@@ -60,8 +67,18 @@ def outputs_in(directory: Path) -> list[str]:
 
 
 def test_real_corpus_end_to_end(tmp_path, zh_vocab_file, zh_corpus_file, bert):
-    result = run_tool("--input", zh_corpus_file, "--output-prefix", tmp_path / "clue", "--vocab-file", zh_vocab_file,
-                      "--workers", 2, "--log-interval", 1000)
+    result = run_tool(
+        "--input",
+        zh_corpus_file,
+        "--output-prefix",
+        tmp_path / "clue",
+        "--vocab-file",
+        zh_vocab_file,
+        "--workers",
+        2,
+        "--log-interval",
+        1000,
+    )
     prefix = tmp_path / "clue_text_document"
     lines = [line for line in zh_corpus_file.read_text(encoding="utf-8").split("\n") if line]
     expected = bert(lines)["input_ids"]  # [CLS] ... [SEP], exactly as transformers frames a sentence
@@ -75,11 +92,24 @@ def test_real_corpus_end_to_end(tmp_path, zh_vocab_file, zh_corpus_file, bert):
     meta = read_metadata(prefix)
     assert meta["vocab_fingerprint"] == BertChineseTokenizer(zh_vocab_file).fingerprint
     assert (meta["documents"], meta["tokens"], meta["dropped_empty"], meta["bad_lines"]) == (
-        2500, sum(map(len, expected)), 0, 0)
-    assert (meta["eod"], meta["cls"], meta["append_eod"], meta["prepend_cls"], meta["dtype"]) == (102, 101, True, True, "uint16")
+        2500,
+        sum(map(len, expected)),
+        0,
+        0,
+    )
+    assert (meta["eod"], meta["cls"], meta["append_eod"], meta["prepend_cls"], meta["dtype"]) == (
+        102,
+        101,
+        True,
+        True,
+        "uint16",
+    )
     # progress lines (stderr is not a terminal here) and the final summary
-    progress = re.search(r"[\d,]+ documents \(\d+/s\), [\d,]+ tokens \([\d.]+ M/s\), [\d.]+/[\d.]+ MB "
-                         r"\([\d.]+ MB/s\), ETA \S+", result.stderr)
+    progress = re.search(
+        r"[\d,]+ documents \(\d+/s\), [\d,]+ tokens \([\d.]+ M/s\), [\d.]+/[\d.]+ MB "
+        r"\([\d.]+ MB/s\), ETA \S+",
+        result.stderr,
+    )
     assert progress, result.stderr
     assert f"done: 2,500 documents, {meta['tokens']:,} tokens, 0 empty dropped, 0 bad lines" in result.stderr
 
@@ -93,18 +123,33 @@ def test_framing_flags(tmp_path, zh_vocab_file, bert):
         ("--no-prepend-cls",): [[*d, 102] for d in bare],
         ("--no-append-eod",): [[101, *d] for d in bare],
         ("--no-prepend-cls", "--no-append-eod"): bare,
-        ("--append-eod", "--tokenizer-type", "BertWordPieceLowerCase", "--dataset-impl", "mmap"): [[101, *d, 102] for d in bare],
+        ("--append-eod", "--tokenizer-type", "BertWordPieceLowerCase", "--dataset-impl", "mmap"): [
+            [101, *d, 102] for d in bare
+        ],
     }
     for i, (flags, expected) in enumerate(cases.items()):
-        run_tool("--input", corpus, "--output-prefix", tmp_path / f"f{i}", "--vocab-file", zh_vocab_file, "--workers", 1, *flags)
+        run_tool(
+            "--input",
+            corpus,
+            "--output-prefix",
+            tmp_path / f"f{i}",
+            "--vocab-file",
+            zh_vocab_file,
+            "--workers",
+            1,
+            *flags,
+        )
         assert documents_of(tmp_path / f"f{i}_text_document") == expected, flags
         meta = read_metadata(tmp_path / f"f{i}_text_document")
         assert meta["append_eod"] == ("--no-append-eod" not in flags)
 
 
 def test_json_lines_with_several_keys(tmp_path, zh_vocab_file, bert):
-    records = [{"text": "第一篇文章。", "title": "标题一", "id": 1}, {"text": "Second doc.", "title": "Title 2"},
-               {"text": "  ", "title": "只有标题"}]
+    records = [
+        {"text": "第一篇文章。", "title": "标题一", "id": 1},
+        {"text": "Second doc.", "title": "Title 2"},
+        {"text": "  ", "title": "只有标题"},
+    ]
     corpus = tmp_path / "c.jsonl"
     corpus.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     stats = preprocess(config(tmp_path, zh_vocab_file, [corpus], json_keys=("text", "title"), workers=2))
@@ -123,7 +168,17 @@ def test_several_inputs_and_globs(tmp_path, zh_vocab_file, bert):
         (shards / name).write_text("\n".join(body) + "\n", encoding="utf-8")
     extra = tmp_path / "z.txt"
     extra.write_text("最后\n", encoding="utf-8")
-    run_tool("--input", shards / "*", extra, "--output-prefix", tmp_path / "out", "--vocab-file", zh_vocab_file, "--workers", 2)
+    run_tool(
+        "--input",
+        shards / "*",
+        extra,
+        "--output-prefix",
+        tmp_path / "out",
+        "--vocab-file",
+        zh_vocab_file,
+        "--workers",
+        2,
+    )
     expected = framed(bert, texts["a.txt"] + texts["b.txt"] + texts["c.jsonl"] + ["最后"])  # globs expand sorted
     assert documents_of(tmp_path / "out_text_document") == expected
     assert len(read_metadata(tmp_path / "out_text_document")["inputs"]) == 4
@@ -159,7 +214,9 @@ def test_bad_json_lines_are_reported_and_skipped(tmp_path, zh_vocab_file, bert, 
 
 def test_bad_text_lines_and_empty_documents(tmp_path, zh_vocab_file, bert, caplog):
     corpus = tmp_path / "bad.txt"
-    corpus.write_bytes(b"first\n\n   \t\n\x00\x01\nbroken \xc3\x28 utf-8\n\xe7\xac\xac\xe4\xba\x8c\r\nlast line without newline")
+    corpus.write_bytes(
+        b"first\n\n   \t\n\x00\x01\nbroken \xc3\x28 utf-8\n\xe7\xac\xac\xe4\xba\x8c\r\nlast line without newline"
+    )
     with caplog.at_level("WARNING", logger="megatron_zh"):
         stats = preprocess(config(tmp_path, zh_vocab_file, [corpus]))
     assert documents_of(tmp_path / "out_text_document") == framed(bert, ["first", "第二", "last line without newline"])
@@ -167,14 +224,33 @@ def test_bad_text_lines_and_empty_documents(tmp_path, zh_vocab_file, bert, caplo
     assert any(f"{corpus}:5: invalid UTF-8 at byte 7" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("bad_line, reason", [(b'{"text": 7}', "holds a number"), (b"{oops", "invalid JSON"),
-                                              (b'{"x": "y"}', "missing key 'text'"), (b'{"text": "\xff"}', "invalid UTF-8")])
+@pytest.mark.parametrize(
+    "bad_line, reason",
+    [
+        (b'{"text": 7}', "holds a number"),
+        (b"{oops", "invalid JSON"),
+        (b'{"x": "y"}', "missing key 'text'"),
+        (b'{"text": "\xff"}', "invalid UTF-8"),
+    ],
+)
 def test_strict_stops_without_output(tmp_path, zh_vocab_file, bad_line, reason):
     corpus = tmp_path / "c.jsonl"
     good = b'{"text": "ok"}\n' * 3000
     corpus.write_bytes(good + bad_line + b"\n" + good)
-    result = run_tool("--input", corpus, "--output-prefix", tmp_path / "out", "--vocab-file", zh_vocab_file,
-                      "--workers", 2, "--chunk-mb", 0.01, "--strict", check=False)
+    result = run_tool(
+        "--input",
+        corpus,
+        "--output-prefix",
+        tmp_path / "out",
+        "--vocab-file",
+        zh_vocab_file,
+        "--workers",
+        2,
+        "--chunk-mb",
+        0.01,
+        "--strict",
+        check=False,
+    )
     assert result.returncode == 2
     assert f"error: {corpus}:3001: " in result.stderr and reason in result.stderr
     assert "Traceback" not in result.stderr
@@ -185,13 +261,23 @@ def test_output_is_identical_for_any_worker_count(tmp_path, zh_vocab_file, zh_co
     outputs = []
     for workers in (1, 2, 3):
         prefix = tmp_path / f"w{workers}"
-        preprocess(config(tmp_path, zh_vocab_file, [zh_corpus_file], output_prefix=str(prefix), workers=workers,
-                          chunk_bytes=64 << 10))
+        preprocess(
+            config(
+                tmp_path,
+                zh_vocab_file,
+                [zh_corpus_file],
+                output_prefix=str(prefix),
+                workers=workers,
+                chunk_bytes=64 << 10,
+            )
+        )
         outputs.append([Path(f"{prefix}_text_document{ext}").read_bytes() for ext in (".bin", ".idx", ".meta.json")])
     assert outputs[0] == outputs[1] == outputs[2]
 
 
-def test_interrupted_run_leaves_old_dataset_and_no_temporary_files(tmp_path, zh_vocab_file, zh_corpus_file, monkeypatch):
+def test_interrupted_run_leaves_old_dataset_and_no_temporary_files(
+    tmp_path, zh_vocab_file, zh_corpus_file, monkeypatch
+):
     prefix = tmp_path / "out_text_document"
     builder = IndexedDatasetBuilder(str(prefix))
     builder.add_document(np.arange(5))
@@ -219,9 +305,26 @@ def test_killed_tool_leaves_no_whole_looking_index(tmp_path, zh_vocab_file, zh_c
     data = zh_corpus_file.read_bytes()
     big.write_bytes(data * 12)  # ~23 MB: several seconds of work with one worker and small chunks
     process = subprocess.Popen(
-        [sys.executable, str(TOOL), "--input", big, "--output-prefix", tmp_path / "out", "--vocab-file", zh_vocab_file,
-         "--workers", "1", "--chunk-mb", "0.05", "--log-interval", "500"],
-        cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        [
+            sys.executable,
+            str(TOOL),
+            "--input",
+            big,
+            "--output-prefix",
+            tmp_path / "out",
+            "--vocab-file",
+            zh_vocab_file,
+            "--workers",
+            "1",
+            "--chunk-mb",
+            "0.05",
+            "--log-interval",
+            "500",
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
     )
     for line in process.stderr:  # wait until it is tokenizing
         if "documents (" in line:
@@ -248,8 +351,9 @@ def test_config_errors(tmp_path, zh_vocab_file, zh_corpus_file):
         config(tmp_path, zh_vocab_file, [zh_corpus_file], workers=0)
     with pytest.raises(DataFormatError, match="vocab file .* not found"):
         preprocess(config(tmp_path, tmp_path / "no_vocab.txt", [zh_corpus_file]))
-    result = run_tool("--input", zh_corpus_file, "--output-prefix", tmp_path / "x", "--vocab-file", tmp_path / "nope.txt",
-                      check=False)
+    result = run_tool(
+        "--input", zh_corpus_file, "--output-prefix", tmp_path / "x", "--vocab-file", tmp_path / "nope.txt", check=False
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: vocab file") and "fetch_assets" in result.stderr
     assert outputs_in(tmp_path) == []
 
@@ -268,15 +372,25 @@ def test_memory_stays_bounded(tmp_path, zh_vocab_file, zh_corpus_file):
     for copies in (1, 16):
         corpus = tmp_path / f"c{copies}.txt"
         corpus.write_bytes(zh_corpus_file.read_bytes() * copies)
-        out = subprocess.run([sys.executable, "-c", script, corpus, tmp_path / f"o{copies}", zh_vocab_file],
-                             capture_output=True, text=True, cwd=REPO, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", script, corpus, tmp_path / f"o{copies}", zh_vocab_file],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=True,
+        ).stdout
         peaks.append(int(out.split()[-1]) / 1024)  # MB
     assert peaks[1] < peaks[0] + 10, f"peak RSS {peaks[0]:.0f} MB for 2 MB of input, {peaks[1]:.0f} MB for 31 MB"
 
 
 def test_bench_preprocess_runs(repo_root):
     """The benchmark script works end to end at a small size (its timings are not checked here)."""
-    result = subprocess.run([sys.executable, "bench/bench_preprocess.py", "--min-mb", "2", "--repeats", "1", "--workers", "2"],
-                            capture_output=True, text=True, cwd=repo_root, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "bench/bench_preprocess.py", "--min-mb", "2", "--repeats", "1", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        cwd=repo_root,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "repeat 1: bound (tokenizers)" in result.stdout and "median of 1: preprocess" in result.stdout

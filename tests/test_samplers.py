@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 import torch
-
 from gpt_corpus import random_documents, write_corpus
+
 from megatron_zh.data import GPTDatasetConfig, build_train_valid_test_datasets
 from megatron_zh.data.samplers import PretrainingSampler, build_pretraining_data_loader
 from megatron_zh.errors import ConfigError
@@ -105,7 +105,10 @@ def test_data_loader_resumes_on_identical_sequences(train_dataset):
 
 def test_data_loader_with_workers_matches_in_process(train_dataset):
     in_process = [b["labels"] for b in itertools.islice(build_pretraining_data_loader(train_dataset, 16, 8, 0, 1), 6)]
-    workers = [b["labels"] for b in itertools.islice(build_pretraining_data_loader(train_dataset, 16, 8, 0, 1, num_workers=2), 6)]
+    workers = [
+        b["labels"]
+        for b in itertools.islice(build_pretraining_data_loader(train_dataset, 16, 8, 0, 1, num_workers=2), 6)
+    ]
     assert all(torch.equal(a, b) for a, b in zip(in_process, workers))
 
 

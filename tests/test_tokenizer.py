@@ -57,7 +57,7 @@ CONSTRUCTED = [
     "零\u200b宽\u200c字\u200d符\ufeff号\u2060x\u00ad",  # zero-width characters, soft hyphen
     "bad\ufffdbytes \ufffd\ufffd",  # U+FFFD
     "tab\there\nnew\rline\x0bvt\x0cff \u00a0nbsp\u2002en\u3000ideo\u2028ls\u2029ps\u1680ogham\u202fnnbsp\x85nel",
-    "𠀀𠀁𪚥𫝀𬺰𰀀 \U0002A700\U0002B740 丽 豈 \U0002F800 \U00030000",  # CJK ext B-G, compatibility ideographs
+    "𠀀𠀁𪚥𫝀𬺰𰀀 \U0002a700\U0002b740 丽 豈 \U0002f800 \U00030000",  # CJK ext B-G, compatibility ideographs
     "x" * 100,  # exactly max_input_chars_per_word
     "y" * 101,  # one more: [UNK]
     "a" * 150 + " ok " + "中" * 150 + " " + "ab" * 60,  # long latin word -> [UNK]; ideographs are single words
@@ -69,7 +69,7 @@ CONSTRUCTED = [
     "https://example.com/a?b=c&d=e#frag user@mail.cn ## #tag ##x",  # URLs, the WordPiece prefix itself
     "\u0000\u0000",  # nothing but removed characters
     "   \t\n  ",  # nothing but whitespace
-    "\U000F0000\U0010FFFD \ue000",  # private use
+    "\U000f0000\U0010fffd \ue000",  # private use
     "naïve" * 30,  # a long word with accents (stripped before the length check)
     "ᄀ\u1161\u11a8 가각",  # conjoining jamo vs precomposed Hangul
 ]
@@ -78,7 +78,7 @@ CONSTRUCTED = [
 # disagree. We follow transformers.BertTokenizer, the contract and what the exported model loads with.
 KNOWN_DIVERGENCES = {
     "final sigma": "ΟΔΟΣ",  # Python lower-cases a final Σ to ς; `tokenizers` always to σ
-    "CJK extension E start": "\U0002B820\U0002B821",  # `tokenizers` starts its CJK range at U+2B920
+    "CJK extension E start": "\U0002b820\U0002b821",  # `tokenizers` starts its CJK range at U+2B920
     "unassigned code point": "a\u0378b",  # Python drops it (category Cn counts as control); `tokenizers` keeps [UNK]
     "Unicode 14 punctuation": "a\u2e5db",  # newer than the Unicode tables in `tokenizers`
 }
@@ -88,7 +88,11 @@ def test_special_ids_and_vocab(ours, reference, zh_vocab_file):
     assert ours.vocab_size == 21128 == len(reference)
     assert (ours.pad, ours.unk, ours.cls, ours.sep, ours.mask) == (0, 100, 101, 102, 103)
     assert (ours.cls, ours.sep, ours.pad, ours.unk, ours.mask) == (
-        reference.cls_token_id, reference.sep_token_id, reference.pad_token_id, reference.unk_token_id, reference.mask_token_id,
+        reference.cls_token_id,
+        reference.sep_token_id,
+        reference.pad_token_id,
+        reference.unk_token_id,
+        reference.mask_token_id,
     )
     assert ours.eod == ours.sep
     tokens = read_vocab(zh_vocab_file)
@@ -242,8 +246,9 @@ def test_check_fingerprint():
     with pytest.raises(DataFormatError, match="data/x_text_document was made with vocab sha256:b.*sha256:a; re-run"):
         check_fingerprint("sha256:b", "sha256:a", source="data/x_text_document", fix="re-run preprocessing")
     with pytest.raises(CheckpointError, match="checkpoint"):
-        check_fingerprint("sha256:b", "sha256:a", source="checkpoint ckpt/global_step10", fix="use its vocab",
-                          error=CheckpointError)
+        check_fingerprint(
+            "sha256:b", "sha256:a", source="checkpoint ckpt/global_step10", fix="use its vocab", error=CheckpointError
+        )
 
 
 @pytest.mark.parametrize(

@@ -17,12 +17,12 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from training_runs import bf16_pretrain_args, latest, pretrain_args, run, start, wait_for
 
 from megatron_zh.training.checkpointing import CLIENT_STATE_FILE, read_client_state, resolve_start
 from megatron_zh.training.config import TrainConfig
-from megatron_zh.training.metrics import read_metrics
 from megatron_zh.training.master_weights import read_fp32_weights
-from training_runs import bf16_pretrain_args, latest, pretrain_args, run, start, wait_for
+from megatron_zh.training.metrics import read_metrics
 
 REFERENCE_ITERS = 30
 REFERENCE_FLAGS = dict(train_iters=REFERENCE_ITERS, log_interval=1, eval_interval=10, save_interval=10, keep_last=2)
@@ -46,8 +46,19 @@ def test_short_run_learns_and_writes_everything(reference):
 
     train = read_metrics(reference / "metrics.jsonl")
     for record in train:
-        for key in ("iteration", "loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "tflops", "mfu",
-                    "consumed_samples", "step_time_ms", "eta_s"):
+        for key in (
+            "iteration",
+            "loss",
+            "lr",
+            "grad_norm",
+            "loss_scale",
+            "tokens_per_s",
+            "tflops",
+            "mfu",
+            "consumed_samples",
+            "step_time_ms",
+            "eta_s",
+        ):
             assert record[key] is not None, key
     assert [r["iteration"] for r in train] == list(range(1, REFERENCE_ITERS + 1))
     assert [r["consumed_samples"] for r in train] == [16 * i for i in range(1, REFERENCE_ITERS + 1)]
@@ -75,8 +86,11 @@ def test_checkpoints_use_deepspeeds_layout_and_commit_latest(reference):
     assert sorted(p.name for p in reference.glob("global_step*")) == ["global_step20", "global_step30"]
     folder = reference / "global_step30"
     assert {p.name for p in folder.iterdir()} == {
-        "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-        "zero_pp_rank_1_mp_rank_00_optim_states.pt", CLIENT_STATE_FILE}
+        "mp_rank_00_model_states.pt",
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+        CLIENT_STATE_FILE,
+    }
     info = json.loads((folder / CLIENT_STATE_FILE).read_text())
     assert info["iteration"] == 30 and info["consumed_samples"] == 480 and info["world_size"] == 2
     assert info["vocab_fingerprint"].startswith("sha256:") and info["model_config"]["num_layers"] == 2
@@ -104,8 +118,15 @@ def test_tensorboard_events_hold_the_scalars(reference):
     events = EventAccumulator(str(reference / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "train/mfu", "valid/loss",
-            "valid/ppl"} <= tags
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_s",
+        "train/mfu",
+        "valid/loss",
+        "valid/ppl",
+    } <= tags
     assert [e.step for e in events.Scalars("train/loss")] == list(range(1, REFERENCE_ITERS + 1))
     losses = [r["loss"] for r in read_metrics(reference / "metrics.jsonl")]
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses, rel=1e-6)
@@ -139,8 +160,18 @@ def test_kill_after_step_20_and_resume_matches_bit_for_bit(reference, zh_text_do
 
 def test_stage2_starts_from_stage1_weights_with_fresh_state(reference, zh_text_document, tmp_path):
     save = tmp_path / "stage2"
-    args = pretrain_args(zh_text_document, save, train_iters=4, seq_length=256, micro_batch_size=2,
-                         global_batch_size=8, lr=5e-4, log_interval=1, eval_interval=0, save_interval=0)
+    args = pretrain_args(
+        zh_text_document,
+        save,
+        train_iters=4,
+        seq_length=256,
+        micro_batch_size=2,
+        global_batch_size=8,
+        lr=5e-4,
+        log_interval=1,
+        eval_interval=0,
+        save_interval=0,
+    )
     args[args.index("--load") + 1] = str(reference)  # stage 2 reads stage 1's directory ...
     output = run(args + ["--finetune"])  # ... for its weights only
     assert "initialised the weights from" in output and "it has not finished" not in output
@@ -153,8 +184,9 @@ def test_stage2_starts_from_stage1_weights_with_fresh_state(reference, zh_text_d
 
     info = read_client_state(save, "global_step4")
     assert info["train_config"]["seq_length"] == 256 and info["consumed_samples"] == 32
-    shard = torch.load(save / "global_step4" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", map_location="cpu",
-                       weights_only=False)
+    shard = torch.load(
+        save / "global_step4" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=False
+    )
     adam_steps = {int(s["step"]) for s in shard["optimizer_state_dict"]["base_optimizer_state"]["state"].values()}
     assert adam_steps == {4}  # a fresh optimizer: 4 steps, not 30 + 4
 
@@ -164,14 +196,24 @@ def test_stage2_starts_from_stage1_weights_with_fresh_state(reference, zh_text_d
     assert (start_point.mode, start_point.directory, start_point.tag) == ("resume", str(save), "global_step4")
 
 
-def test_bf16_stage2_starts_from_stage1_fp32_masters_not_their_bf16_copies(bf16_checkpoint, zh_text_document,
-                                                                           tmp_path):
+def test_bf16_stage2_starts_from_stage1_fp32_masters_not_their_bf16_copies(bf16_checkpoint, zh_text_document, tmp_path):
     """DeepSpeed's load_module_only refreshes the masters from the bf16 module; stage 2 must get stage 1's
     own fp32 masters (written by 3 ranks, read here by 2). Step 1 runs at lr 0, so its masters are exactly
     the ones it started from."""
     save = tmp_path / "stage2_bf16"
-    args = bf16_pretrain_args(zh_text_document, save, train_iters=3, lr_warmup_iters=1, save_interval=1, keep_last=0,
-                              eval_interval=0, eval_iters=1, log_interval=1, global_batch_size=8, micro_batch_size=4)
+    args = bf16_pretrain_args(
+        zh_text_document,
+        save,
+        train_iters=3,
+        lr_warmup_iters=1,
+        save_interval=1,
+        keep_last=0,
+        eval_interval=0,
+        eval_iters=1,
+        log_interval=1,
+        global_batch_size=8,
+        micro_batch_size=4,
+    )
     args[args.index("--load") + 1] = str(bf16_checkpoint)
     output = run(args + ["--finetune"])
     assert re.search(r"fp32 master weights of \d+ parameters set from", output)
@@ -192,14 +234,28 @@ def test_diverged_run_stops_with_a_clear_error_and_keeps_finite_checkpoints(zh_t
     applied its update; the run stops once the tolerance is exceeded, and `latest` never names NaN weights
     (steps whose NaN update was applied are not saved)."""
     save = tmp_path / "diverged"
-    args = pretrain_args(zh_text_document, save, train_iters=30, lr=1e30, lr_warmup_iters=1, save_interval=1,
-                         keep_last=0, eval_interval=0, eval_iters=1, log_interval=1, max_nonfinite_steps=2)
+    args = pretrain_args(
+        zh_text_document,
+        save,
+        train_iters=30,
+        lr=1e30,
+        lr_warmup_iters=1,
+        save_interval=1,
+        keep_last=0,
+        eval_interval=0,
+        eval_iters=1,
+        log_interval=1,
+        max_nonfinite_steps=2,
+    )
     output = run(args, ranks=None, expect_rc=2)
     bad = re.findall(r"iteration (\d+): loss is (?:nan|inf) \(update (APPLIED|skipped) by DeepSpeed", output)
     first = int(bad[0][0])
     assert [int(i) for i, _ in bad] == [first, first + 1, first + 2]
-    assert re.search(rf"error: loss was non-finite for 3 iterations in a row \({first}-{first + 2}\); last finite "
-                     rf"loss [\d.]+ at iteration {first - 1}; stopping instead of training on garbage", output)
+    assert re.search(
+        rf"error: loss was non-finite for 3 iterations in a row \({first}-{first + 2}\); last finite "
+        rf"loss [\d.]+ at iteration {first - 1}; stopping instead of training on garbage",
+        output,
+    )
     assert "Traceback" not in output
     applied = [int(i) for i, how in bad if how == "APPLIED"]
     for iteration in applied:
@@ -211,11 +267,16 @@ def test_diverged_run_stops_with_a_clear_error_and_keeps_finite_checkpoints(zh_t
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(zh_text_document, tmp_path):
     save = tmp_path / "preempted"
-    process = start(pretrain_args(zh_text_document, save, train_iters=1000, log_interval=1, eval_interval=0,
-                                  save_interval=0), log=tmp_path / "preempted.log")
+    process = start(
+        pretrain_args(zh_text_document, save, train_iters=1000, log_interval=1, eval_interval=0, save_interval=0),
+        log=tmp_path / "preempted.log",
+    )
     wait_for(lambda: len(read_metrics(save / "metrics.jsonl")) >= 3, process, timeout=240)
-    ranks = [p for p in psutil.Process(process.pid).children(recursive=True)
-             if any("--local_rank" in arg for arg in p.cmdline())]
+    ranks = [
+        p
+        for p in psutil.Process(process.pid).children(recursive=True)
+        if any("--local_rank" in arg for arg in p.cmdline())
+    ]
     assert len(ranks) == 2
     for rank in ranks:  # what SLURM does on pre-emption: SIGTERM to every task
         rank.send_signal(signal.SIGTERM)
@@ -236,11 +297,17 @@ def test_signal_through_the_launcher_saves_a_checkpoint(how, zh_text_document, t
     step, save, `latest` names that checkpoint, and nothing is left running."""
     save = tmp_path / how
     log = tmp_path / f"{how}.log"
-    process = start(pretrain_args(zh_text_document, save, train_iters=1000, log_interval=1, eval_interval=0,
-                                  save_interval=0), log=log, through_launch_script=how != "ctrl-c")
+    process = start(
+        pretrain_args(zh_text_document, save, train_iters=1000, log_interval=1, eval_interval=0, save_interval=0),
+        log=log,
+        through_launch_script=how != "ctrl-c",
+    )
     wait_for(lambda: len(read_metrics(save / "metrics.jsonl")) >= 3, process, timeout=240)
-    ranks = [p for p in psutil.Process(process.pid).children(recursive=True)
-             if any("--local_rank" in arg for arg in p.cmdline())]
+    ranks = [
+        p
+        for p in psutil.Process(process.pid).children(recursive=True)
+        if any("--local_rank" in arg for arg in p.cmdline())
+    ]
     assert len(ranks) == 2
     if how == "ctrl-c":
         os.killpg(process.pid, signal.SIGINT)
@@ -255,13 +322,18 @@ def test_signal_through_the_launcher_saves_a_checkpoint(how, zh_text_document, t
     assert latest(save) == f"global_step{stopped}"
     assert read_client_state(save, f"global_step{stopped}")["consumed_samples"] == 16 * stopped
     assert sorted(p.name for p in (save / f"global_step{stopped}").glob("*optim_states.pt")) == [
-        f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)]
+        f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)
+    ]
 
 
 def test_single_process_without_launcher_and_exit_interval(zh_text_document, tmp_path):
     save = tmp_path / "single"
-    output = run(pretrain_args(zh_text_document, save, train_iters=100, exit_interval=3, log_interval=1,
-                               eval_interval=0, eval_iters=1), ranks=None)
+    output = run(
+        pretrain_args(
+            zh_text_document, save, train_iters=100, exit_interval=3, log_interval=1, eval_interval=0, eval_iters=1
+        ),
+        ranks=None,
+    )
     assert "rank 0/1" in output and "stopping at iteration 3 (exit_interval)" in output
     train = read_metrics(save / "metrics.jsonl")
     assert [r["iteration"] for r in train] == [1, 2, 3]

@@ -13,24 +13,33 @@ import sys
 from pathlib import Path
 
 import pytest
+from training_runs import CPU_CONFIG, REPO_ROOT, environment
 
 from megatron_zh.errors import ConfigError, DataFormatError, MegatronZhError
 from megatron_zh.training.arguments import build_parser, build_run_config
-from megatron_zh.training.config import TrainConfig
 from megatron_zh.training.checkpointing import prune_checkpoints, resolve_start
+from megatron_zh.training.config import TrainConfig
 from megatron_zh.training.distributed import setup_rendezvous_env
 from megatron_zh.training.loop import NonFiniteGuard, NonFiniteLossError
 from megatron_zh.training.signals import StopRequest
 from megatron_zh.training.validation import validate
-from training_runs import CPU_CONFIG, REPO_ROOT, environment
 
 
-def write_config(tmp_path: Path, dataset: dict, deepspeed: dict | None = None, pretrain: dict | None = None,
-                 drop: tuple[str, ...] = ()) -> Path:
+def write_config(
+    tmp_path: Path,
+    dataset: dict,
+    deepspeed: dict | None = None,
+    pretrain: dict | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
     """ds_configs/cpu_tiny.json pointed at the shared corpus, with changes."""
     config = json.loads(CPU_CONFIG.read_text())
-    config["pretrain"].update(data_path=[dataset["prefix"]], vocab_file=dataset["vocab"],
-                              save=str(tmp_path / "ckpt"), load=str(tmp_path / "ckpt"))
+    config["pretrain"].update(
+        data_path=[dataset["prefix"]],
+        vocab_file=dataset["vocab"],
+        save=str(tmp_path / "ckpt"),
+        load=str(tmp_path / "ckpt"),
+    )
     config.update(deepspeed or {})
     config["pretrain"].update(pretrain or {})
     for key in drop:
@@ -56,33 +65,72 @@ def test_cpu_config_resolves_and_validates(config):
     run = resolve(config)
     assert (run.micro_batch_size, run.gradient_accumulation_steps, run.global_batch_size) == (4, 2, 16)
     scheduler = run.deepspeed["scheduler"]["params"]
-    assert scheduler == {"warmup_min_lr": 0.0, "warmup_type": "linear", "warmup_num_steps": 12,
-                         "warmup_max_lr": 2e-3, "total_num_steps": 120}
+    assert scheduler == {
+        "warmup_min_lr": 0.0,
+        "warmup_type": "linear",
+        "warmup_num_steps": 12,
+        "warmup_max_lr": 2e-3,
+        "total_num_steps": 120,
+    }
     assert run.precision == "fp32" and run.model.num_layers == 2
     preflight = validate(run)
     assert preflight.vocab_size == 21128 and preflight.start.mode == "scratch"
 
 
 def test_flags_override_the_file(config):
-    run = resolve(config, "--micro-batch-size", "2", "--global-batch-size", "32", "--lr", "3e-4", "--min-lr",
-                  "1e-5", "--clip-grad", "0.5", "--train-iters", "50", "--lr-warmup-iters", "5", "--seq-length",
-                  "64", "--save-interval", "0", "--seed", "7", "--weight-decay", "0.01", "--adam-beta2", "0.95",
-                  "--adam-eps", "1e-8")
+    run = resolve(
+        config,
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "32",
+        "--lr",
+        "3e-4",
+        "--min-lr",
+        "1e-5",
+        "--clip-grad",
+        "0.5",
+        "--train-iters",
+        "50",
+        "--lr-warmup-iters",
+        "5",
+        "--seq-length",
+        "64",
+        "--save-interval",
+        "0",
+        "--seed",
+        "7",
+        "--weight-decay",
+        "0.01",
+        "--adam-beta2",
+        "0.95",
+        "--adam-eps",
+        "1e-8",
+    )
     ds = run.deepspeed
     assert ds["optimizer"]["params"]["betas"] == [0.9, 0.95] and ds["optimizer"]["params"]["eps"] == 1e-8
     assert ds["optimizer"]["params"]["weight_decay"] == 0.01
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) \
-        == (2, 8, 32)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (
+        2,
+        8,
+        32,
+    )
     assert ds["optimizer"]["params"]["lr"] == 3e-4 and ds["gradient_clipping"] == 0.5
-    assert ds["scheduler"]["params"] == {"warmup_min_lr": 1e-5, "warmup_type": "linear", "warmup_num_steps": 5,
-                                         "warmup_max_lr": 3e-4, "total_num_steps": 50}
+    assert ds["scheduler"]["params"] == {
+        "warmup_min_lr": 1e-5,
+        "warmup_type": "linear",
+        "warmup_num_steps": 5,
+        "warmup_max_lr": 3e-4,
+        "total_num_steps": 50,
+    }
     assert run.train.seq_length == 64 and run.train.save_interval is None and run.train.seed == 7
     assert run.tokens_per_step == 32 * 64
 
 
 def test_global_batch_is_derived_when_the_file_gives_accumulation(tmp_path, zh_text_document):
-    config = write_config(tmp_path, zh_text_document, deepspeed={"gradient_accumulation_steps": 3},
-                          drop=("train_batch_size",))
+    config = write_config(
+        tmp_path, zh_text_document, deepspeed={"gradient_accumulation_steps": 3}, drop=("train_batch_size",)
+    )
     run = resolve(config, world_size=3)
     assert (run.micro_batch_size, run.gradient_accumulation_steps, run.global_batch_size) == (4, 3, 36)
 
@@ -97,8 +145,13 @@ def test_published_stage_configs_resolve_on_8_gpus():
         params = run.deepspeed["scheduler"]["params"]
         assert params["warmup_type"] == "linear" and params["warmup_num_steps"] == iters // 10
         assert params["total_num_steps"] == iters and params["warmup_max_lr"] == lr
-        assert run.deepspeed["optimizer"]["params"] == {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-6,
-                                                        "weight_decay": 0.0, "torch_adam": True}
+        assert run.deepspeed["optimizer"]["params"] == {
+            "lr": lr,
+            "betas": [0.9, 0.999],
+            "eps": 1e-6,
+            "weight_decay": 0.0,
+            "torch_adam": True,
+        }
         assert run.deepspeed["zero_optimization"]["stage"] == 1
     assert stage2.train.finetune and stage2.train.load == stage1.train.save
 
@@ -106,30 +159,40 @@ def test_published_stage_configs_resolve_on_8_gpus():
 # ----------------------------------------------------------------------------------- the errors
 
 
-@pytest.mark.parametrize("flags, world_size, message", [
-    (("--global-batch-size", "18"), 2, "not divisible by micro-batch 4 x 2"),
-    ((), 3, "global batch size 16 is not divisible by micro-batch 4 x 3"),
-    (("--seq-length", "512"), 2, "256 position embeddings"),
-    (("--micro-batch-size", "0"), 2, "must be a positive integer"),
-    (("--train-iters", "2", "--lr-warmup-iters", "5"), 2, "warm-up (5 steps) must be shorter than train_iters"),
-    (("--save-interval", "10", "--save", "x", "--keep-last", "-1"), 2, "keep_last must be a positive integer"),
-    (("--adam-beta2", "1.5"), 2, "Adam betas must be in [0, 1), got [0.9, 1.5]"),
-    (("--adam-eps", "0"), 2, "--adam-eps must be positive"),
-])
+@pytest.mark.parametrize(
+    "flags, world_size, message",
+    [
+        (("--global-batch-size", "18"), 2, "not divisible by micro-batch 4 x 2"),
+        ((), 3, "global batch size 16 is not divisible by micro-batch 4 x 3"),
+        (("--seq-length", "512"), 2, "256 position embeddings"),
+        (("--micro-batch-size", "0"), 2, "must be a positive integer"),
+        (("--train-iters", "2", "--lr-warmup-iters", "5"), 2, "warm-up (5 steps) must be shorter than train_iters"),
+        (("--save-interval", "10", "--save", "x", "--keep-last", "-1"), 2, "keep_last must be a positive integer"),
+        (("--adam-beta2", "1.5"), 2, "--adam-beta2 must be in [0, 1) or null, got 1.5"),
+        (("--adam-eps", "0"), 2, "--adam-eps must be a positive number or null, got 0.0"),
+    ],
+)
 def test_inconsistent_values_are_config_errors(config, flags, world_size, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve(config, *flags, world_size=world_size)
 
 
-@pytest.mark.parametrize("deepspeed, pretrain, drop, message", [
-    ({"gradient_accumulation_steps": 4}, {}, (), "drop gradient_accumulation_steps (it is derived)"),
-    ({"zero_optimization": {"stage": 3}}, {}, (), "zero_optimization.stage 3 is not supported"),
-    ({"scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 999}}}, {}, (),
-     "scheduler.params.total_num_steps is 999 but train_iters gives 120"),
-    ({}, {"save_intervall": 5}, (), "unknown key 'save_intervall'; did you mean 'save_interval'?"),
-    ({}, {}, ("optimizer",), "an \"optimizer\" section"),
-    ({"bf16": {"enabled": True}, "fp16": {"enabled": True}}, {}, (), "bf16 and fp16 are both enabled"),
-])
+@pytest.mark.parametrize(
+    "deepspeed, pretrain, drop, message",
+    [
+        ({"gradient_accumulation_steps": 4}, {}, (), "drop gradient_accumulation_steps (it is derived)"),
+        ({"zero_optimization": {"stage": 3}}, {}, (), "zero_optimization.stage 3 is not supported"),
+        (
+            {"scheduler": {"type": "WarmupDecayLR", "params": {"total_num_steps": 999}}},
+            {},
+            (),
+            "scheduler.params.total_num_steps is 999 but train_iters gives 120",
+        ),
+        ({}, {"save_intervall": 5}, (), "unknown key 'save_intervall'; did you mean 'save_interval'?"),
+        ({}, {}, ("optimizer",), 'an "optimizer" section'),
+        ({"bf16": {"enabled": True}, "fp16": {"enabled": True}}, {}, (), "bf16 and fp16 are both enabled"),
+    ],
+)
 def test_bad_files_are_config_errors(tmp_path, zh_text_document, deepspeed, pretrain, drop, message):
     config = write_config(tmp_path, zh_text_document, deepspeed, pretrain, drop)
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -163,8 +226,14 @@ def test_half_precision_without_a_gpu_is_refused(config, flag):
 def test_published_bf16_config_is_refused_on_cpu_with_the_fix(zh_text_document):
     if __import__("torch").cuda.is_available():
         pytest.skip("this machine has a GPU")
-    stage1 = resolve(REPO_ROOT / "ds_configs" / "stage1.json", "--data-path", zh_text_document["prefix"],
-                     "--vocab-file", zh_text_document["vocab"], world_size=8)
+    stage1 = resolve(
+        REPO_ROOT / "ds_configs" / "stage1.json",
+        "--data-path",
+        zh_text_document["prefix"],
+        "--vocab-file",
+        zh_text_document["vocab"],
+        world_size=8,
+    )
     with pytest.raises(ConfigError, match="asks for bf16"):
         validate(stage1)
 
@@ -211,8 +280,13 @@ def fake_checkpoint(directory: Path, tag: str, **client_state) -> None:
 
 def test_vocab_that_does_not_match_the_checkpoint(config, tmp_path):
     run = resolve(config)
-    fake_checkpoint(tmp_path / "ckpt", "global_step7", iteration=7, vocab_fingerprint="sha256:" + "0" * 64,
-                    model_config=run.model.to_dict())
+    fake_checkpoint(
+        tmp_path / "ckpt",
+        "global_step7",
+        iteration=7,
+        vocab_fingerprint="sha256:" + "0" * 64,
+        model_config=run.model.to_dict(),
+    )
     with pytest.raises(ConfigError, match="global_step7 was made with vocab sha256:0000"):
         validate(run)
 
@@ -222,10 +296,15 @@ def test_finetune_from_an_unfinished_run_warns(config, tmp_path, caplog):
     run = resolve(config)
     for iteration, planned, warned in ((500, 1000, True), (1000, 1000, False)):
         stage1 = tmp_path / f"stage1_{iteration}"
-        fake_checkpoint(stage1, f"global_step{iteration}", iteration=iteration,
-                        train_config={**run.train.to_dict(), "train_iters": planned})
-        train = TrainConfig.from_dict({**run.train.to_dict(), "load": str(stage1), "save": str(tmp_path / "s2"),
-                                       "finetune": True})
+        fake_checkpoint(
+            stage1,
+            f"global_step{iteration}",
+            iteration=iteration,
+            train_config={**run.train.to_dict(), "train_iters": planned},
+        )
+        train = TrainConfig.from_dict(
+            {**run.train.to_dict(), "load": str(stage1), "save": str(tmp_path / "s2"), "finetune": True}
+        )
         caplog.clear()
         with caplog.at_level("WARNING"):
             start = resolve_start(train)
@@ -236,8 +315,13 @@ def test_finetune_from_an_unfinished_run_warns(config, tmp_path, caplog):
 def test_checkpoint_of_another_model_shape(config, tmp_path):
     run = resolve(config)
     preflight = validate(run)
-    fake_checkpoint(tmp_path / "ckpt", "global_step7", iteration=7, vocab_fingerprint=preflight.vocab_fingerprint,
-                    model_config={**run.model.to_dict(), "hidden_size": 256})
+    fake_checkpoint(
+        tmp_path / "ckpt",
+        "global_step7",
+        iteration=7,
+        vocab_fingerprint=preflight.vocab_fingerprint,
+        model_config={**run.model.to_dict(), "hidden_size": 256},
+    )
     with pytest.raises(ConfigError, match="hidden_size: checkpoint 256 vs run 128"):
         validate(run)
 
@@ -257,8 +341,14 @@ def test_finetune_without_a_checkpoint(config, tmp_path):
 
 def test_command_line_error_is_one_line_without_traceback(tmp_path, zh_text_document):
     config = write_config(tmp_path, zh_text_document)
-    result = subprocess.run([sys.executable, "pretrain_gpt.py", "--ds_config", str(config), "--global-batch-size",
-                             "10"], cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "pretrain_gpt.py", "--ds_config", str(config), "--global-batch-size", "10"],
+        cwd=REPO_ROOT,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: global batch size 10 is not divisible")
@@ -278,8 +368,13 @@ def test_rendezvous_under_the_launcher_and_under_srun():
     launched = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "h", "MASTER_PORT": "1", "LOCAL_SIZE": "2"}
     env = setup_rendezvous_env(1, launched)  # --local_rank=1 when LOCAL_RANK is not exported
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size) == (1, 2, 1, 2)
-    slurm = {"SLURM_PROCID": "9", "SLURM_NTASKS": "16", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "8(x2)",
-             "MASTER_ADDR": "node001"}
+    slurm = {
+        "SLURM_PROCID": "9",
+        "SLURM_NTASKS": "16",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS_PER_NODE": "8(x2)",
+        "MASTER_ADDR": "node001",
+    }
     env = setup_rendezvous_env(None, slurm)
     assert (env.rank, env.world_size, env.local_rank, env.local_world_size, env.launched_by) == (9, 16, 1, 8, "slurm")
     assert slurm["RANK"] == "9" and slurm["MASTER_PORT"] == "29500"
@@ -296,8 +391,11 @@ def test_nonfinite_losses_are_tolerated_a_few_times_then_stop_the_run():
     guard.check(5, 4.9, True)  # a finite loss resets the count
     for iteration in (6, 7, 8):
         guard.check(iteration, math.inf, False)
-    with pytest.raises(NonFiniteLossError, match=r"4 iterations in a row \(6-9\); last finite loss 4.9000 at "
-                                                 r"iteration 5"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"4 iterations in a row \(6-9\); last finite loss 4.9000 at "
+        r"iteration 5",
+    ):
         guard.check(9, math.nan, False)
 
     guard = NonFiniteGuard(tolerance=3)

@@ -18,14 +18,30 @@ CPU_CONFIG = REPO_ROOT / "ds_configs" / "cpu_tiny.json"
 def deepspeed_command(ranks: int = 2) -> list[str]:
     """`deepspeed --num_gpus N` from this interpreter's environment, on a free port (suites run in parallel)."""
     launcher = Path(sys.executable).parent / "deepspeed"
-    return [str(launcher) if launcher.exists() else "deepspeed", "--num_gpus", str(ranks),
-            "--master_port", str(free_port())]
+    return [
+        str(launcher) if launcher.exists() else "deepspeed",
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+    ]
 
 
 def pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
     """pretrain_gpt.py arguments: the CPU config, the shared corpus, `save` as --save/--load, then flags."""
-    args = ["pretrain_gpt.py", "--ds_config", str(CPU_CONFIG), "--data-path", dataset["prefix"],
-            "--vocab-file", dataset["vocab"], "--save", str(save), "--load", str(save)]
+    args = [
+        "pretrain_gpt.py",
+        "--ds_config",
+        str(CPU_CONFIG),
+        "--data-path",
+        dataset["prefix"],
+        "--vocab-file",
+        dataset["vocab"],
+        "--save",
+        str(save),
+        "--load",
+        str(save),
+    ]
     for name, value in flags.items():
         flag = "--" + name.replace("_", "-")
         if value is True:
@@ -58,8 +74,9 @@ def environment() -> dict[str, str]:
     return env
 
 
-def start(args: list[str], ranks: int | None = 2, log: Path | None = None, through_launch_script: bool = False
-          ) -> subprocess.Popen:
+def start(
+    args: list[str], ranks: int | None = 2, log: Path | None = None, through_launch_script: bool = False
+) -> subprocess.Popen:
     """Start a run in its own process group (so a test can signal or kill all of it).
 
     through_launch_script: as launch/*.sh start it, through launch/common.sh's run_deepspeed."""
@@ -67,8 +84,15 @@ def start(args: list[str], ranks: int | None = 2, log: Path | None = None, throu
     if through_launch_script:
         command = ["bash", "-c", 'source launch/common.sh; DEEPSPEED="$0" run_deepspeed "$@"', *command]
     out = open(log, "w") if log else subprocess.PIPE
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=environment(), stdout=out, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=environment(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def run(args: list[str], ranks: int | None = 2, timeout: float = 240, expect_rc: int | None = 0) -> str:

@@ -11,7 +11,7 @@ stripped), so every character of the corpus is in the vocab. Default layout is B
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from megatron_zh.cli import run_cli
 from megatron_zh.vocab_builder import VocabConfig, train_vocab
@@ -19,21 +19,36 @@ from megatron_zh.vocab_builder import VocabConfig, train_vocab
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True, help="text files (one document per line), JSON lines, or globs")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="text files (one document per line), JSON lines, or globs"
+    )
     parser.add_argument("--output", required=True, help="the vocab.txt to write")
-    parser.add_argument("--vocab-size", type=int, default=21128, help="tokens in the vocab, reserved ones included (default: 21128)")
-    parser.add_argument("--layout", choices=["bert", "compact"], default="bert",
-                        help="bert: BERT-Chinese ids ([UNK]=100 .. [MASK]=103, [unused] 1-99); compact: specials at 0-4")
+    parser.add_argument(
+        "--vocab-size", type=int, default=21128, help="tokens in the vocab, reserved ones included (default: 21128)"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=["bert", "compact"],
+        default="bert",
+        help="bert: BERT-Chinese ids ([UNK]=100 .. [MASK]=103, [unused] 1-99); compact: specials at 0-4",
+    )
     parser.add_argument("--min-frequency", type=int, default=2, help="least count for a merged piece (default: 2)")
     parser.add_argument("--limit-alphabet", type=int, default=None, help="keep only the N most frequent characters")
     parser.add_argument("--json-key", default="text", help="key holding the text in JSON lines inputs (default: text)")
     parser.add_argument("--cased", action="store_true", help="do not lower-case (nor strip accents)")
     args = parser.parse_args(argv)
-    train_vocab(VocabConfig(
-        inputs=args.input, output=args.output, vocab_size=args.vocab_size, layout=args.layout,
-        lower_case=not args.cased, min_frequency=args.min_frequency, limit_alphabet=args.limit_alphabet,
-        json_key=args.json_key,
-    ))
+    train_vocab(
+        VocabConfig(
+            inputs=args.input,
+            output=args.output,
+            vocab_size=args.vocab_size,
+            layout=args.layout,
+            lower_case=not args.cased,
+            min_frequency=args.min_frequency,
+            limit_alphabet=args.limit_alphabet,
+            json_key=args.json_key,
+        )
+    )
     return 0
 
 

@@ -13,7 +13,7 @@ so start from it with --finetune.
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from megatron_zh.cli import run_cli
 from megatron_zh.convert.hf_import import import_from_hf
@@ -24,8 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hf", required=True, metavar="DIR", help="a Hugging Face GPT-2 folder")
     parser.add_argument("--output", required=True, metavar="DIR", help="the checkpoint directory to write")
     parser.add_argument("--vocab-file", help="vocab.txt (default: the folder's)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace --output if it exists (after the new one is written)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --output if it exists (after the new one is written)"
+    )
     args = parser.parse_args(argv)
     folder = import_from_hf(args.hf, args.output, vocab_file=args.vocab_file, overwrite=args.overwrite)
     print(f"wrote {folder}; continue training with: pretrain_gpt.py --load {args.output} --finetune ...")

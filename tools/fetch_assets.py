@@ -14,7 +14,7 @@ what is already cached and verified. Offline: pass --vocab-file / --input to the
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from megatron_zh.assets import default_cache_dir, fetch_corpus, fetch_vocab
 from megatron_zh.cli import run_cli
@@ -22,7 +22,9 @@ from megatron_zh.cli import run_cli
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cache-dir", default=None, help=f"where archives and results go (default: {default_cache_dir()})")
+    parser.add_argument(
+        "--cache-dir", default=None, help=f"where archives and results go (default: {default_cache_dir()})"
+    )
     parser.add_argument("--only", choices=["vocab", "corpus"], default=None, help="fetch just one of the two")
     args = parser.parse_args(argv)
     if args.only in (None, "vocab"):

@@ -10,7 +10,7 @@ token dtype and, where they carry PREFIX.meta.json, the vocab fingerprint and do
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from megatron_zh.cli import run_cli
 from megatron_zh.data.indexed_dataset import expand_prefixes, merge_datasets
@@ -21,14 +21,20 @@ logger = get_logger("tools.merge_datasets")
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", nargs="+", required=True,
-                        help="dataset prefixes (PREFIX.bin/.idx), or globs of them, in merge order")
+    parser.add_argument(
+        "--input", nargs="+", required=True, help="dataset prefixes (PREFIX.bin/.idx), or globs of them, in merge order"
+    )
     parser.add_argument("--output-prefix", required=True, help="prefix of the merged PREFIX.bin/.idx")
     args = parser.parse_args(argv)
     inputs = expand_prefixes(args.input)
     meta = merge_datasets(inputs, args.output_prefix)
-    logger.info("merged %d datasets into %s: %d documents, %d tokens",
-                len(inputs), args.output_prefix, meta["documents"], meta["tokens"])
+    logger.info(
+        "merged %d datasets into %s: %d documents, %d tokens",
+        len(inputs),
+        args.output_prefix,
+        meta["documents"],
+        meta["tokens"],
+    )
     return 0
 
 

@@ -1,12 +1,12 @@
 """Plot a run's loss curve (train and validation loss against iteration) to a PNG.
 
-  python tools/plot_loss.py --metrics runs/cpu_tiny/checkpoints/metrics.jsonl --output loss.png
+python tools/plot_loss.py --metrics runs/cpu_tiny/checkpoints/metrics.jsonl --output loss.png
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from megatron_zh.cli import run_cli
 from megatron_zh.training.plot import plot_loss_curve

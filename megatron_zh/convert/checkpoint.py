@@ -20,7 +20,14 @@ from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
 from megatron_zh.training.checkpointing import (
-    CHECKPOINT_FORMAT, CLIENT_STATE_FILE, LATEST_FILE, MODEL_STATES_FILE, read_client_state, read_latest_tag, tag_for)
+    CHECKPOINT_FORMAT,
+    CLIENT_STATE_FILE,
+    LATEST_FILE,
+    MODEL_STATES_FILE,
+    read_client_state,
+    read_latest_tag,
+    tag_for,
+)
 from megatron_zh.training.master_weights import read_fp32_weights
 
 logger = get_logger(__name__)
@@ -52,11 +59,16 @@ def resolve_tag(directory: str | Path, tag: str | None = None) -> tuple[Path, st
         tag = read_latest_tag(directory)
         if tag is None:
             if (directory / MODEL_STATES_FILE).is_file():
-                raise CheckpointError(f"{directory} is one checkpoint's folder; pass the directory above it "
-                                      f"({directory.parent}) and --tag {directory.name}")
+                raise CheckpointError(
+                    f"{directory} is one checkpoint's folder; pass the directory above it "
+                    f"({directory.parent}) and --tag {directory.name}"
+                )
             found = sorted(p.name for p in directory.glob("global_step*") if p.is_dir())
-            hint = (f"it has {', '.join(found)} but no committed one (pass --tag to choose one anyway)" if found
-                    else "no global_step* folders either")
+            hint = (
+                f"it has {', '.join(found)} but no committed one (pass --tag to choose one anyway)"
+                if found
+                else "no global_step* folders either"
+            )
             raise CheckpointError(f"{directory} is not a checkpoint directory: no `{LATEST_FILE}` file, {hint}")
     if not (directory / tag).is_dir():
         found = sorted(p.name for p in directory.glob("global_step*") if p.is_dir())
@@ -75,22 +87,31 @@ def load_checkpoint_weights(directory: str | Path, tag: str | None = None) -> Lo
     expected = model_state_keys(model_config)
     missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{where}: the weights do not fit its model_config (missing {missing[:6]}, "
-                              f"unexpected {unexpected[:6]}); the checkpoint was not written by this version of "
-                              "megatron_zh or is damaged")
+        raise CheckpointError(
+            f"{where}: the weights do not fit its model_config (missing {missing[:6]}, "
+            f"unexpected {unexpected[:6]}); the checkpoint was not written by this version of "
+            "megatron_zh or is damaged"
+        )
     state_dict = {name: state_dict[name].contiguous() for name in expected}
-    logger.info("read %s: %s, %.2f M parameters", where, source,
-                sum(t.numel() for t in state_dict.values()) / 1e6)
-    return LoadedCheckpoint(directory=directory, tag=tag, model_config=model_config, state_dict=state_dict,
-                            client_state=client_state, vocab_fingerprint=client_state.get("vocab_fingerprint"),
-                            weights_source=source)
+    logger.info("read %s: %s, %.2f M parameters", where, source, sum(t.numel() for t in state_dict.values()) / 1e6)
+    return LoadedCheckpoint(
+        directory=directory,
+        tag=tag,
+        model_config=model_config,
+        state_dict=state_dict,
+        client_state=client_state,
+        vocab_fingerprint=client_state.get("vocab_fingerprint"),
+        weights_source=source,
+    )
 
 
 def _model_config(client_state: dict[str, Any], where: Path) -> GPT2Config:
     saved = client_state.get("model_config")
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{where} has no model_config in its client state: it was not written by "
-                              f"pretrain_gpt.py (format {CHECKPOINT_FORMAT})")
+        raise CheckpointError(
+            f"{where} has no model_config in its client state: it was not written by "
+            f"pretrain_gpt.py (format {CHECKPOINT_FORMAT})"
+        )
     fmt = client_state.get("checkpoint_format")
     if fmt is not None and fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{where} has checkpoint_format {fmt!r}; this version reads {CHECKPOINT_FORMAT!r}")
@@ -100,8 +121,16 @@ def _model_config(client_state: dict[str, Any], where: Path) -> GPT2Config:
         raise ConfigError(f"{where}: cannot map its model_config to GPT-2: {exc}") from None
 
 
-def write_checkpoint(directory: str | Path, model_config: GPT2Config, state_dict: dict[str, torch.Tensor], *,
-                     vocab_fingerprint: str, vocab_size: int, source: str, overwrite: bool = False) -> Path:
+def write_checkpoint(
+    directory: str | Path,
+    model_config: GPT2Config,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    vocab_fingerprint: str,
+    vocab_size: int,
+    source: str,
+    overwrite: bool = False,
+) -> Path:
     """Write `state_dict` as checkpoint global_step0 of a new save directory `directory`.
 
     The layout is pretrain_gpt.py's (`latest`, global_step0/mp_rank_00_model_states.pt with the module
@@ -113,8 +142,9 @@ def write_checkpoint(directory: str | Path, model_config: GPT2Config, state_dict
     expected = model_state_keys(model_config)
     if sorted(state_dict) != sorted(expected):
         missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
-        raise CheckpointError(f"state dict does not fit the model config (missing {missing[:6]}, "
-                              f"unexpected {unexpected[:6]})")
+        raise CheckpointError(
+            f"state dict does not fit the model config (missing {missing[:6]}, unexpected {unexpected[:6]})"
+        )
     module = OrderedDict((name, state_dict[name].detach().to("cpu", torch.float32).contiguous()) for name in expected)
     tag = tag_for(0)
     client_state = {

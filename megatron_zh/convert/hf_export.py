@@ -52,38 +52,56 @@ class ExportResult:
     self_check_tokens: int
 
 
-def export_to_hf(checkpoint: str | Path, output: str | Path, *, tag: str | None = None,
-                 vocab_file: str | Path | None = None, overwrite: bool = False) -> ExportResult:
+def export_to_hf(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    tag: str | None = None,
+    vocab_file: str | Path | None = None,
+    overwrite: bool = False,
+) -> ExportResult:
     """Write checkpoint `tag` (default `latest`) of `checkpoint` as a Hugging Face folder at `output`."""
     output = Path(output)
     loaded = load_checkpoint_weights(checkpoint, tag)
     if output.resolve() in (loaded.directory.resolve(), *loaded.directory.resolve().parents):
-        raise ConfigError(f"--output {output} would replace the checkpoint directory {loaded.directory}; "
-                          "choose a new folder")
+        raise ConfigError(
+            f"--output {output} would replace the checkpoint directory {loaded.directory}; choose a new folder"
+        )
     tokenizer = checkpoint_tokenizer(loaded, vocab_file)
     hf_config = _hf_config(loaded.model_config, tokenizer)
     with staging_directory(output, overwrite=overwrite) as staging:
         write_hf_folder(staging, loaded, tokenizer, hf_config)
         max_diff, tokens = self_check(staging, loaded, tokenizer)
-        result = ExportResult(output=output, checkpoint=str(loaded.directory / loaded.tag),
-                              iteration=loaded.client_state.get("iteration"), weights_source=loaded.weights_source,
-                              vocab_fingerprint=tokenizer.fingerprint, max_logit_diff=max_diff,
-                              self_check_tokens=tokens)
+        result = ExportResult(
+            output=output,
+            checkpoint=str(loaded.directory / loaded.tag),
+            iteration=loaded.client_state.get("iteration"),
+            weights_source=loaded.weights_source,
+            vocab_fingerprint=tokenizer.fingerprint,
+            max_logit_diff=max_diff,
+            self_check_tokens=tokens,
+        )
         (staging / EXPORT_INFO_FILE).write_text(
             json.dumps({**asdict(result), "output": str(output), "logit_tolerance": LOGIT_TOLERANCE}, indent=2) + "\n",
-            encoding="utf-8")
+            encoding="utf-8",
+        )
         commit_directory(staging, output)
-    logger.info("exported %s (%s) to %s; self-check max |logit diff| %.3g", result.checkpoint,
-                result.weights_source, output, max_diff)
+    logger.info(
+        "exported %s (%s) to %s; self-check max |logit diff| %.3g",
+        result.checkpoint,
+        result.weights_source,
+        output,
+        max_diff,
+    )
     return result
 
 
 def _hf_config(config: GPT2Config, tokenizer: BertChineseTokenizer):
     """GPT-2 config with the tokenizer's own [CLS]/[SEP]/[PAD] ids; ConfigError if it does not map back."""
-    hf_config = to_hf_config(config, bos_token_id=tokenizer.cls, eos_token_id=tokenizer.sep,
-                             pad_token_id=tokenizer.pad)
-    back = from_hf_config(hf_config, attention_impl=config.attention_impl,
-                          activation_checkpointing=config.activation_checkpointing)
+    hf_config = to_hf_config(config, bos_token_id=tokenizer.cls, eos_token_id=tokenizer.sep, pad_token_id=tokenizer.pad)
+    back = from_hf_config(
+        hf_config, attention_impl=config.attention_impl, activation_checkpointing=config.activation_checkpointing
+    )
     if back != config:
         changed = {k: (v, getattr(back, k)) for k, v in config.to_dict().items() if getattr(back, k) != v}
         raise ConfigError(f"the model config does not map to a Hugging Face GPT-2 config: {changed}")
@@ -106,15 +124,27 @@ def write_hf_folder(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChine
     # Lower-case as training did (the published model's do_lower_case=false disagrees with its training).
     # GPT-2 adds wte(token_type_ids) to its input when given them, so the tokenizer must not produce
     # BERT's token_type_ids (model_input_names, as GPT2Tokenizer has).
-    BertTokenizer(str(folder / "vocab.txt"), do_lower_case=True,
-                  model_max_length=loaded.model_config.max_position_embeddings,
-                  model_input_names=["input_ids", "attention_mask"]).save_pretrained(folder)
+    BertTokenizer(
+        str(folder / "vocab.txt"),
+        do_lower_case=True,
+        model_max_length=loaded.model_config.max_position_embeddings,
+        model_input_names=["input_ids", "attention_mask"],
+    ).save_pretrained(folder)
     names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
     (folder / "special_tokens_map.json").write_text(
-        json.dumps(dict(zip(names, SPECIAL_TOKENS)), indent=2) + "\n", encoding="utf-8")
-    GenerationConfig(bos_token_id=tokenizer.cls, eos_token_id=tokenizer.sep, pad_token_id=tokenizer.pad,
-                     do_sample=True, top_k=50, top_p=0.95, temperature=1.0, repetition_penalty=1.0,
-                     max_new_tokens=100).save_pretrained(folder)
+        json.dumps(dict(zip(names, SPECIAL_TOKENS)), indent=2) + "\n", encoding="utf-8"
+    )
+    GenerationConfig(
+        bos_token_id=tokenizer.cls,
+        eos_token_id=tokenizer.sep,
+        pad_token_id=tokenizer.pad,
+        do_sample=True,
+        top_k=50,
+        top_p=0.95,
+        temperature=1.0,
+        repetition_penalty=1.0,
+        max_new_tokens=100,
+    ).save_pretrained(folder)
 
 
 def self_check_batch(tokenizer: BertChineseTokenizer, max_positions: int) -> torch.Tensor:
@@ -137,11 +167,14 @@ def self_check(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTok
     hf_ids = [hf_tokenizer(text, add_special_tokens=False)["input_ids"] for text in SELF_CHECK_TEXTS]
     if hf_ids != ours_ids:
         bad = next(i for i, (a, b) in enumerate(zip(ours_ids, hf_ids)) if a != b)
-        raise CheckpointError(f"self-check failed: the exported tokenizer gives {hf_ids[bad][:12]}... for "
-                              f"{SELF_CHECK_TEXTS[bad]!r}, training gave {ours_ids[bad][:12]}...")
+        raise CheckpointError(
+            f"self-check failed: the exported tokenizer gives {hf_ids[bad][:12]}... for "
+            f"{SELF_CHECK_TEXTS[bad]!r}, training gave {ours_ids[bad][:12]}..."
+        )
 
-    hf_model, info = GPT2LMHeadModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32,
-                                                     output_loading_info=True)
+    hf_model, info = GPT2LMHeadModel.from_pretrained(
+        folder, local_files_only=True, dtype=torch.float32, output_loading_info=True
+    )
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         raise CheckpointError(f"self-check failed: transformers loaded the export with {problems}")
@@ -156,11 +189,19 @@ def self_check(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTok
     # Also exactly what the exported tokenizer hands the model (a pipeline's input), special tokens and all.
     encoded = hf_tokenizer(SELF_CHECK_TEXTS[0], return_tensors="pt")
     with torch.no_grad():
-        max_diff = max((ours(batch).logits - hf_model(input_ids=batch).logits).abs().max().item(),
-                       (ours(encoded["input_ids"]).logits - hf_model(**encoded).logits).abs().max().item())
+        max_diff = max(
+            (ours(batch).logits - hf_model(input_ids=batch).logits).abs().max().item(),
+            (ours(encoded["input_ids"]).logits - hf_model(**encoded).logits).abs().max().item(),
+        )
     if not max_diff <= LOGIT_TOLERANCE:  # also catches NaN
-        raise CheckpointError(f"self-check failed: the exported model's logits differ from ours by up to "
-                              f"{max_diff:.3g} (tolerance {LOGIT_TOLERANCE:g}, fp32); nothing was written")
-    logger.info("self-check passed: %d x %d tokens, max |logit diff| %.3g (tolerance %g)",
-                *batch.shape, max_diff, LOGIT_TOLERANCE)
+        raise CheckpointError(
+            f"self-check failed: the exported model's logits differ from ours by up to "
+            f"{max_diff:.3g} (tolerance {LOGIT_TOLERANCE:g}, fp32); nothing was written"
+        )
+    logger.info(
+        "self-check passed: %d x %d tokens, max |logit diff| %.3g (tolerance %g)",
+        *batch.shape,
+        max_diff,
+        LOGIT_TOLERANCE,
+    )
     return max_diff, batch.numel() + encoded["input_ids"].numel()

@@ -58,17 +58,24 @@ def weight_names(config: GPT2Config) -> list[tuple[str, str, bool]]:
 def _expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
     h, f = config.hidden_size, config.ffn_hidden_size
     per_layer = {
-        "input_layernorm.weight": (h,), "input_layernorm.bias": (h,),
-        "self_attention.query_key_value.weight": (3 * h, h), "self_attention.query_key_value.bias": (3 * h,),
-        "self_attention.dense.weight": (h, h), "self_attention.dense.bias": (h,),
-        "post_attention_layernorm.weight": (h,), "post_attention_layernorm.bias": (h,),
-        "mlp.dense_h_to_4h.weight": (f, h), "mlp.dense_h_to_4h.bias": (f,),
-        "mlp.dense_4h_to_h.weight": (h, f), "mlp.dense_4h_to_h.bias": (h,),
+        "input_layernorm.weight": (h,),
+        "input_layernorm.bias": (h,),
+        "self_attention.query_key_value.weight": (3 * h, h),
+        "self_attention.query_key_value.bias": (3 * h,),
+        "self_attention.dense.weight": (h, h),
+        "self_attention.dense.bias": (h,),
+        "post_attention_layernorm.weight": (h,),
+        "post_attention_layernorm.bias": (h,),
+        "mlp.dense_h_to_4h.weight": (f, h),
+        "mlp.dense_h_to_4h.bias": (f,),
+        "mlp.dense_4h_to_h.weight": (h, f),
+        "mlp.dense_4h_to_h.bias": (h,),
     }
     shapes = {
         "embedding.word_embeddings.weight": (config.vocab_size, h),
         "embedding.position_embeddings.weight": (config.max_position_embeddings, h),
-        "final_layernorm.weight": (h,), "final_layernorm.bias": (h,),
+        "final_layernorm.weight": (h,),
+        "final_layernorm.bias": (h,),
     }
     for i in range(config.num_layers):
         shapes.update({f"layers.{i}.{name}": shape for name, shape in per_layer.items()})
@@ -78,12 +85,16 @@ def _expected_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
 def _check_keys(found: set[str], expected: set[str], what: str) -> None:
     missing, unexpected = sorted(expected - found), sorted(found - expected)
     if missing or unexpected:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-        raise CheckpointError(f"{what} does not match the model config: "
-                              + (f"missing {show(missing)}; " if missing else "")
-                              + (f"unexpected {show(unexpected)}; " if unexpected else "")
-                              + "check that the config (layers, sizes) is the one these weights were trained with")
+
+        raise CheckpointError(
+            f"{what} does not match the model config: "
+            + (f"missing {show(missing)}; " if missing else "")
+            + (f"unexpected {show(unexpected)}; " if unexpected else "")
+            + "check that the config (layers, sizes) is the one these weights were trained with"
+        )
 
 
 def _check_shapes(ours: Mapping[str, torch.Tensor], config: GPT2Config, what: str) -> None:
@@ -100,8 +111,10 @@ def to_hf_state_dict(state_dict: Mapping[str, torch.Tensor], config: GPT2Config)
     names = weight_names(config)
     _check_keys(set(state_dict), {ours for ours, _, _ in names}, "state dict")
     _check_shapes(state_dict, config, "state dict")
-    hf = {hf_name: (state_dict[ours].t() if transposed else state_dict[ours]).contiguous()
-          for ours, hf_name, transposed in names}
+    hf = {
+        hf_name: (state_dict[ours].t() if transposed else state_dict[ours]).contiguous()
+        for ours, hf_name, transposed in names
+    }
     hf[HF_LM_HEAD] = hf[HF_WORD_EMBEDDINGS]
     return hf
 
@@ -117,8 +130,10 @@ def from_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: GPT2Co
     names = weight_names(config)
     _check_keys(set(hf), {hf_name for _, hf_name, _ in names}, "Hugging Face state dict")
     if lm_head is not None and not torch.equal(lm_head, hf[HF_WORD_EMBEDDINGS]):
-        raise CheckpointError("Hugging Face state dict has an LM head that differs from its word embedding; "
-                              "this model ties them and cannot hold untied weights")
+        raise CheckpointError(
+            "Hugging Face state dict has an LM head that differs from its word embedding; "
+            "this model ties them and cannot hold untied weights"
+        )
     ours = {ours: (hf[hf_name].t() if transposed else hf[hf_name]).contiguous() for ours, hf_name, transposed in names}
     _check_shapes(ours, config, "Hugging Face state dict")
     return ours
@@ -157,23 +172,36 @@ def from_hf_config(hf_config: Any, **overrides: Any) -> GPT2Config:
     Raises ConfigError for GPT-2 variants this model cannot express (another activation,
     cross-attention, per-layer attention scaling, untied head).
     """
-    get = hf_config.get if isinstance(hf_config, Mapping) else (lambda key, default=None: getattr(hf_config, key, default))
+    get = (
+        hf_config.get
+        if isinstance(hf_config, Mapping)
+        else (lambda key, default=None: getattr(hf_config, key, default))
+    )
     problems = []
     if get("model_type", "gpt2") != "gpt2":
         problems.append(f"model_type is {get('model_type')!r}, not 'gpt2'")
     if get("activation_function", "gelu_new") not in _GELU_TANH_NAMES:
-        problems.append(f"activation_function {get('activation_function')!r} is not GELU's tanh form "
-                        f"{_GELU_TANH_NAMES}")
-    for key, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                        ("add_cross_attention", False), ("tie_word_embeddings", True)):
+        problems.append(
+            f"activation_function {get('activation_function')!r} is not GELU's tanh form {_GELU_TANH_NAMES}"
+        )
+    for key, wanted in (
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("add_cross_attention", False),
+        ("tie_word_embeddings", True),
+    ):
         if bool(get(key, wanted)) != wanted:
             problems.append(f"{key}={get(key)!r} is not supported (needs {wanted})")
     if problems:
         raise ConfigError("cannot import this Hugging Face GPT-2 config: " + "; ".join(problems))
     hidden_dropout = get("resid_pdrop", 0.1)
     if get("embd_pdrop", hidden_dropout) != hidden_dropout:
-        logger.warning("embd_pdrop=%s differs from resid_pdrop=%s; using %s for both (hidden_dropout)",
-                       get("embd_pdrop"), hidden_dropout, hidden_dropout)
+        logger.warning(
+            "embd_pdrop=%s differs from resid_pdrop=%s; using %s for both (hidden_dropout)",
+            get("embd_pdrop"),
+            hidden_dropout,
+            hidden_dropout,
+        )
     hidden = get("n_embd", 768)
     fields = dict(
         vocab_size=get("vocab_size"),

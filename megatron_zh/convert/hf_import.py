@@ -69,8 +69,9 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
             for shard in shards:
                 weights.update(_load_weight_file(folder / shard))
             return weights
-    raise CheckpointError(f"{folder} has no {SAFETENSORS_FILE} or {TORCH_FILE} (nor a sharded index): not a "
-                          "Hugging Face model folder")
+    raise CheckpointError(
+        f"{folder} has no {SAFETENSORS_FILE} or {TORCH_FILE} (nor a sharded index): not a Hugging Face model folder"
+    )
 
 
 def read_hf_folder(folder: str | Path, vocab_file: str | Path | None = None) -> HFCheckpoint:
@@ -81,8 +82,10 @@ def read_hf_folder(folder: str | Path, vocab_file: str | Path | None = None) -> 
     hf_config = _read_json(folder / "config.json")
     architectures = hf_config.get("architectures") or ["GPT2LMHeadModel"]
     if not set(architectures) & {"GPT2LMHeadModel", "GPT2Model"}:
-        raise ConfigError(f"{folder / 'config.json'}: architectures {architectures} is not GPT-2; "
-                          "only GPT2LMHeadModel folders can be read")
+        raise ConfigError(
+            f"{folder / 'config.json'}: architectures {architectures} is not GPT-2; "
+            "only GPT2LMHeadModel folders can be read"
+        )
     try:
         model_config = from_hf_config(hf_config)
     except ConfigError as exc:
@@ -95,25 +98,43 @@ def read_hf_folder(folder: str | Path, vocab_file: str | Path | None = None) -> 
         raise ConfigError(f"{vocab} not found: the folder has no {VOCAB_FILE}; pass --vocab-file")
     tokenizer_config = folder / "tokenizer_config.json"
     lower_case = bool(_read_json(tokenizer_config).get("do_lower_case", True)) if tokenizer_config.is_file() else True
-    return HFCheckpoint(folder=folder, model_config=model_config, state_dict=state_dict, vocab_file=vocab,
-                        lower_case=lower_case)
+    return HFCheckpoint(
+        folder=folder, model_config=model_config, state_dict=state_dict, vocab_file=vocab, lower_case=lower_case
+    )
 
 
-def import_from_hf(hf_folder: str | Path, output: str | Path, *, vocab_file: str | Path | None = None,
-                   overwrite: bool = False) -> Path:
+def import_from_hf(
+    hf_folder: str | Path, output: str | Path, *, vocab_file: str | Path | None = None, overwrite: bool = False
+) -> Path:
     """Convert an HF GPT-2 folder into a checkpoint directory pretrain_gpt.py --load ... --finetune starts from."""
     hf = read_hf_folder(hf_folder, vocab_file)
     tokenizer = BertChineseTokenizer(hf.vocab_file, lower_case=hf.lower_case)
     if tokenizer.vocab_size > hf.model_config.vocab_size:
-        raise ConfigError(f"{hf.vocab_file} has {tokenizer.vocab_size} tokens but the model only "
-                          f"{hf.model_config.vocab_size} embeddings; it is not this model's vocab")
+        raise ConfigError(
+            f"{hf.vocab_file} has {tokenizer.vocab_size} tokens but the model only "
+            f"{hf.model_config.vocab_size} embeddings; it is not this model's vocab"
+        )
     if not hf.lower_case:
-        logger.warning("%s says do_lower_case=false; pretrain_gpt.py tokenizes lower-cased (as the published "
-                       "Chinese GPT-2 models were trained)", hf.folder / "tokenizer_config.json")
-    folder = write_checkpoint(output, hf.model_config, hf.state_dict, vocab_fingerprint=tokenizer.fingerprint,
-                              vocab_size=tokenizer.vocab_size, source=f"Hugging Face folder {hf.folder.resolve()}",
-                              overwrite=overwrite)
-    logger.info("wrote %s (%d layers, hidden %d, %.1f M parameters, vocab %s)", folder,
-                hf.model_config.num_layers, hf.model_config.hidden_size,
-                sum(t.numel() for t in hf.state_dict.values()) / 1e6, tokenizer.fingerprint[:19])
+        logger.warning(
+            "%s says do_lower_case=false; pretrain_gpt.py tokenizes lower-cased (as the published "
+            "Chinese GPT-2 models were trained)",
+            hf.folder / "tokenizer_config.json",
+        )
+    folder = write_checkpoint(
+        output,
+        hf.model_config,
+        hf.state_dict,
+        vocab_fingerprint=tokenizer.fingerprint,
+        vocab_size=tokenizer.vocab_size,
+        source=f"Hugging Face folder {hf.folder.resolve()}",
+        overwrite=overwrite,
+    )
+    logger.info(
+        "wrote %s (%d layers, hidden %d, %.1f M parameters, vocab %s)",
+        folder,
+        hf.model_config.num_layers,
+        hf.model_config.hidden_size,
+        sum(t.numel() for t in hf.state_dict.values()) / 1e6,
+        tokenizer.fingerprint[:19],
+    )
     return folder

@@ -36,20 +36,29 @@ def checkpoint_tokenizer(checkpoint: LoadedCheckpoint, vocab_file: str | Path | 
         if vocab_file is None:
             raise ConfigError(f"checkpoint {where} does not name its vocab file; pass --vocab-file")
         if not Path(vocab_file).is_file():
-            raise ConfigError(f"checkpoint {where} was trained with vocab {vocab_file}, which is not there "
-                              "(relative paths are taken from the current directory); pass --vocab-file")
+            raise ConfigError(
+                f"checkpoint {where} was trained with vocab {vocab_file}, which is not there "
+                "(relative paths are taken from the current directory); pass --vocab-file"
+            )
     tokenizer = BertChineseTokenizer(vocab_file)
-    check_fingerprint(checkpoint.vocab_fingerprint, tokenizer.fingerprint, source=f"checkpoint {where}",
-                      fix=f"{vocab_file} is not the vocab it was trained with; pass that one with --vocab-file",
-                      error=ConfigError)
+    check_fingerprint(
+        checkpoint.vocab_fingerprint,
+        tokenizer.fingerprint,
+        source=f"checkpoint {where}",
+        fix=f"{vocab_file} is not the vocab it was trained with; pass that one with --vocab-file",
+        error=ConfigError,
+    )
     if tokenizer.vocab_size > checkpoint.model_config.vocab_size:
-        raise ConfigError(f"{vocab_file} has {tokenizer.vocab_size} tokens but checkpoint {where} only "
-                          f"{checkpoint.model_config.vocab_size} embeddings")
+        raise ConfigError(
+            f"{vocab_file} has {tokenizer.vocab_size} tokens but checkpoint {where} only "
+            f"{checkpoint.model_config.vocab_size} embeddings"
+        )
     return tokenizer
 
 
-def load_model(*, checkpoint: str | None = None, tag: str | None = None, hf: str | None = None,
-               vocab_file: str | None = None) -> LoadedModel:
+def load_model(
+    *, checkpoint: str | None = None, tag: str | None = None, hf: str | None = None, vocab_file: str | None = None
+) -> LoadedModel:
     """Our checkpoint (`checkpoint`, optional `tag`) or an HF GPT-2 folder (`hf`): exactly one of them."""
     if (checkpoint is None) == (hf is None):
         raise ConfigError("load a model from exactly one of a checkpoint directory or a Hugging Face folder")
@@ -63,6 +72,8 @@ def load_model(*, checkpoint: str | None = None, tag: str | None = None, hf: str
     folder = read_hf_folder(hf, vocab_file)
     tokenizer = BertChineseTokenizer(folder.vocab_file, lower_case=folder.lower_case)
     if tokenizer.vocab_size > folder.model_config.vocab_size:
-        raise ConfigError(f"{folder.vocab_file} has {tokenizer.vocab_size} tokens but the model in {hf} only "
-                          f"{folder.model_config.vocab_size} embeddings; it is not this model's vocab")
+        raise ConfigError(
+            f"{folder.vocab_file} has {tokenizer.vocab_size} tokens but the model in {hf} only "
+            f"{folder.model_config.vocab_size} embeddings; it is not this model's vocab"
+        )
     return LoadedModel(build_model(folder.model_config, folder.state_dict), tokenizer, f"Hugging Face folder {hf}")

@@ -6,8 +6,8 @@ import contextlib
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.fileio import fsync_path, fsync_tree
@@ -18,8 +18,10 @@ def check_output_directory(final: Path, overwrite: bool) -> None:
     if final.exists() and not final.is_dir():
         raise ConfigError(f"output {final} exists and is not a directory; choose another --output")
     if final.is_dir() and any(final.iterdir()) and not overwrite:
-        raise ConfigError(f"output directory {final} exists and is not empty; pass --overwrite to replace it "
-                          "(it is replaced only after the new one is complete)")
+        raise ConfigError(
+            f"output directory {final} exists and is not empty; pass --overwrite to replace it "
+            "(it is replaced only after the new one is complete)"
+        )
 
 
 @contextlib.contextmanager

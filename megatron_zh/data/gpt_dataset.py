@@ -377,4 +377,3 @@ def build_gpt_split_datasets(
         begin, end = document_range(fractions, len(indexed))
         datasets.append(GPTDataset(indexed, name, (begin, end), wanted, config, cache_dir, eod_token))
     return datasets
-

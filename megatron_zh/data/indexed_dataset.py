@@ -30,8 +30,8 @@ import os
 import re
 import shutil
 import struct
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -97,7 +97,9 @@ class IndexedDataset:
         idx_path, bin_path = index_file_path(self.path_prefix), data_file_path(self.path_prefix)
         for path in (idx_path, bin_path):
             if not os.path.isfile(path):
-                raise DataFormatError(f"{path}: file not found (an indexed dataset needs both {idx_path} and {bin_path})")
+                raise DataFormatError(
+                    f"{path}: file not found (an indexed dataset needs both {idx_path} and {bin_path})"
+                )
         idx_size = os.path.getsize(idx_path)
         with open(idx_path, "rb") as f:
             header = f.read(HEADER_SIZE)
@@ -109,7 +111,9 @@ class IndexedDataset:
             raise DataFormatError(f"{idx_path}: truncated header ({idx_size} bytes, the header alone is {HEADER_SIZE})")
         version, code, num_sequences, count = struct.unpack("<QBQQ", header[len(INDEX_MAGIC) :])
         if version != INDEX_VERSION:
-            raise DataFormatError(f"{idx_path}: unsupported index version {version} (only version {INDEX_VERSION} exists)")
+            raise DataFormatError(
+                f"{idx_path}: unsupported index version {version} (only version {INDEX_VERSION} exists)"
+            )
         if code not in DTYPE_CODES:
             raise DataFormatError(f"{idx_path}: unknown token dtype code {code} (known: {sorted(DTYPE_CODES)})")
         self.dtype = DTYPE_CODES[code]
@@ -117,9 +121,11 @@ class IndexedDataset:
             raise DataFormatError(f"{idx_path}: document count {count} in the header; a valid index has at least 1")
         expected = HEADER_SIZE + 12 * num_sequences + 8 * count
         if idx_size != expected:
-            extra = " (a multimodal index with sequence modes, which this reader does not support)" if (
-                idx_size == expected + num_sequences and num_sequences
-            ) else ""
+            extra = (
+                " (a multimodal index with sequence modes, which this reader does not support)"
+                if (idx_size == expected + num_sequences and num_sequences)
+                else ""
+            )
             raise DataFormatError(
                 f"{idx_path}: size {idx_size} bytes does not match its header ({num_sequences} sequences, "
                 f"{count - 1} documents need {expected} bytes){extra}; the file is truncated or corrupt"
@@ -133,7 +139,9 @@ class IndexedDataset:
         self._check_index(idx_path, bin_path, bin_size)
         # np.memmap cannot map an empty file; an empty dataset gets an empty array instead.
         self._data = (
-            np.memmap(bin_path, dtype=self.dtype, mode="r").view(np.ndarray) if bin_size else np.empty(0, dtype=self.dtype)
+            np.memmap(bin_path, dtype=self.dtype, mode="r").view(np.ndarray)
+            if bin_size
+            else np.empty(0, dtype=self.dtype)
         )
 
     def _check_index(self, idx_path: str, bin_path: str, bin_size: int) -> None:
@@ -158,7 +166,9 @@ class IndexedDataset:
             chunk_pointers = pointers[start : start + _CHECK_CHUNK]
             if (chunk_lengths < 0).any():
                 bad = start + int(np.argmax(chunk_lengths < 0))
-                raise DataFormatError(f"{idx_path}: sequence {bad} has negative length {lengths[bad]}; the index is corrupt")
+                raise DataFormatError(
+                    f"{idx_path}: sequence {bad} has negative length {lengths[bad]}; the index is corrupt"
+                )
             ends = end + np.cumsum(chunk_lengths * itemsize)
             expected_pointers = np.concatenate(([end], ends[:-1]))
             if (chunk_pointers != expected_pointers).any():
@@ -262,8 +272,11 @@ class IndexedDatasetBuilder:
             raise ValueError(f"token dtype {self.dtype} is not one Megatron's index format can store")
         Path(self.path_prefix).parent.mkdir(parents=True, exist_ok=True)
         idx_path = index_file_path(self.path_prefix)
-        self._temporaries = [temporary_sibling(data_file_path(self.path_prefix)),
-                             temporary_sibling(idx_path + ".lengths"), temporary_sibling(idx_path + ".documents")]
+        self._temporaries = [
+            temporary_sibling(data_file_path(self.path_prefix)),
+            temporary_sibling(idx_path + ".lengths"),
+            temporary_sibling(idx_path + ".documents"),
+        ]
         self._bin_tmp = self._temporaries[0]
         self._bin, self._lengths, self._document_sizes = (open(path, "wb") for path in self._temporaries)
         self._num_sequences = 0
@@ -273,7 +286,7 @@ class IndexedDatasetBuilder:
         self._limits = np.iinfo(self.dtype) if self.dtype.kind in "iu" else None
         self._closed = False
 
-    def __enter__(self) -> "IndexedDatasetBuilder":
+    def __enter__(self) -> IndexedDatasetBuilder:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -351,8 +364,9 @@ class IndexedDatasetBuilder:
 
     def _flush_pending(self) -> None:
         if self._pending_sizes:
-            self._append_index(np.array(self._pending_lengths, dtype=np.int64),
-                               np.array(self._pending_sizes, dtype=np.int64))
+            self._append_index(
+                np.array(self._pending_lengths, dtype=np.int64), np.array(self._pending_sizes, dtype=np.int64)
+            )
             self._pending_lengths, self._pending_sizes = [], []
 
     @property
@@ -397,8 +411,11 @@ class IndexedDatasetBuilder:
         lengths_file, documents_file = self._temporaries[1:]
         with open(path, "wb") as f:
             f.write(INDEX_MAGIC)
-            f.write(struct.pack("<QBQQ", INDEX_VERSION, _CODE_OF_DTYPE[self.dtype], self._num_sequences,
-                                self._num_documents + 1))
+            f.write(
+                struct.pack(
+                    "<QBQQ", INDEX_VERSION, _CODE_OF_DTYPE[self.dtype], self._num_sequences, self._num_documents + 1
+                )
+            )
             with open(lengths_file, "rb") as lengths:
                 shutil.copyfileobj(lengths, f, 16 << 20)
             end = 0

@@ -23,9 +23,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -161,7 +161,7 @@ class _ChunkEncoder:
         try:
             line = raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as exc:
-            return None, f"invalid UTF-8 at byte {exc.start} ({raw[exc.start:exc.start + 4]!r})"
+            return None, f"invalid UTF-8 at byte {exc.start} ({raw[exc.start : exc.start + 4]!r})"
         if not line.strip():
             return None, None
         if not is_json:
@@ -273,8 +273,15 @@ class _Progress:
         if config.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="preprocess",
-                            dynamic_ncols=True, smoothing=0.1)
+            self.bar = tqdm(
+                total=total_bytes,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc="preprocess",
+                dynamic_ncols=True,
+                smoothing=0.1,
+            )
 
     def update(self, nbytes: int, documents: int, tokens: int) -> None:
         self.bytes += nbytes
@@ -292,8 +299,14 @@ class _Progress:
             eta = (self.total_bytes - self.bytes) / rate if rate else float("inf")
             logger.info(
                 "%s documents (%.0f/s), %s tokens (%.2f M/s), %.1f/%.1f MB (%.1f MB/s), ETA %s",
-                f"{self.documents:,}", self.documents / elapsed, f"{self.tokens:,}", self.tokens / elapsed / 1e6,
-                self.bytes / 1e6, self.total_bytes / 1e6, rate / 1e6, _format_seconds(eta),
+                f"{self.documents:,}",
+                self.documents / elapsed,
+                f"{self.tokens:,}",
+                self.tokens / elapsed / 1e6,
+                self.bytes / 1e6,
+                self.total_bytes / 1e6,
+                rate / 1e6,
+                _format_seconds(eta),
             )
 
     def close(self) -> None:
@@ -342,11 +355,16 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
     prefixes = {key: output_prefix_for(config.output_prefix, key) for key in config.json_keys}
     total_bytes = sum(p.stat().st_size for p in files)
     logger.info(
-        "tokenizing %d file(s), %.1f MB, with %d worker(s) into %s", len(files), total_bytes / 1e6, config.workers,
+        "tokenizing %d file(s), %.1f MB, with %d worker(s) into %s",
+        len(files),
+        total_bytes / 1e6,
+        config.workers,
         ", ".join(f"{p}.bin/.idx" for p in prefixes.values()),
     )
     stats = PreprocessStats(
-        outputs=prefixes, documents=dict.fromkeys(prefixes, 0), tokens=dict.fromkeys(prefixes, 0),
+        outputs=prefixes,
+        documents=dict.fromkeys(prefixes, 0),
+        tokens=dict.fromkeys(prefixes, 0),
         dropped_empty=dict.fromkeys(prefixes, 0),
     )
     start = time.perf_counter()
@@ -396,12 +414,15 @@ def _pool_context():
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _report_bad_lines(bad: list[tuple[int, int, str]], files: list[Path], stats: PreprocessStats,
-                      config: PreprocessConfig) -> None:
+def _report_bad_lines(
+    bad: list[tuple[int, int, str]], files: list[Path], stats: PreprocessStats, config: PreprocessConfig
+) -> None:
     for file_index, line_no, reason in bad:
         where = f"{files[file_index]}:{line_no}"
         if config.strict:
-            raise DataFormatError(f"{where}: {reason} (--strict stops at the first bad line; drop --strict to skip them)")
+            raise DataFormatError(
+                f"{where}: {reason} (--strict stops at the first bad line; drop --strict to skip them)"
+            )
         stats.bad_lines += 1
         if stats.bad_lines <= config.max_reported_bad_lines:
             logger.warning("%s: %s; line skipped", where, reason)
@@ -409,8 +430,14 @@ def _report_bad_lines(bad: list[tuple[int, int, str]], files: list[Path], stats:
             logger.warning("further bad lines are counted but not shown")
 
 
-def _metadata(config: PreprocessConfig, files: list[Path], tokenizer: BertChineseTokenizer, key: str,
-              stats: PreprocessStats, dtype: np.dtype) -> dict:
+def _metadata(
+    config: PreprocessConfig,
+    files: list[Path],
+    tokenizer: BertChineseTokenizer,
+    key: str,
+    stats: PreprocessStats,
+    dtype: np.dtype,
+) -> dict:
     return {
         "format": METADATA_FORMAT,
         "tokenizer": "BertWordPieceLowerCase" if config.lower_case else "BertWordPieceCase",
@@ -436,7 +463,13 @@ def _log_summary(stats: PreprocessStats) -> None:
     for key, prefix in stats.outputs.items():
         logger.info(
             "done: %s documents, %s tokens, %s empty dropped, %s bad lines, %.1f s (%.2f M tokens/s, %.1f MB/s) -> %s, %s",
-            f"{stats.documents[key]:,}", f"{stats.tokens[key]:,}", f"{stats.dropped_empty[key]:,}",
-            f"{stats.bad_lines:,}", stats.seconds, stats.tokens[key] / seconds / 1e6, stats.input_bytes / seconds / 1e6,
-            data_file_path(prefix), index_file_path(prefix),
+            f"{stats.documents[key]:,}",
+            f"{stats.tokens[key]:,}",
+            f"{stats.dropped_empty[key]:,}",
+            f"{stats.bad_lines:,}",
+            stats.seconds,
+            stats.tokens[key] / seconds / 1e6,
+            stats.input_bytes / seconds / 1e6,
+            data_file_path(prefix),
+            index_file_path(prefix),
         )

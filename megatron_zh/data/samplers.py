@@ -9,7 +9,7 @@ exactly the next sample, whatever its data-parallel size.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -33,9 +33,7 @@ class PretrainingSampler:
         if micro_batch_size <= 0:
             raise ConfigError(f"micro_batch_size must be positive, got {micro_batch_size}")
         if data_parallel_size <= 0 or not 0 <= data_parallel_rank < data_parallel_size:
-            raise ConfigError(
-                f"data_parallel_rank must be in [0, {data_parallel_size}), got {data_parallel_rank}"
-            )
+            raise ConfigError(f"data_parallel_rank must be in [0, {data_parallel_size}), got {data_parallel_rank}")
         if not 0 <= consumed_samples < total_samples:
             raise ConfigError(
                 f"consumed_samples={consumed_samples} leaves nothing to draw from a dataset of "

@@ -10,5 +10,14 @@ from megatron_zh.inference.generation import (
 )
 from megatron_zh.inference.sampling import SamplingConfig, choose_tokens, filter_logits
 
-__all__ = ["Generation", "GenerationConfig", "SamplingConfig", "choose_tokens", "encode_prompt", "filter_logits",
-           "generate", "generate_token_ids", "stream_text"]
+__all__ = [
+    "Generation",
+    "GenerationConfig",
+    "SamplingConfig",
+    "choose_tokens",
+    "encode_prompt",
+    "filter_logits",
+    "generate",
+    "generate_token_ids",
+    "stream_text",
+]

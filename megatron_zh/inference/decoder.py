@@ -13,7 +13,7 @@ checks the logits against `GPT2Model.forward` on the same windows.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ class CachedDecoder:
         padding = width - lengths
         ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
         for row, window in enumerate(windows):
-            ids[row, int(padding[row]):] = torch.as_tensor(list(window), dtype=torch.long)
+            ids[row, int(padding[row]) :] = torch.as_tensor(list(window), dtype=torch.long)
         columns = torch.arange(width)
         positions = (columns - padding[:, None]).clamp_min(0)
         capacity = width + max(0, extra_columns)
@@ -113,15 +113,24 @@ class CachedDecoder:
         start, end = self._columns, self._columns + ids.shape[1]
         x = model.embedding.word_embeddings(ids) + model.embedding.position_embeddings(positions)
         for layer, keys, values in zip(model.layers, self._keys, self._values):
-            x = x + self._attention(layer.self_attention, layer.input_layernorm(x, _NORM_BACKEND), keys, values,
-                                    start, end, mask)
+            x = x + self._attention(
+                layer.self_attention, layer.input_layernorm(x, _NORM_BACKEND), keys, values, start, end, mask
+            )
             x = x + layer.mlp(layer.post_attention_layernorm(x, _NORM_BACKEND))
         self._columns = end
         last = model.final_layernorm(x[:, -1], _NORM_BACKEND)
         return F.linear(last, model.embedding.word_embeddings.weight).float()
 
-    def _attention(self, attention, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, end: int,
-                   mask: torch.Tensor) -> torch.Tensor:
+    def _attention(
+        self,
+        attention,
+        x: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        start: int,
+        end: int,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
         rows, t, hidden = x.shape
         qkv = attention.query_key_value(x).view(rows, t, 3, self.num_heads, self.head_dim)
         q, k, v = (part.transpose(1, 2) for part in qkv.unbind(dim=2))

@@ -25,8 +25,8 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -59,10 +59,12 @@ class EvaluationConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_tokens is not None and (isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int)
-                                            or self.max_tokens < 2):
-            raise ConfigError(f"max_tokens must be an integer >= 2 (two tokens make one prediction), "
-                              f"got {self.max_tokens!r}")
+        if self.max_tokens is not None and (
+            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 2
+        ):
+            raise ConfigError(
+                f"max_tokens must be an integer >= 2 (two tokens make one prediction), got {self.max_tokens!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -86,25 +88,38 @@ class EvaluationResult:
         return {**asdict(self), "tokens_per_second": round(self.tokens_per_second, 1)}
 
 
-def evaluate_input(model: GPT2Model, tokenizer: BertChineseTokenizer, path: str, config: EvaluationConfig,
-                   device: torch.device | str = "cpu") -> EvaluationResult:
+def evaluate_input(
+    model: GPT2Model,
+    tokenizer: BertChineseTokenizer,
+    path: str,
+    config: EvaluationConfig,
+    device: torch.device | str = "cpu",
+) -> EvaluationResult:
     """Evaluate on a dataset prefix (PREFIX, PREFIX.bin or PREFIX.idx) or a text/JSON-lines file."""
     path = os.fspath(path)
     input_format, prefix = locate_input(path)
     if input_format == "indexed":
         dataset = open_indexed_dataset(prefix, vocab_fingerprint=tokenizer.fingerprint)
-        return evaluate_dataset(model, dataset, config, device, eod_id=_eod_id(prefix, tokenizer), input_name=path,
-                                input_format="indexed")
+        return evaluate_dataset(
+            model, dataset, config, device, eod_id=_eod_id(prefix, tokenizer), input_name=path, input_format="indexed"
+        )
     with tempfile.TemporaryDirectory(prefix="megatron_zh_eval_") as tmp:
         logger.info("tokenizing %s as preprocessing does ([CLS] text [SEP] per line)", path)
-        stats = preprocess(PreprocessConfig(
-            inputs=[path], output_prefix=os.path.join(tmp, "eval"), vocab_file=str(tokenizer.vocab_file),
-            json_keys=(config.json_key,), lower_case=tokenizer.lower_case, strict=config.strict,
-            progress=config.progress,
-        ))
+        stats = preprocess(
+            PreprocessConfig(
+                inputs=[path],
+                output_prefix=os.path.join(tmp, "eval"),
+                vocab_file=str(tokenizer.vocab_file),
+                json_keys=(config.json_key,),
+                lower_case=tokenizer.lower_case,
+                strict=config.strict,
+                progress=config.progress,
+            )
+        )
         dataset = IndexedDataset(stats.outputs[config.json_key])
-        return evaluate_dataset(model, dataset, config, device, eod_id=tokenizer.eod, input_name=path,
-                                input_format="text")
+        return evaluate_dataset(
+            model, dataset, config, device, eod_id=tokenizer.eod, input_name=path, input_format="text"
+        )
 
 
 def locate_input(path: str) -> tuple[str, str]:
@@ -113,8 +128,10 @@ def locate_input(path: str) -> tuple[str, str]:
     if dataset_exists(prefix) or prefix != path:
         return "indexed", prefix
     if not os.path.isfile(path):
-        raise DataFormatError(f"--input {path}: no such text file, and no dataset {path}.bin/.idx "
-                              "(give a corpus file with one document per line, or a preprocessed dataset prefix)")
+        raise DataFormatError(
+            f"--input {path}: no such text file, and no dataset {path}.bin/.idx "
+            "(give a corpus file with one document per line, or a preprocessed dataset prefix)"
+        )
     return "text", path
 
 
@@ -123,18 +140,29 @@ def _eod_id(prefix: str, tokenizer: BertChineseTokenizer) -> int:
     return int(meta.get("eod", tokenizer.eod))
 
 
-def evaluate_dataset(model: GPT2Model, dataset: IndexedDataset, config: EvaluationConfig,
-                     device: torch.device | str = "cpu", *, eod_id: int, input_name: str | None = None,
-                     input_format: str = "indexed") -> EvaluationResult:
+def evaluate_dataset(
+    model: GPT2Model,
+    dataset: IndexedDataset,
+    config: EvaluationConfig,
+    device: torch.device | str = "cpu",
+    *,
+    eod_id: int,
+    input_name: str | None = None,
+    input_format: str = "indexed",
+) -> EvaluationResult:
     """Loss over the dataset's documents in order, packed into seq_length + 1 windows (module docstring)."""
     if config.seq_length > model.config.max_position_embeddings:
-        raise ConfigError(f"seq_length {config.seq_length} exceeds the model's {model.config.max_position_embeddings} "
-                          "positions; evaluate with --seq-length at most that")
+        raise ConfigError(
+            f"seq_length {config.seq_length} exceeds the model's {model.config.max_position_embeddings} "
+            "positions; evaluate with --seq-length at most that"
+        )
     input_name = input_name or dataset.path_prefix
     num_tokens = dataset.num_tokens if config.max_tokens is None else min(dataset.num_tokens, config.max_tokens)
     if num_tokens < 2:
-        raise DataFormatError(f"{input_name}: {num_tokens} token(s) to evaluate; at least 2 are needed "
-                              "(is the input empty, or all blank lines?)")
+        raise DataFormatError(
+            f"{input_name}: {num_tokens} token(s) to evaluate; at least 2 are needed "
+            "(is the input empty, or all blank lines?)"
+        )
     # Sequences are stored back to back (IndexedDataset checks it): the .bin in order is the stream.
     stream = np.memmap(data_file_path(dataset.path_prefix), dtype=dataset.dtype, mode="r")[:num_tokens]
     full, tail = divmod(num_tokens - 1, config.seq_length)
@@ -154,17 +182,31 @@ def evaluate_dataset(model: GPT2Model, dataset: IndexedDataset, config: Evaluati
         raise DataFormatError(f"{input_name}: no token was scored (every input token is [SEP] under eod_mask_loss)")
     doc_starts = dataset.sequence_pointers[dataset.document_indices[:-1]] // dataset.dtype.itemsize
     documents = int(np.searchsorted(doc_starts, num_tokens, side="left"))
-    logger.info("%s predicted tokens in %.1f s (%.0f tokens/s): loss %.4f, perplexity %.2f", f"{result.tokens:,}",
-                seconds, result.tokens / max(seconds, 1e-9), result.loss, result.ppl)
+    logger.info(
+        "%s predicted tokens in %.1f s (%.0f tokens/s): loss %.4f, perplexity %.2f",
+        f"{result.tokens:,}",
+        seconds,
+        result.tokens / max(seconds, 1e-9),
+        result.loss,
+        result.ppl,
+    )
     return EvaluationResult(
-        loss=float(result.loss), perplexity=math.exp(result.loss) if result.loss < 700 else math.inf,
-        tokens=int(result.tokens), windows=full + (1 if tail else 0), documents=documents, stream_tokens=num_tokens,
-        seq_length=config.seq_length, input=input_name, input_format=input_format, seconds=round(seconds, 3),
+        loss=float(result.loss),
+        perplexity=math.exp(result.loss) if result.loss < 700 else math.inf,
+        tokens=int(result.tokens),
+        windows=full + (1 if tail else 0),
+        documents=documents,
+        stream_tokens=num_tokens,
+        seq_length=config.seq_length,
+        input=input_name,
+        input_format=input_format,
+        seconds=round(seconds, 3),
     )
 
 
-def _window_batches(stream: np.ndarray, config: EvaluationConfig, vocab_size: int, eod_id: int, input_name: str,
-                    progress: _Progress) -> Iterator[dict[str, torch.Tensor]]:
+def _window_batches(
+    stream: np.ndarray, config: EvaluationConfig, vocab_size: int, eod_id: int, input_name: str, progress: _Progress
+) -> Iterator[dict[str, torch.Tensor]]:
     """Micro-batches {input_ids, labels, loss_mask} of the full windows, then the tail window."""
     seq, num_tokens = config.seq_length, len(stream)
     full, tail = divmod(num_tokens - 1, seq)
@@ -185,8 +227,10 @@ def _read(stream: np.ndarray, begin: int, end: int, vocab_size: int, input_name:
     bad = (tokens < 0) | (tokens >= vocab_size)
     if bad.any():
         where = begin + int(np.argmax(bad))
-        raise DataFormatError(f"{input_name}: token {where} of the stream has id {int(stream[where])}, outside the "
-                              f"model's vocabulary of {vocab_size}; the data was made with another vocab")
+        raise DataFormatError(
+            f"{input_name}: token {where} of the stream has id {int(stream[where])}, outside the "
+            f"model's vocabulary of {vocab_size}; the data was made with another vocab"
+        )
     return tokens
 
 
@@ -223,8 +267,13 @@ class _Progress:
         if self.config.progress and now - self.last_log >= self.config.log_interval_s and self.done < self.total:
             self.last_log = now
             rate = self.done / max(now - self.start, 1e-9)
-            logger.info("evaluated %s/%s tokens (%.0f tokens/s), ETA %.0f s", f"{self.done:,}", f"{self.total:,}",
-                        rate, (self.total - self.done) / max(rate, 1e-9))
+            logger.info(
+                "evaluated %s/%s tokens (%.0f tokens/s), ETA %.0f s",
+                f"{self.done:,}",
+                f"{self.total:,}",
+                rate,
+                (self.total - self.done) / max(rate, 1e-9),
+            )
 
     def close(self) -> None:
         if self.bar is not None:

@@ -13,8 +13,8 @@ model's positions, the context slides: the next token is predicted from the last
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -126,29 +126,49 @@ def generate(
         if on_text is not None and piece:
             on_text(index, piece)
     return [
-        Generation(prompt=prompt, text="".join(pieces), prompt_ids=ids, token_ids=new,
-                   ended_document=config.stop_at_eod and bool(new) and new[-1] == tokenizer.eod)
+        Generation(
+            prompt=prompt,
+            text="".join(pieces),
+            prompt_ids=ids,
+            token_ids=new,
+            ended_document=config.stop_at_eod and bool(new) and new[-1] == tokenizer.eod,
+        )
         for prompt, pieces, ids, new in zip(prompts, texts, prompt_ids, new_ids)
     ]
 
 
-def stream_text(model: GPT2Model, tokenizer: BertChineseTokenizer, prompt: str, config: GenerationConfig,
-                *, row_id: int = 0) -> Iterator[str]:
+def stream_text(
+    model: GPT2Model, tokenizer: BertChineseTokenizer, prompt: str, config: GenerationConfig, *, row_id: int = 0
+) -> Iterator[str]:
     """The continuation of one prompt, piece by piece as tokens arrive (the text `generate` returns)."""
     for _, _, piece in _generate_text(model, tokenizer, [encode_prompt(tokenizer, prompt)], config, row_id):
         if piece:
             yield piece
 
 
-def _generate_text(model: GPT2Model, tokenizer: BertChineseTokenizer, prompt_ids: list[list[int]],
-                   config: GenerationConfig, first_row_id: int) -> Iterator[tuple[int, int, str]]:
+def _generate_text(
+    model: GPT2Model,
+    tokenizer: BertChineseTokenizer,
+    prompt_ids: list[list[int]],
+    config: GenerationConfig,
+    first_row_id: int,
+) -> Iterator[tuple[int, int, str]]:
     """(prompt index, token id, text piece) per new token; the [SEP] that ends a document adds no text."""
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens ({tokenizer.vocab_file}) but the model "
-                          f"only {model.config.vocab_size} token embeddings; use the vocab the model was trained with")
+        raise ConfigError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens ({tokenizer.vocab_file}) but the model "
+            f"only {model.config.vocab_size} token embeddings; use the vocab the model was trained with"
+        )
     streams = [TextStream(tokenizer, ids) for ids in prompt_ids]
     row_ids = range(first_row_id, first_row_id + len(prompt_ids))
-    for index, token in generate_token_ids(model, prompt_ids, config, eod_id=tokenizer.eod, pad_id=tokenizer.pad,
-                                           row_ids=row_ids, vocab_size=tokenizer.vocab_size):
+    for index, token in generate_token_ids(
+        model,
+        prompt_ids,
+        config,
+        eod_id=tokenizer.eod,
+        pad_id=tokenizer.pad,
+        row_ids=row_ids,
+        vocab_size=tokenizer.vocab_size,
+    ):
         ends = config.stop_at_eod and token == tokenizer.eod
         yield index, token, "" if ends else streams[index].push(token)

@@ -20,8 +20,9 @@ DEVICES = ("auto", "cpu", "cuda")
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model (one of --checkpoint, --hf)")
     source = group.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", metavar="DIR",
-                        help="a checkpoint directory written by pretrain_gpt.py (its --save)")
+    source.add_argument(
+        "--checkpoint", metavar="DIR", help="a checkpoint directory written by pretrain_gpt.py (its --save)"
+    )
     source.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 folder (tools/convert_to_hf.py output)")
     group.add_argument("--tag", help="checkpoint tag, e.g. global_step1000 (default: the one named in `latest`)")
     group.add_argument("--vocab-file", help="vocab.txt (default: the checkpoint's training vocab, or the HF folder's)")
@@ -49,7 +50,13 @@ def load_from_args(args: argparse.Namespace) -> tuple[LoadedModel, torch.device]
         loaded = load_model(checkpoint=args.checkpoint, tag=args.tag, hf=args.hf, vocab_file=args.vocab_file)
     loaded.model.to(device).eval()
     config = loaded.model.config
-    logger.info("loaded %s: %d layers, hidden %d, %d positions, %.1f M parameters, on %s", loaded.source,
-                config.num_layers, config.hidden_size, config.max_position_embeddings,
-                loaded.model.num_parameters() / 1e6, device)
+    logger.info(
+        "loaded %s: %d layers, hidden %d, %d positions, %.1f M parameters, on %s",
+        loaded.source,
+        config.num_layers,
+        config.hidden_size,
+        config.max_position_embeddings,
+        loaded.model.num_parameters() / 1e6,
+        device,
+    )
     return loaded, device

@@ -11,8 +11,8 @@ seed and its own logits only: not on the other prompts of its batch, nor on the 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,8 +34,10 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         temperature = self.temperature
         if not isinstance(temperature, (int, float)) or not (temperature > 0 and math.isfinite(temperature)):
-            raise ConfigError(f"temperature must be a positive number, got {self.temperature!r} (use greedy decoding "
-                              "for the deterministic most-likely token)")
+            raise ConfigError(
+                f"temperature must be a positive number, got {self.temperature!r} (use greedy decoding "
+                "for the deterministic most-likely token)"
+            )
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:

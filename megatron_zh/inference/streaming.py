@@ -13,7 +13,7 @@ token costs O(1) however long the text grows.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from megatron_zh.tokenizer import BertChineseTokenizer
 

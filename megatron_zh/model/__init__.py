@@ -3,5 +3,12 @@
 from megatron_zh.model.config import ATTENTION_IMPLS, PRESETS, GPT2Config, model_flops_per_token
 from megatron_zh.model.gpt2 import GPT2Model, GPT2Output, masked_lm_loss
 
-__all__ = ["ATTENTION_IMPLS", "GPT2Config", "GPT2Model", "GPT2Output", "PRESETS", "masked_lm_loss",
-           "model_flops_per_token"]
+__all__ = [
+    "ATTENTION_IMPLS",
+    "GPT2Config",
+    "GPT2Model",
+    "GPT2Output",
+    "PRESETS",
+    "masked_lm_loss",
+    "model_flops_per_token",
+]

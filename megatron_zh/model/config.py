@@ -36,8 +36,14 @@ class GPT2Config:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("vocab_size", "max_position_embeddings", "num_layers", "hidden_size", "num_attention_heads",
-                     "ffn_hidden_size"):
+        for name in (
+            "vocab_size",
+            "max_position_embeddings",
+            "num_layers",
+            "hidden_size",
+            "num_attention_heads",
+            "ffn_hidden_size",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
@@ -54,8 +60,10 @@ class GPT2Config:
         if not isinstance(self.activation_checkpointing, bool):
             problems.append(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
         if not problems and self.hidden_size % self.num_attention_heads:
-            problems.append(f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                            f"({self.num_attention_heads})")
+            problems.append(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
 
@@ -91,8 +99,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-medium": dict(num_layers=24, hidden_size=1024, num_attention_heads=16, ffn_hidden_size=4096),
     "gpt2-large": dict(num_layers=36, hidden_size=1280, num_attention_heads=20, ffn_hidden_size=5120),
     "gpt2-xlarge": dict(num_layers=48, hidden_size=1600, num_attention_heads=25, ffn_hidden_size=6400),
-    "gpt2-tiny": dict(num_layers=2, hidden_size=128, num_attention_heads=4, ffn_hidden_size=512,
-                      max_position_embeddings=256),
+    "gpt2-tiny": dict(
+        num_layers=2, hidden_size=128, num_attention_heads=4, ffn_hidden_size=512, max_position_embeddings=256
+    ),
 }
 
 

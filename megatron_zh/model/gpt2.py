@@ -26,8 +26,8 @@ KernelBackend = Literal["auto", "triton", "torch"]
 
 
 class GPT2Output(NamedTuple):
-    logits: torch.Tensor          # [batch, seq, vocab], the model's dtype
-    loss: torch.Tensor | None     # float32 scalar when labels were given
+    logits: torch.Tensor  # [batch, seq, vocab], the model's dtype
+    loss: torch.Tensor | None  # float32 scalar when labels were given
 
 
 class LayerNorm(nn.Module):
@@ -149,16 +149,19 @@ class GPT2Model(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied LM head is counted once
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None) -> GPT2Output:
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None
+    ) -> GPT2Output:
         """input_ids [batch, seq] -> logits [batch, seq, vocab]; with labels (already shifted:
         labels[:, i] is the token after input_ids[:, i]) also the loss
         sum(ce * loss_mask) / sum(loss_mask), or the plain mean without a mask."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}")
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}"
+            )
         backend = self._resolve_kernel_backend(input_ids)
         hidden = self.embedding(input_ids)
         recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
@@ -179,9 +182,13 @@ class GPT2Model(nn.Module):
             return "triton"
         if not self._fallback_logged:
             self._fallback_logged = True
-            logger.info("no CUDA tensors (device %s): the fused Triton kernels fall back to PyTorch "
-                        "(F.layer_norm; attention_impl=%r runs %s)", input_ids.device, self.config.attention_impl,
-                        "masked softmax" if self.config.attention_impl == "softmax" else "scaled_dot_product_attention")
+            logger.info(
+                "no CUDA tensors (device %s): the fused Triton kernels fall back to PyTorch "
+                "(F.layer_norm; attention_impl=%r runs %s)",
+                input_ids.device,
+                self.config.attention_impl,
+                "masked softmax" if self.config.attention_impl == "softmax" else "scaled_dot_product_attention",
+            )
         return "torch"
 
 

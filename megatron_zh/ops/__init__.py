@@ -8,5 +8,12 @@ from megatron_zh.ops.dispatch import Backend, resolve_backend, triton_can_run, t
 from megatron_zh.ops.layer_norm import layer_norm
 from megatron_zh.ops.softmax import scaled_causal_softmax
 
-__all__ = ["Backend", "causal_attention", "layer_norm", "resolve_backend", "scaled_causal_softmax",
-           "triton_can_run", "triton_installed"]
+__all__ = [
+    "Backend",
+    "causal_attention",
+    "layer_norm",
+    "resolve_backend",
+    "scaled_causal_softmax",
+    "triton_can_run",
+    "triton_installed",
+]

@@ -10,8 +10,15 @@ import torch.nn.functional as F
 from megatron_zh.ops.dispatch import Backend, resolve_backend
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-                     dropout_p: float = 0.0, *, backend: Backend = "auto") -> torch.Tensor:
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    *,
+    backend: Backend = "auto",
+) -> torch.Tensor:
     """softmax(scale * q @ k^T, causal) @ v for [batch, heads, seq, head_dim] inputs.
 
     scale defaults to 1/sqrt(head_dim). dropout_p drops attention probabilities (pass 0.0 in
@@ -22,8 +29,10 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     of a [b, s, h, d] buffer, so merging the heads back costs no copy.
     """
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"causal_attention: q, k, v must share one [batch, heads, seq, head_dim] shape, "
-                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"causal_attention: q, k, v must share one [batch, heads, seq, head_dim] shape, "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"causal_attention: q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     if not 0.0 <= dropout_p < 1.0:
@@ -40,8 +49,7 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 class _CausalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float
-                ) -> torch.Tensor:
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float) -> torch.Tensor:
         from megatron_zh.ops.kernels import attention as kernels
 
         q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
@@ -56,6 +64,7 @@ class _CausalAttention(torch.autograd.Function):
         from megatron_zh.ops.kernels import attention as kernels
 
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = kernels.backward(_last_dim_contiguous(grad_out), q, k, v, out, lse,
-                                      ctx.scale, ctx.dropout_p, ctx.seed)
+        dq, dk, dv = kernels.backward(
+            _last_dim_contiguous(grad_out), q, k, v, out, lse, ctx.scale, ctx.dropout_p, ctx.seed
+        )
         return dq, dk, dv, None, None

@@ -32,6 +32,7 @@ def kernels_interpreted() -> bool:
     if "megatron_zh.ops.kernels" not in sys.modules and "TRITON_INTERPRET" not in os.environ:
         return False  # settled without importing Triton
     from megatron_zh.ops.kernels import INTERPRETED  # Triton itself parses TRITON_INTERPRET
+
     return INTERPRETED
 
 
@@ -54,6 +55,8 @@ def resolve_backend(backend: Backend, op: str, *tensors: torch.Tensor) -> Litera
         return "triton"
     if backend == "triton":
         devices = sorted({str(t.device) for t in tensors})
-        raise RuntimeError(f"{op}: backend='triton' needs CUDA tensors with Triton installed, or TRITON_INTERPRET=1 "
-                           f"set before megatron_zh.ops.kernels is imported; got tensors on {devices}")
+        raise RuntimeError(
+            f"{op}: backend='triton' needs CUDA tensors with Triton installed, or TRITON_INTERPRET=1 "
+            f"set before megatron_zh.ops.kernels is imported; got tensors on {devices}"
+        )
     return "torch"

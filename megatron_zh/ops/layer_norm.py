@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from megatron_zh.ops.dispatch import Backend, resolve_backend
 
 
-def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5, *,
-               backend: Backend = "auto") -> torch.Tensor:
+def layer_norm(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5, *, backend: Backend = "auto"
+) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last dim, statistics in float32.
 
     Same result as `F.layer_norm(x, x.shape[-1:], weight, bias, eps)`. The output has x's dtype;
@@ -17,8 +18,10 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     """
     hidden = x.shape[-1]
     if weight.shape != (hidden,) or bias.shape != (hidden,):
-        raise ValueError(f"layer_norm: weight and bias must have shape ({hidden},), "
-                         f"got {tuple(weight.shape)} and {tuple(bias.shape)}")
+        raise ValueError(
+            f"layer_norm: weight and bias must have shape ({hidden},), "
+            f"got {tuple(weight.shape)} and {tuple(bias.shape)}"
+        )
     if resolve_backend(backend, "layer_norm", x, weight, bias) == "torch":
         return F.layer_norm(x, (hidden,), weight, bias, eps)
     return _LayerNorm.apply(x, weight, bias, float(eps))

@@ -16,7 +16,9 @@ def scaled_causal_softmax(scores: torch.Tensor, scale: float, *, backend: Backen
     16384 keys, any length.
     """
     if scores.dim() < 2:
-        raise ValueError(f"scaled_causal_softmax: scores need at least 2 dims [.., seq_q, seq_k], got {tuple(scores.shape)}")
+        raise ValueError(
+            f"scaled_causal_softmax: scores need at least 2 dims [.., seq_q, seq_k], got {tuple(scores.shape)}"
+        )
     if resolve_backend(backend, "scaled_causal_softmax", scores) == "torch":
         return _torch_scaled_causal_softmax(scores, scale)
     return _ScaledCausalSoftmax.apply(scores, float(scale))

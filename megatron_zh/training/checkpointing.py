@@ -70,8 +70,14 @@ LATEST_FILE = "latest"
 CLIENT_STATE_FILE = "client_state.json"
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
 # Model config fields that fix the weights' shapes: a checkpoint only loads into a model with the same.
-SHAPE_FIELDS = ("vocab_size", "max_position_embeddings", "num_layers", "hidden_size", "num_attention_heads",
-                "ffn_hidden_size")
+SHAPE_FIELDS = (
+    "vocab_size",
+    "max_position_embeddings",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "ffn_hidden_size",
+)
 # Train config fields that decide which sample comes next: changing them on resume changes the data order.
 DATA_ORDER_FIELDS = ("data_path", "seq_length", "split", "seed")
 
@@ -113,8 +119,10 @@ def read_client_state(directory: str | os.PathLike, tag: str) -> dict[str, Any]:
     """A checkpoint's client state without RNG states: client_state.json, else from the model-states file."""
     folder = Path(directory) / tag
     if not (folder / MODEL_STATES_FILE).is_file():
-        raise CheckpointError(f"{folder / MODEL_STATES_FILE} not found: {Path(directory) / LATEST_FILE} names "
-                              f"{tag!r} but that checkpoint is missing or incomplete")
+        raise CheckpointError(
+            f"{folder / MODEL_STATES_FILE} not found: {Path(directory) / LATEST_FILE} names "
+            f"{tag!r} but that checkpoint is missing or incomplete"
+        )
     sidecar = folder / CLIENT_STATE_FILE
     if sidecar.is_file():
         try:
@@ -126,8 +134,18 @@ def read_client_state(directory: str | os.PathLike, tag: str) -> dict[str, Any]:
     return {k: v for k, v in states.items() if k in _CLIENT_KEYS and k != "rng_states"}
 
 
-_CLIENT_KEYS = ("checkpoint_format", "iteration", "consumed_samples", "model_config", "vocab_fingerprint",
-                "vocab_size", "train_config", "world_size", "precision", "rng_states")
+_CLIENT_KEYS = (
+    "checkpoint_format",
+    "iteration",
+    "consumed_samples",
+    "model_config",
+    "vocab_fingerprint",
+    "vocab_size",
+    "train_config",
+    "world_size",
+    "precision",
+    "rng_states",
+)
 
 
 def resolve_start(train: TrainConfig) -> StartPoint:
@@ -139,24 +157,32 @@ def resolve_start(train: TrainConfig) -> StartPoint:
     """
     if train.finetune and train.save and read_latest_tag(train.save) is not None:
         tag = read_latest_tag(train.save)
-        logger.info("%s already holds checkpoint %s: resuming it instead of starting again from %s",
-                    train.save, tag, train.load)
+        logger.info(
+            "%s already holds checkpoint %s: resuming it instead of starting again from %s", train.save, tag, train.load
+        )
         return StartPoint("resume", train.save, tag, read_client_state(train.save, tag))
     if train.load is None:
         return StartPoint("scratch")
     tag = read_latest_tag(train.load) if Path(train.load).is_dir() else None
     if tag is None:
         if train.finetune:
-            raise ConfigError(f"finetune: no checkpoint to start from in {train.load} (no `latest` file); "
-                              "train stage 1 first or point --load at its save directory")
+            raise ConfigError(
+                f"finetune: no checkpoint to start from in {train.load} (no `latest` file); "
+                "train stage 1 first or point --load at its save directory"
+            )
         logger.warning("no checkpoint in %s (no `latest` file): starting from scratch", train.load)
         return StartPoint("scratch")
     info = read_client_state(train.load, tag)
     planned = (info.get("train_config") or {}).get("train_iters")
     if train.finetune and isinstance(planned, int) and info.get("iteration", planned) < planned:
-        logger.warning("starting from %s/%s at iteration %s, but the run that wrote it planned %d iterations: "
-                       "it has not finished (pass --load of a finished run, or resume it first)", train.load, tag,
-                       info.get("iteration"), planned)
+        logger.warning(
+            "starting from %s/%s at iteration %s, but the run that wrote it planned %d iterations: "
+            "it has not finished (pass --load of a finished run, or resume it first)",
+            train.load,
+            tag,
+            info.get("iteration"),
+            planned,
+        )
     return StartPoint("finetune" if train.finetune else "resume", train.load, tag, info)
 
 
@@ -165,21 +191,36 @@ def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) 
     if start.info is None:
         return
     where = f"{start.directory}/{start.tag}"
-    check_fingerprint(start.info.get("vocab_fingerprint"), vocab_fingerprint, source=f"checkpoint {where}",
-                      fix=f"{run.train.vocab_file} is not the vocab it was trained with; use that one",
-                      error=ConfigError)
+    check_fingerprint(
+        start.info.get("vocab_fingerprint"),
+        vocab_fingerprint,
+        source=f"checkpoint {where}",
+        fix=f"{run.train.vocab_file} is not the vocab it was trained with; use that one",
+        error=ConfigError,
+    )
     saved_model = start.info.get("model_config") or {}
-    mismatched = [f"{k}: checkpoint {saved_model[k]} vs run {getattr(run.model, k)}"
-                  for k in SHAPE_FIELDS if k in saved_model and saved_model[k] != getattr(run.model, k)]
+    mismatched = [
+        f"{k}: checkpoint {saved_model[k]} vs run {getattr(run.model, k)}"
+        for k in SHAPE_FIELDS
+        if k in saved_model and saved_model[k] != getattr(run.model, k)
+    ]
     if mismatched:
-        raise ConfigError(f"checkpoint {where} does not fit model {run.train.model!r} ({'; '.join(mismatched)}); "
-                          "choose the preset it was trained with")
+        raise ConfigError(
+            f"checkpoint {where} does not fit model {run.train.model!r} ({'; '.join(mismatched)}); "
+            "choose the preset it was trained with"
+        )
     saved_train = start.info.get("train_config") or {}
-    changed = [f"{k} {saved_train[k]!r} -> {v!r}" for k, v in run.train.to_dict().items()
-               if k in DATA_ORDER_FIELDS and k in saved_train and saved_train[k] != v]
+    changed = [
+        f"{k} {saved_train[k]!r} -> {v!r}"
+        for k, v in run.train.to_dict().items()
+        if k in DATA_ORDER_FIELDS and k in saved_train and saved_train[k] != v
+    ]
     if start.mode == "resume" and changed:
-        logger.warning("resuming %s with %s: the run continues, but not on the sample an uninterrupted run "
-                       "would have read next", where, ", ".join(changed))
+        logger.warning(
+            "resuming %s with %s: the run continues, but not on the sample an uninterrupted run would have read next",
+            where,
+            ", ".join(changed),
+        )
 
 
 # ---------------------------------------------------------------------------------------------- RNG
@@ -214,8 +255,9 @@ def _gather_rng_states(env: DistEnv) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------- save
 
 
-def save_checkpoint(engine, run: RunConfig, state: TrainState, env: DistEnv, vocab_fingerprint: str,
-                    vocab_size: int) -> Path:
+def save_checkpoint(
+    engine, run: RunConfig, state: TrainState, env: DistEnv, vocab_fingerprint: str, vocab_size: int
+) -> Path:
     """Write global_step<iteration> on every rank, then commit `latest` once all ranks are done."""
     save_dir = Path(run.train.save)
     tag = tag_for(state.iteration)
@@ -235,8 +277,9 @@ def save_checkpoint(engine, run: RunConfig, state: TrainState, env: DistEnv, voc
         "precision": run.precision,
     }
     rng_states = _gather_rng_states(env)
-    engine.save_checkpoint(str(save_dir), tag=tag, client_state={**client_state, "rng_states": rng_states},
-                           save_latest=False)
+    engine.save_checkpoint(
+        str(save_dir), tag=tag, client_state={**client_state, "rng_states": rng_states}, save_latest=False
+    )
     fsync_tree(folder)  # each rank: its own files are on disk before anyone says the checkpoint is whole
     barrier()
     if env.is_main:
@@ -257,8 +300,10 @@ def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
     if latest is None or not TAG_PATTERN.match(latest):
         return []
     latest_step = int(TAG_PATTERN.match(latest).group(1))
-    found = sorted(((int(m.group(1)), p) for p in save_dir.iterdir()
-                    if p.is_dir() and (m := TAG_PATTERN.match(p.name))), reverse=True)
+    found = sorted(
+        ((int(m.group(1)), p) for p in save_dir.iterdir() if p.is_dir() and (m := TAG_PATTERN.match(p.name))),
+        reverse=True,
+    )
     complete = [(step, p) for step, p in found if (p / CLIENT_STATE_FILE).is_file() and step <= latest_step]
     keep = {p for _, p in complete[:keep_last]} | {save_dir / latest}
     removed = []
@@ -281,8 +326,11 @@ def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState
         return TrainState(), None
     finetune = start.mode == "finetune"
     path, client = engine.load_checkpoint(
-        start.directory, tag=start.tag, load_module_only=finetune,
-        load_optimizer_states=not finetune, load_lr_scheduler_states=not finetune,
+        start.directory,
+        tag=start.tag,
+        load_module_only=finetune,
+        load_optimizer_states=not finetune,
+        load_lr_scheduler_states=not finetune,
     )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {start.directory}/{start.tag}")
@@ -303,8 +351,13 @@ def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState
     rng_states = client.get("rng_states") or []
     rng = rng_states[env.rank] if len(rng_states) == env.world_size else None
     if rng is None:
-        logger.warning("checkpoint %s was written by %d rank(s), this run has %d: random states are re-seeded, "
-                       "so dropout masks will differ from an uninterrupted run", path, len(rng_states), env.world_size)
+        logger.warning(
+            "checkpoint %s was written by %d rank(s), this run has %d: random states are re-seeded, "
+            "so dropout masks will differ from an uninterrupted run",
+            path,
+            len(rng_states),
+            env.world_size,
+        )
     logger.info("resumed %s at iteration %d, %d samples consumed", path, state.iteration, state.consumed_samples)
     return state, rng
 

@@ -12,94 +12,141 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megatron_zh.errors import ConfigError
+from megatron_zh.knobs import knob
+from megatron_zh.validators import (
+    BOOLEAN,
+    FRACTION,
+    NON_EMPTY_STRING,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    SEED,
+    Check,
+    field_problems,
+    optional,
+    raise_problems,
+)
+
+if TYPE_CHECKING:  # the model layer (and torch) load only once a run is configured
+    from megatron_zh.model.config import GPT2Config
 
 PRETRAIN_KEY = "pretrain"
 
 
+def _data_path_ok(value: Any) -> bool:
+    return isinstance(value, tuple) and bool(value) and all(isinstance(p, str) and p for p in value)
+
+
+DATA_PATH = Check(_data_path_ok, "a non-empty list of dataset prefixes")
+GPT2_FIELDS = Check(lambda v: isinstance(v, dict), "an object of GPT2Config fields")
+
+DATA, MODEL, SCHEDULE, CHECKPOINTS, LOGGING = (
+    "data (pretrain block)",
+    "model (pretrain block)",
+    "training schedule",
+    "checkpoints",
+    "evaluation and logging",
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """The pretrain block. Field names are the Megatron flags' names with `_` for `-`."""
+    """The pretrain block. Each field is a knob: its JSON key, and the Megatron flag `--name-with-dashes`."""
 
     # Data.
-    data_path: tuple[str, ...]  # ("prefix",) or Megatron-style ("0.7", "a_text_document", "0.3", "b_text_document")
-    vocab_file: str
-    train_iters: int
-    seq_length: int = 1024
-    split: str = "949,50,1"
-    data_cache_path: str | None = None  # where dataset index files go (default: beside each dataset)
-    num_workers: int = 2
-    eod_mask_loss: bool = False
+    data_path: tuple[str, ...] = knob(
+        help="dataset prefix(es), optionally weighted: 0.7 a 0.3 b", check=DATA_PATH, group=DATA
+    )
+    vocab_file: str = knob(help="the WordPiece vocab the data was tokenized with", check=NON_EMPTY_STRING, group=DATA)
+    train_iters: int = knob(help="optimizer steps of the run", check=POSITIVE_INT, group=SCHEDULE)
+    seq_length: int = knob(1024, help="tokens per sample", check=POSITIVE_INT, group=DATA)
+    split: str = knob("949,50,1", help='train,valid,test weights, e.g. "949,50,1"', group=DATA)
+    data_cache_path: str | None = knob(
+        None, help="directory for dataset index files (default: beside each dataset)", group=DATA
+    )
+    num_workers: int = knob(2, help="DataLoader worker processes per rank", check=NON_NEGATIVE_INT, group=DATA)
+    eod_mask_loss: bool = knob(False, help="no loss on [SEP] inputs", check=BOOLEAN, group=DATA)
     # Model.
-    model: str = "gpt2-distil"  # a GPT2Config preset
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # GPT2Config fields to change
+    model: str = knob("gpt2-distil", help="GPT2Config preset: gpt2-distil, gpt2-tiny, ...", group=MODEL)
+    model_overrides: dict[str, Any] = knob(
+        help="GPT2Config fields to change", check=GPT2_FIELDS, default_factory=dict, flag=False
+    )
     # Schedule. Warm-up is linear over lr_warmup_iters, or lr_warmup_fraction of train_iters.
-    lr_warmup_fraction: float = 0.1
-    lr_warmup_iters: int | None = None
-    seed: int = 1234
+    lr_warmup_fraction: float = knob(
+        0.1, help="warm-up length as a fraction of train_iters", check=FRACTION, group=SCHEDULE
+    )
+    lr_warmup_iters: int | None = knob(
+        None, help="warm-up length in steps (overrides the fraction)", check=optional(POSITIVE_INT), group=SCHEDULE
+    )
+    seed: int = knob(1234, help="seed of weights, data order and dropout", check=SEED, group=SCHEDULE)
     # Checkpoints.
-    save: str | None = None
-    load: str | None = None
-    save_interval: int | None = None
-    keep_last: int | None = None  # keep the newest K checkpoints in `save` (None: keep all)
-    finetune: bool = False  # take only the weights from `load`: fresh optimizer, schedule, counters
-    exit_interval: int | None = None  # save and exit once the iteration is a multiple of this
+    save: str | None = knob(None, help="checkpoint directory", group=CHECKPOINTS)
+    load: str | None = knob(None, help="checkpoint directory to resume from (its `latest`)", group=CHECKPOINTS)
+    save_interval: int | None = knob(
+        None,
+        help="save every N steps (0: only at the end)",
+        check=optional(POSITIVE_INT),
+        zero_means_off=True,
+        group=CHECKPOINTS,
+    )
+    keep_last: int | None = knob(
+        None,
+        help="keep the newest K checkpoints (0: keep all)",
+        check=optional(POSITIVE_INT),
+        zero_means_off=True,
+        group=CHECKPOINTS,
+    )
+    finetune: bool = knob(
+        False,
+        help="load only the weights from --load (fresh optimizer, schedule and sample counter)",
+        check=BOOLEAN,
+        group=CHECKPOINTS,
+    )
+    exit_interval: int | None = knob(
+        None,
+        help="save and exit once the iteration is a multiple of this",
+        check=optional(POSITIVE_INT),
+        zero_means_off=True,
+        group=CHECKPOINTS,
+    )
     # Evaluation and logging.
-    eval_interval: int | None = None
-    eval_iters: int = 10
-    log_interval: int = 10
-    tensorboard_dir: str | None = None  # default: <save>/tensorboard
-    peak_tflops: float | None = None  # per-device peak for MFU; default from the device table
-    max_nonfinite_steps: int = 3  # stop when more non-finite losses than this come in a row
+    eval_interval: int | None = knob(
+        None,
+        help="evaluate every N steps (0: only at the end)",
+        check=optional(POSITIVE_INT),
+        zero_means_off=True,
+        group=LOGGING,
+    )
+    eval_iters: int = knob(
+        10, help="validation batches (of the global batch size) per evaluation", check=POSITIVE_INT, group=LOGGING
+    )
+    log_interval: int = knob(10, help="log every N steps", check=POSITIVE_INT, group=LOGGING)
+    tensorboard_dir: str | None = knob(None, help="TensorBoard directory (default: <save>/tensorboard)", group=LOGGING)
+    peak_tflops: float | None = knob(
+        None,
+        help="per-device peak TFLOP/s for MFU (default: device table)",
+        check=optional(POSITIVE_NUMBER),
+        group=LOGGING,
+    )
+    max_nonfinite_steps: int = knob(
+        3, help="stop when more than this many non-finite losses come in a row", check=NON_NEGATIVE_INT, group=LOGGING
+    )
 
     def __post_init__(self) -> None:
-        problems: list[str] = []
-
-        def positive_int(name: str, value: Any, optional: bool = False) -> None:
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be a positive integer{' or null' if optional else ''}, got {value!r}")
-
-        for name in ("train_iters", "seq_length", "eval_iters", "log_interval"):
-            positive_int(name, getattr(self, name))
-        for name in ("save_interval", "keep_last", "exit_interval", "eval_interval", "lr_warmup_iters"):
-            positive_int(name, getattr(self, name), optional=True)
-        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
-            problems.append(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
-        if isinstance(self.max_nonfinite_steps, bool) or not isinstance(self.max_nonfinite_steps, int) \
-                or self.max_nonfinite_steps < 0:
-            problems.append(f"max_nonfinite_steps must be an integer >= 0, got {self.max_nonfinite_steps!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            problems.append(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        if not isinstance(self.lr_warmup_fraction, (int, float)) or not 0.0 <= self.lr_warmup_fraction < 1.0:
-            problems.append(f"lr_warmup_fraction must be in [0, 1), got {self.lr_warmup_fraction!r}")
-        if self.peak_tflops is not None and not (isinstance(self.peak_tflops, (int, float))
-                                                  and math.isfinite(self.peak_tflops) and self.peak_tflops > 0):
-            problems.append(f"peak_tflops must be a positive number or null, got {self.peak_tflops!r}")
-        if not self.data_path or not all(isinstance(p, str) and p for p in self.data_path):
-            problems.append(f"data_path must be a non-empty list of dataset prefixes, got {list(self.data_path)!r}")
-        if not isinstance(self.vocab_file, str) or not self.vocab_file:
-            problems.append(f"vocab_file must be a path, got {self.vocab_file!r}")
-        if not isinstance(self.model_overrides, dict):
-            problems.append(f"model_overrides must be an object of GPT2Config fields, got {self.model_overrides!r}")
-        for name in ("finetune", "eod_mask_loss"):
-            if not isinstance(getattr(self, name), bool):
-                problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
+        problems = field_problems(self)
         if self.save_interval is not None and self.save is None:
             problems.append("save_interval is set but there is no save directory (pretrain.save or --save)")
         if self.keep_last is not None and self.save is None:
             problems.append("keep_last is set but there is no save directory (pretrain.save or --save)")
         if self.finetune and self.load is None:
             problems.append("finetune needs the checkpoint to start from: set pretrain.load or --load")
-        if problems:
-            raise ConfigError("invalid pretrain config: " + "; ".join(problems))
+        raise_problems("pretrain config", problems)
 
     @property
     def lr_warmup_steps(self) -> int:
@@ -128,9 +175,11 @@ class TrainConfig:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
                 raise ConfigError(f"{source}: unknown key {key!r}{hint}")
-        missing = [f.name for f in dataclasses.fields(cls)
-                   if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                   and f.name not in d]
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d
+        ]
         if missing:
             flags = ", ".join("--" + name.replace("_", "-") for name in missing)
             raise ConfigError(f"{source}: missing {', '.join(missing)} (set it there or pass {flags})")
@@ -156,8 +205,10 @@ def load_config_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
         raise ConfigError(f"{path}: the top level must be a JSON object")
     pretrain = config.pop(PRETRAIN_KEY, None)
     if not isinstance(pretrain, dict):
-        raise ConfigError(f"{path}: no \"{PRETRAIN_KEY}\" object (data, vocab, model, seq_length, train_iters ...); "
-                          "see ds_configs/cpu_tiny.json for an example")
+        raise ConfigError(
+            f'{path}: no "{PRETRAIN_KEY}" object (data, vocab, model, seq_length, train_iters ...); '
+            "see ds_configs/cpu_tiny.json for an example"
+        )
     return config, pretrain
 
 
@@ -166,7 +217,7 @@ class RunConfig:
     """Everything a run uses, resolved and consistent: the pretrain block, the model, the DeepSpeed dict."""
 
     train: TrainConfig
-    model: Any  # megatron_zh.model.GPT2Config
+    model: GPT2Config
     deepspeed: dict[str, Any]  # complete: batch sizes, lr, schedule and precision filled in
     world_size: int
     config_file: str

@@ -33,8 +33,14 @@ def build_datasets(run: RunConfig, vocab_fingerprint: str):
 
 def build_loaders(run: RunConfig, env: DistEnv, train_dataset, valid_dataset, consumed_samples: int):
     """This rank's training loader (resuming after consumed_samples) and validation loader."""
-    train = build_pretraining_data_loader(train_dataset, consumed_samples, run.micro_batch_size, env.rank,
-                                          env.world_size, num_workers=run.train.num_workers)
+    train = build_pretraining_data_loader(
+        train_dataset,
+        consumed_samples,
+        run.micro_batch_size,
+        env.rank,
+        env.world_size,
+        num_workers=run.train.num_workers,
+    )
     valid = build_pretraining_data_loader(valid_dataset, 0, run.micro_batch_size, env.rank, env.world_size)
     return train, valid
 

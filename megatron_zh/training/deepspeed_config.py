@@ -17,52 +17,97 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from megatron_zh.errors import ConfigError
+from megatron_zh.knobs import flag_name, knob
 from megatron_zh.training.config import TrainConfig
+from megatron_zh.validators import (
+    FRACTION,
+    NON_NEGATIVE_NUMBER,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    optional,
+    validate_fields,
+)
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 # DeepSpeed clamps warm-ups to at least this many steps (WarmupLR.__init__).
 DEEPSPEED_MIN_WARMUP_STEPS = 2
 SCHEDULERS_WITH_DERIVED_STEPS = ("WarmupDecayLR", "WarmupLR")
 
 
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+SCHEDULE = "training schedule"
+ADAM_BETA = optional(FRACTION)
+
+
 @dataclass(frozen=True)
 class DeepSpeedOverrides:
-    """Command-line values that rewrite the DeepSpeed dict (None: keep the file's)."""
+    """Flags that rewrite the DeepSpeed half of the config file (None: keep the file's value)."""
 
-    micro_batch_size: int | None = None
-    global_batch_size: int | None = None
-    lr: float | None = None
-    min_lr: float | None = None
-    clip_grad: float | None = None
-    weight_decay: float | None = None
-    adam_beta1: float | None = None
-    adam_beta2: float | None = None
-    adam_eps: float | None = None
-    precision: str | None = None
+    micro_batch_size: int | None = knob(
+        None, help="per rank (DeepSpeed train_micro_batch_size_per_gpu)", check=optional(POSITIVE_INT), group=SCHEDULE
+    )
+    global_batch_size: int | None = knob(
+        None,
+        help="samples per step over all ranks (DeepSpeed train_batch_size); "
+        "gradient accumulation = global / (micro x ranks)",
+        check=optional(POSITIVE_INT),
+        group=SCHEDULE,
+    )
+    lr: float | None = knob(
+        None, help="peak learning rate (optimizer.params.lr)", check=optional(POSITIVE_NUMBER), group=SCHEDULE
+    )
+    min_lr: float | None = knob(
+        None,
+        help="WarmupDecayLR's warmup_min_lr: where warm-up starts and decay ends (default 0)",
+        check=optional(NON_NEGATIVE_NUMBER),
+        group=SCHEDULE,
+    )
+    clip_grad: float | None = knob(
+        None,
+        help="gradient clipping norm (DeepSpeed gradient_clipping; 0: off)",
+        check=optional(NON_NEGATIVE_NUMBER),
+        group=SCHEDULE,
+    )
+    weight_decay: float | None = knob(
+        None,
+        help="AdamW weight decay (optimizer.params.weight_decay)",
+        check=optional(NON_NEGATIVE_NUMBER),
+        group=SCHEDULE,
+    )
+    adam_beta1: float | None = knob(
+        None, help="AdamW beta1 (optimizer.params.betas[0])", check=ADAM_BETA, group=SCHEDULE
+    )
+    adam_beta2: float | None = knob(
+        None, help="AdamW beta2 (optimizer.params.betas[1])", check=ADAM_BETA, group=SCHEDULE
+    )
+    adam_eps: float | None = knob(
+        None, help="AdamW epsilon (optimizer.params.eps)", check=optional(POSITIVE_NUMBER), group=SCHEDULE
+    )
+    precision: Precision | None = knob(
+        None, help="train in {choice} (rewrites the DeepSpeed bf16/fp16 sections)", switches=True, group=SCHEDULE
+    )
 
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
-    return value
+    def __post_init__(self) -> None:
+        validate_fields(self, "command-line flags", label=flag_name)
 
 
 def _resolve_batch(ds: dict, flags: DeepSpeedOverrides, world_size: int, source: str) -> None:
     micro = flags.micro_batch_size if flags.micro_batch_size is not None else ds.get("train_micro_batch_size_per_gpu")
     if micro is None:
         raise ConfigError(f"{source}: train_micro_batch_size_per_gpu is missing (or pass --micro-batch-size)")
-    micro = _positive_int(micro, "the micro-batch size (train_micro_batch_size_per_gpu / --micro-batch-size)")
+    micro = POSITIVE_INT("the micro-batch size (train_micro_batch_size_per_gpu / --micro-batch-size)", micro)
     global_batch = flags.global_batch_size if flags.global_batch_size is not None else ds.get("train_batch_size")
     file_accumulation = ds.get("gradient_accumulation_steps")
     if global_batch is None:
-        accumulation = _positive_int(1 if file_accumulation is None else file_accumulation,
-                                     f"{source}: gradient_accumulation_steps")
+        accumulation = POSITIVE_INT(
+            f"{source}: gradient_accumulation_steps", 1 if file_accumulation is None else file_accumulation
+        )
         global_batch = micro * accumulation * world_size
     else:
-        global_batch = _positive_int(global_batch, "the global batch size (train_batch_size / --global-batch-size)")
+        global_batch = POSITIVE_INT("the global batch size (train_batch_size / --global-batch-size)", global_batch)
         per_pass = micro * world_size
         if global_batch % per_pass:
             raise ConfigError(
@@ -98,8 +143,10 @@ def _resolve_precision(ds: dict, flags: DeepSpeedOverrides, source: str) -> None
 def _resolve_optimizer(ds: dict, flags: DeepSpeedOverrides, source: str) -> float:
     optimizer = ds.get("optimizer")
     if not isinstance(optimizer, dict) or "type" not in optimizer:
-        raise ConfigError(f"{source}: an \"optimizer\" section with a \"type\" is required "
-                          "(e.g. {\"type\": \"AdamW\", \"params\": {\"lr\": 1e-4, \"torch_adam\": true}})")
+        raise ConfigError(
+            f'{source}: an "optimizer" section with a "type" is required '
+            '(e.g. {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": true}})'
+        )
     params = optimizer.setdefault("params", {})
     if flags.lr is not None:
         params["lr"] = flags.lr
@@ -115,8 +162,6 @@ def _resolve_optimizer(ds: dict, flags: DeepSpeedOverrides, source: str) -> floa
             raise ConfigError(f"Adam betas must be in [0, 1), got {betas} (--adam-beta1 / --adam-beta2)")
         params["betas"] = betas
     if flags.adam_eps is not None:
-        if not flags.adam_eps > 0:
-            raise ConfigError(f"--adam-eps must be positive, got {flags.adam_eps}")
         params["eps"] = flags.adam_eps
     lr = params.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
@@ -143,8 +188,11 @@ def _resolve_scheduler(ds: dict, train: TrainConfig, lr: float, flags: DeepSpeed
                 f"the warm-up ({warmup} steps) must be shorter than train_iters ({train.train_iters}); "
                 "lower lr_warmup_fraction / lr_warmup_iters or raise --train-iters"
             )
-    origin = {"warmup_num_steps": "lr_warmup_fraction / lr_warmup_iters", "warmup_max_lr": "optimizer.params.lr",
-              "total_num_steps": "train_iters"}
+    origin = {
+        "warmup_num_steps": "lr_warmup_fraction / lr_warmup_iters",
+        "warmup_max_lr": "optimizer.params.lr",
+        "total_num_steps": "train_iters",
+    }
     for key, value in derived.items():
         written = params.get(key)
         if written is not None and written != value and not (key == "warmup_max_lr" and flags.lr is not None):
@@ -168,8 +216,9 @@ def _check_zero(ds: dict, source: str) -> None:
         )
 
 
-def resolve_deepspeed_config(ds: dict[str, Any], train: TrainConfig, flags: DeepSpeedOverrides,
-                             world_size: int, source: str) -> dict[str, Any]:
+def resolve_deepspeed_config(
+    ds: dict[str, Any], train: TrainConfig, flags: DeepSpeedOverrides, world_size: int, source: str
+) -> dict[str, Any]:
     """A complete, self-consistent copy of the DeepSpeed dict (raises ConfigError on contradictions)."""
     ds = copy.deepcopy(ds)
     _check_zero(ds, source)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import MutableMapping
 
 import torch
 
@@ -46,8 +46,7 @@ def _int_env(environ: MutableMapping[str, str], name: str) -> int:
         raise ConfigError(f"environment variable {name}={environ[name]!r} is not an integer") from None
 
 
-def setup_rendezvous_env(local_rank_arg: int | None = None,
-                         environ: MutableMapping[str, str] = os.environ) -> DistEnv:
+def setup_rendezvous_env(local_rank_arg: int | None = None, environ: MutableMapping[str, str] = os.environ) -> DistEnv:
     """Fill in RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT where no launcher did, and describe the rank."""
     if "RANK" in environ and "WORLD_SIZE" in environ:
         launched_by = "launcher"
@@ -59,8 +58,10 @@ def setup_rendezvous_env(local_rank_arg: int | None = None,
         environ["WORLD_SIZE"] = environ["SLURM_NTASKS"]
         environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
         if "MASTER_ADDR" not in environ:
-            raise ConfigError("running under srun without MASTER_ADDR: export MASTER_ADDR=<first node's hostname> "
-                              "in the batch script (see launch/slurm.sbatch)")
+            raise ConfigError(
+                "running under srun without MASTER_ADDR: export MASTER_ADDR=<first node's hostname> "
+                "in the batch script (see launch/slurm.sbatch)"
+            )
         environ.setdefault("MASTER_PORT", "29500")
         # SLURM_NTASKS_PER_NODE may read "8" or "8(x2)"; the local world size is its leading number.
         per_node = environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
@@ -78,8 +79,10 @@ def setup_rendezvous_env(local_rank_arg: int | None = None,
     # deepspeed's launcher exports LOCAL_SIZE, torchrun LOCAL_WORLD_SIZE.
     local_world_size = int(environ.get("LOCAL_WORLD_SIZE", environ.get("LOCAL_SIZE", world_size)))
     if not (0 <= rank < world_size and 0 <= local_rank < max(local_world_size, 1)):
-        raise ConfigError(f"inconsistent rank environment: RANK={rank} WORLD_SIZE={world_size} "
-                          f"LOCAL_RANK={local_rank} local world size {local_world_size}")
+        raise ConfigError(
+            f"inconsistent rank environment: RANK={rank} WORLD_SIZE={world_size} "
+            f"LOCAL_RANK={local_rank} local world size {local_world_size}"
+        )
     return DistEnv(rank, world_size, local_rank, local_world_size, launched_by)
 
 
@@ -109,18 +112,22 @@ def init_process_group(env: DistEnv, timeout_minutes: float = 30.0) -> str:
     else:
         # DeepSpeed's CPU accelerator prefers oneCCL when installed; plain torch has gloo everywhere.
         backend = "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                               timeout=timedelta(minutes=timeout_minutes))
+    deepspeed.init_distributed(
+        dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes)
+    )
     return backend
 
 
 def all_reduce_sum(values: list[float | torch.Tensor], device: torch.device) -> list[float]:
     """Sum a few scalars over all ranks in one collective, in float64 (a no-op without a process group)."""
-    tensor = torch.stack([
-        v.detach().reshape(()).to(device=device, dtype=torch.float64) if torch.is_tensor(v)
-        else torch.tensor(float(v), dtype=torch.float64, device=device)
-        for v in values
-    ])
+    tensor = torch.stack(
+        [
+            v.detach().reshape(()).to(device=device, dtype=torch.float64)
+            if torch.is_tensor(v)
+            else torch.tensor(float(v), dtype=torch.float64, device=device)
+            for v in values
+        ]
+    )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(tensor)
     return tensor.tolist()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 
@@ -82,16 +82,25 @@ class NonFiniteGuard:
             return
         self.in_row += 1
         self.weights_suspect = self.weights_suspect or update_applied
-        logger.warning("iteration %d: loss is %s (update %s by DeepSpeed; %d non-finite in a row)",
-                       iteration, loss, "APPLIED" if update_applied else "skipped", self.in_row)
+        logger.warning(
+            "iteration %d: loss is %s (update %s by DeepSpeed; %d non-finite in a row)",
+            iteration,
+            loss,
+            "APPLIED" if update_applied else "skipped",
+            self.in_row,
+        )
         if self.in_row > self.tolerance:
-            since = (f"; last finite loss {self.last_finite[1]:.4f} at iteration {self.last_finite[0]}"
-                     if self.last_finite else "")
+            since = (
+                f"; last finite loss {self.last_finite[1]:.4f} at iteration {self.last_finite[0]}"
+                if self.last_finite
+                else ""
+            )
             raise NonFiniteLossError(
                 f"loss was non-finite for {self.in_row} iterations in a row "
                 f"({iteration - self.in_row + 1}-{iteration}){since}; stopping instead of training on garbage. "
                 "Lower --lr, check the data, or resume from an earlier checkpoint "
-                "(--max-nonfinite-steps sets the tolerance)")
+                "(--max-nonfinite-steps sets the tolerance)"
+            )
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,10 @@ def _next_batch(ctx: TrainContext) -> dict[str, torch.Tensor]:
     try:
         return to_device(next(ctx.train_batches), ctx.device)
     except StopIteration:
-        raise MegatronZhError("the training data ran out before train_iters; the dataset was built for "
-                              "train_iters x global batch samples, so the loader and the config disagree") from None
+        raise MegatronZhError(
+            "the training data ran out before train_iters; the dataset was built for "
+            "train_iters x global batch samples, so the loader and the config disagree"
+        ) from None
 
 
 def train_step(ctx: TrainContext) -> torch.Tensor:
@@ -146,22 +157,24 @@ def _log_train(ctx: TrainContext, state: TrainState, window: LogWindow, lr: floa
     run = ctx.run
     tokens_per_s = window.steps * run.tokens_per_step / window.seconds if window.seconds > 0 else 0.0
     seconds_per_step = window.seconds / max(window.steps, 1)
-    ctx.metrics.train({
-        "iteration": state.iteration,
-        "train_iters": run.train.train_iters,
-        "consumed_samples": state.consumed_samples,
-        "loss": sum(window.losses) / len(window.losses) if window.losses else float("nan"),
-        "lr": lr,
-        "grad_norm": engine_utils.grad_norm(ctx.engine),
-        "loss_scale": engine_utils.loss_scale(ctx.engine),
-        "global_batch_size": run.global_batch_size,
-        "step_time_ms": 1000.0 * seconds_per_step,
-        "tokens_per_s": tokens_per_s,
-        "tflops": ctx.flops.tflops_per_device(tokens_per_s),
-        "mfu": ctx.flops.mfu(tokens_per_s),
-        "nonfinite_steps": window.nonfinite,
-        "eta_s": seconds_per_step * (run.train.train_iters - state.iteration),
-    })
+    ctx.metrics.train(
+        {
+            "iteration": state.iteration,
+            "train_iters": run.train.train_iters,
+            "consumed_samples": state.consumed_samples,
+            "loss": sum(window.losses) / len(window.losses) if window.losses else float("nan"),
+            "lr": lr,
+            "grad_norm": engine_utils.grad_norm(ctx.engine),
+            "loss_scale": engine_utils.loss_scale(ctx.engine),
+            "global_batch_size": run.global_batch_size,
+            "step_time_ms": 1000.0 * seconds_per_step,
+            "tokens_per_s": tokens_per_s,
+            "tflops": ctx.flops.tflops_per_device(tokens_per_s),
+            "mfu": ctx.flops.mfu(tokens_per_s),
+            "nonfinite_steps": window.nonfinite,
+            "eta_s": seconds_per_step * (run.train.train_iters - state.iteration),
+        }
+    )
 
 
 def _evaluate(ctx: TrainContext, state: TrainState) -> None:
@@ -169,23 +182,33 @@ def _evaluate(ctx: TrainContext, state: TrainState) -> None:
         return
     micro_batches = ctx.run.train.eval_iters * ctx.run.gradient_accumulation_steps
     result = evaluate(ctx.engine, ctx.valid_loader, micro_batches, ctx.device)
-    ctx.metrics.eval({"iteration": state.iteration, "split": "valid", "loss": result.loss, "ppl": result.ppl,
-                      "tokens": result.tokens})
+    ctx.metrics.eval(
+        {
+            "iteration": state.iteration,
+            "split": "valid",
+            "loss": result.loss,
+            "ppl": result.ppl,
+            "tokens": result.tokens,
+        }
+    )
 
 
 def _save(ctx: TrainContext, state: TrainState) -> None:
     start = time.perf_counter()
     folder = save_checkpoint(ctx.engine, ctx.run, state, ctx.env, ctx.vocab_fingerprint, ctx.vocab_size)
-    ctx.metrics.message(f"saved checkpoint {folder} at iteration {state.iteration} "
-                        f"in {time.perf_counter() - start:.1f} s")
+    ctx.metrics.message(
+        f"saved checkpoint {folder} at iteration {state.iteration} in {time.perf_counter() - start:.1f} s"
+    )
 
 
 def _save_unless_suspect(ctx: TrainContext, state: TrainState, guard: NonFiniteGuard, saved_at: int) -> int:
     """Save, unless a non-finite update may have corrupted the weights: `latest` keeps naming the last
     good checkpoint. Returns the iteration of the newest checkpoint."""
     if guard.weights_suspect:
-        ctx.metrics.message(f"not saving at iteration {state.iteration}: an update from a non-finite loss "
-                            f"was applied; the newest checkpoint stays at iteration {saved_at}")
+        ctx.metrics.message(
+            f"not saving at iteration {state.iteration}: an update from a non-finite loss "
+            f"was applied; the newest checkpoint stays at iteration {saved_at}"
+        )
         return saved_at
     _save(ctx, state)
     return state.iteration

@@ -61,8 +61,12 @@ def read_fp32_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], str]
     if not shards:
         dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in module.values()})
         if dtypes != ["float32"]:
-            logger.warning("%s has no ZeRO optimizer shards: using the %s copies in %s, not fp32 master weights",
-                           folder, "/".join(dtypes), MODEL_STATES_FILE)
+            logger.warning(
+                "%s has no ZeRO optimizer shards: using the %s copies in %s, not fp32 master weights",
+                folder,
+                "/".join(dtypes),
+                MODEL_STATES_FILE,
+            )
         return {name: tensor.float() for name, tensor in module.items()}, f"module ({', '.join(dtypes)})"
     state_dict, source = _consolidate_zero_shards(shards, states.get("param_shapes"), folder)
     _check_against_module(state_dict, module, folder)
@@ -102,16 +106,18 @@ def _find_shards(folder: Path) -> list[Path]:
             found[int(match.group(2))] = path
             kinds.add(bool(match.group(1)))
     if len(kinds) > 1:
-        raise CheckpointError(f"{folder} holds both zero_pp_rank_* and bf16_zero_pp_rank_* optimizer files; "
-                              "it mixes two runs")
+        raise CheckpointError(
+            f"{folder} holds both zero_pp_rank_* and bf16_zero_pp_rank_* optimizer files; it mixes two runs"
+        )
     if found and sorted(found) != list(range(len(found))):
-        raise CheckpointError(f"{folder}: optimizer files for ranks {sorted(found)}, expected 0..{max(found)}; "
-                              "the checkpoint is incomplete")
+        raise CheckpointError(
+            f"{folder}: optimizer files for ranks {sorted(found)}, expected 0..{max(found)}; "
+            "the checkpoint is incomplete"
+        )
     return [found[r] for r in range(len(found))]
 
 
-def _consolidate_zero_shards(shards: list[Path], param_shapes: Any,
-                             where: Path) -> tuple[dict[str, torch.Tensor], str]:
+def _consolidate_zero_shards(shards: list[Path], param_shapes: Any, where: Path) -> tuple[dict[str, torch.Tensor], str]:
     if not isinstance(param_shapes, list) or not all(isinstance(g, dict) for g in param_shapes):
         raise CheckpointError(f"{where / MODEL_STATES_FILE} has no 'param_shapes'; cannot split the ZeRO shards")
     partitions, group_paddings = [], []
@@ -126,8 +132,10 @@ def _consolidate_zero_shards(shards: list[Path], param_shapes: Any,
         counts = optim.get("partition_count")
         counts = counts if isinstance(counts, list) else [counts]
         if any(int(c) != len(shards) for c in counts):
-            raise CheckpointError(f"{path} was written by {max(counts)} ranks but {where} has {len(shards)} "
-                                  "optimizer files; the checkpoint is incomplete or mixes two runs")
+            raise CheckpointError(
+                f"{path} was written by {max(counts)} ranks but {where} has {len(shards)} "
+                "optimizer files; the checkpoint is incomplete or mixes two runs"
+            )
         groups = optim["single_partition_of_fp32_groups"]
         if len(groups) != len(param_shapes):
             raise CheckpointError(f"{path} has {len(groups)} parameter groups, param_shapes lists {len(param_shapes)}")
@@ -143,14 +151,18 @@ def _consolidate_zero_shards(shards: list[Path], param_shapes: Any,
         for i, (name, shape) in enumerate(shapes.items()):
             numel = math.prod(shape)
             if offset + numel > flat.numel():
-                raise CheckpointError(f"{where}: parameter group {g} has {flat.numel()} fp32 values, too few for "
-                                      f"{name} at offset {offset}; the shards do not match param_shapes")
-            state_dict[name] = flat[offset:offset + numel].view(tuple(shape)).clone()
+                raise CheckpointError(
+                    f"{where}: parameter group {g} has {flat.numel()} fp32 values, too few for "
+                    f"{name} at offset {offset}; the shards do not match param_shapes"
+                )
+            state_dict[name] = flat[offset : offset + numel].view(tuple(shape)).clone()
             offset += numel + (int(param_paddings[g][i]) if param_paddings else 0)
         padding = sum(int(p[g]) for p in group_paddings)
         if offset + padding != flat.numel():
-            raise CheckpointError(f"{where}: parameter group {g} has {flat.numel()} fp32 values but its parameters "
-                                  f"take {offset} and its padding {padding}; the shards do not match param_shapes")
+            raise CheckpointError(
+                f"{where}: parameter group {g} has {flat.numel()} fp32 values but its parameters "
+                f"take {offset} and its padding {padding}; the shards do not match param_shapes"
+            )
     kind = "bf16 optimizer, " if shards[0].name.startswith("bf16_") else ""
     return state_dict, f"zero-fp32-master ({kind}{len(shards)} rank{'s' * (len(shards) > 1)})"
 
@@ -160,9 +172,13 @@ def _check_against_module(masters: dict[str, torch.Tensor], module: dict[str, to
     for name, master in masters.items():
         copy = module.get(name)
         if copy is None or tuple(copy.shape) != tuple(master.shape):
-            raise CheckpointError(f"{where}: optimizer shards hold {name} {tuple(master.shape)}, the module "
-                                  f"{'nothing' if copy is None else tuple(copy.shape)}")
+            raise CheckpointError(
+                f"{where}: optimizer shards hold {name} {tuple(master.shape)}, the module "
+                f"{'nothing' if copy is None else tuple(copy.shape)}"
+            )
         if not torch.equal(master.to(copy.dtype), copy):
             worst = (master - copy.float()).abs().max().item()
-            raise CheckpointError(f"{where}: {name} in the ZeRO shards differs from the module copy by up to "
-                                  f"{worst:.3g}; the optimizer files and model states do not belong together")
+            raise CheckpointError(
+                f"{where}: {name} in the ZeRO shards differs from the module copy by up to "
+                f"{worst:.3g}; the optimizer files and model states do not belong together"
+            )

@@ -126,8 +126,10 @@ def format_train_line(r: dict[str, Any]) -> str:
 
 
 def format_eval_line(r: dict[str, Any]) -> str:
-    return (f"validation at iteration {r['iteration']} | lm loss: {r['loss']:.6E} | "
-            f"lm loss PPL: {r['ppl']:.6E} | tokens: {r['tokens']}")
+    return (
+        f"validation at iteration {r['iteration']} | lm loss: {r['loss']:.6E} | "
+        f"lm loss PPL: {r['ppl']:.6E} | tokens: {r['tokens']}"
+    )
 
 
 def _keep_records_up_to(path: Path, iteration: int) -> None:
@@ -143,8 +145,14 @@ def _keep_records_up_to(path: Path, iteration: int) -> None:
 class MetricsLogger:
     """Rank 0's sink for metrics. On other ranks every method is a no-op."""
 
-    def __init__(self, enabled: bool, save_dir: str | None, tensorboard_dir: str | None, start_iteration: int,
-                 stdout: TextIO = sys.stdout):
+    def __init__(
+        self,
+        enabled: bool,
+        save_dir: str | None,
+        tensorboard_dir: str | None,
+        start_iteration: int,
+        stdout: TextIO = sys.stdout,
+    ):
         self.enabled = enabled
         self.stdout = stdout
         self.jsonl: TextIO | None = None
@@ -162,7 +170,9 @@ class MetricsLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step hides events a killed run logged past the checkpoint we resume from.
-            self.tensorboard = SummaryWriter(tensorboard_dir, purge_step=start_iteration + 1 if start_iteration else None)
+            self.tensorboard = SummaryWriter(
+                tensorboard_dir, purge_step=start_iteration + 1 if start_iteration else None
+            )
 
     def _write(self, record: dict[str, Any], line: str, scalars: dict[str, float | None]) -> None:
         if not self.enabled:
@@ -179,15 +189,20 @@ class MetricsLogger:
 
     def train(self, record: dict[str, Any]) -> None:
         record = {"kind": "train", **record}
-        scalars = {f"train/{k}": record[k] for k in
-                   ("loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "tflops", "mfu", "step_time_ms")}
+        scalars = {
+            f"train/{k}": record[k]
+            for k in ("loss", "lr", "grad_norm", "loss_scale", "tokens_per_s", "tflops", "mfu", "step_time_ms")
+        }
         scalars["train/consumed_samples"] = record["consumed_samples"]
         self._write(record, format_train_line(record), scalars)
 
     def eval(self, record: dict[str, Any]) -> None:
         record = {"kind": "eval", **record}
-        self._write(record, format_eval_line(record),
-                    {f"{record['split']}/loss": record["loss"], f"{record['split']}/ppl": record["ppl"]})
+        self._write(
+            record,
+            format_eval_line(record),
+            {f"{record['split']}/loss": record["loss"], f"{record['split']}/ppl": record["ppl"]},
+        )
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -20,8 +20,10 @@ def plot_loss_curve(metrics_file: str | os.PathLike, output: str | os.PathLike, 
     train = read_metrics(metrics_file, "train")
     valid = [r for r in read_metrics(metrics_file, "eval") if r.get("split", "valid") == "valid"]
     if not train:
-        raise DataFormatError(f"{metrics_file} holds no training records; is it the metrics.jsonl of a run "
-                              "that logged at least one step (--log-interval)?")
+        raise DataFormatError(
+            f"{metrics_file} holds no training records; is it the metrics.jsonl of a run "
+            "that logged at least one step (--log-interval)?"
+        )
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     ax.plot([r["iteration"] for r in train], [r["loss"] for r in train], label="train loss", linewidth=1.2)
     if valid:

@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -49,8 +49,14 @@ def _quiet_other_ranks(env: DistEnv) -> None:
 def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
     threads = torch.get_num_threads() if torch.cuda.is_available() else set_cpu_threads(env)
     backend = init_process_group(env)
-    logger.info("rank %d/%d (local %d), backend %s, %s", env.rank, env.world_size, env.local_rank, backend,
-                f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU, {threads} thread(s)")
+    logger.info(
+        "rank %d/%d (local %d), backend %s, %s",
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        backend,
+        f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU, {threads} thread(s)",
+    )
     seed_everything(run.train.seed)
     train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint)
     model = build_model(run.model, run.train.seed)
@@ -67,12 +73,23 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
     peak, peak_source = device_peak_tflops(run.precision, threads, run.train.peak_tflops)
     flops = FlopsCounter(model_flops_per_token(run.model, run.train.seq_length), env.world_size, peak)
     metrics = MetricsLogger(env.is_main, run.train.save, run.train.tensorboard_path, state.iteration)
-    metrics.message(f"model: {run.train.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
-                    f"{flops.flops_per_token / 1e9:.3f} GFLOP/token (fwd+bwd); peak "
-                    f"{'n/a' if peak is None else f'{peak:.2f} TFLOP/s'} per device ({peak_source})")
-    ctx = TrainContext(run=run, env=env, engine=engine, train_batches=iter(train_loader), valid_loader=valid_loader,
-                       metrics=metrics, flops=flops, device=engine.device,
-                       vocab_fingerprint=preflight.vocab_fingerprint, vocab_size=preflight.vocab_size)
+    metrics.message(
+        f"model: {run.train.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"{flops.flops_per_token / 1e9:.3f} GFLOP/token (fwd+bwd); peak "
+        f"{'n/a' if peak is None else f'{peak:.2f} TFLOP/s'} per device ({peak_source})"
+    )
+    ctx = TrainContext(
+        run=run,
+        env=env,
+        engine=engine,
+        train_batches=iter(train_loader),
+        valid_loader=valid_loader,
+        metrics=metrics,
+        flops=flops,
+        device=engine.device,
+        vocab_fingerprint=preflight.vocab_fingerprint,
+        vocab_size=preflight.vocab_size,
+    )
     if rng_state is not None:
         restore_rng_state(rng_state)  # after iter(train_loader), which draws a seed from torch's RNG
     try:

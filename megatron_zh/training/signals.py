@@ -40,8 +40,11 @@ class StopRequest:
                 raise KeyboardInterrupt
             return
         self.signal_name = name
-        logger.warning("received %s: saving a checkpoint after this step, then exiting%s", name,
-                       " (Ctrl-C again to stop now, without saving)" if signum == signal.SIGINT else "")
+        logger.warning(
+            "received %s: saving a checkpoint after this step, then exiting%s",
+            name,
+            " (Ctrl-C again to stop now, without saving)" if signum == signal.SIGINT else "",
+        )
 
     def __enter__(self) -> StopRequest:
         for signum in HANDLED:

@@ -43,8 +43,11 @@ def check_vocab(run: RunConfig) -> tuple[str, int]:
             f"{run.model.vocab_size} embeddings; set model_overrides.vocab_size to {tokenizer.vocab_size}"
         )
     if run.model.vocab_size > tokenizer.vocab_size:
-        logger.warning("model has %d embeddings for a %d-token vocab; the extra rows are never trained",
-                       run.model.vocab_size, tokenizer.vocab_size)
+        logger.warning(
+            "model has %d embeddings for a %d-token vocab; the extra rows are never trained",
+            run.model.vocab_size,
+            tokenizer.vocab_size,
+        )
     return tokenizer.fingerprint, tokenizer.vocab_size
 
 
@@ -72,7 +75,7 @@ def check_device(run: RunConfig) -> None:
     optimizer = run.deepspeed["optimizer"]
     if not cuda and optimizer["type"].lower() in ("adam", "adamw") and not optimizer["params"].get("torch_adam"):
         raise ConfigError(
-            f"{run.config_file}: DeepSpeed's {optimizer['type']} without \"torch_adam\": true builds a C++/CUDA "
+            f'{run.config_file}: DeepSpeed\'s {optimizer["type"]} without "torch_adam": true builds a C++/CUDA '
             "extension; set optimizer.params.torch_adam to true (torch's AdamW, still ZeRO-partitioned)"
         )
 

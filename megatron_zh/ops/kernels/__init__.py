@@ -5,7 +5,7 @@ target: Triton's CPU interpreter when TRITON_INTERPRET=1 was set by then, the GP
 Nothing here touches the CUDA driver until a kernel is launched on a CUDA tensor.
 """
 
-from megatron_zh.ops.kernels.common import INTERPRETED
 from megatron_zh.ops.kernels import attention, layer_norm, softmax
+from megatron_zh.ops.kernels.common import INTERPRETED
 
 __all__ = ["INTERPRETED", "attention", "layer_norm", "softmax"]

@@ -29,8 +29,14 @@ MAX_BATCH_HEADS = 65535  # grid axis 1 carries batch * heads
 # Chosen around FlashAttention-2 tilings for head_dim 64 on Hopper/Ampere.
 _FWD_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-    for bm, bn, w, s in ((64, 32, 4, 4), (64, 64, 4, 3), (128, 32, 4, 4), (128, 64, 4, 3), (128, 64, 8, 3),
-                         (128, 128, 8, 2))
+    for bm, bn, w, s in (
+        (64, 32, 4, 4),
+        (64, 64, 4, 3),
+        (128, 32, 4, 4),
+        (128, 64, 4, 3),
+        (128, 64, 8, 3),
+        (128, 128, 8, 2),
+    )
 ]
 _DKDV_CONFIGS = [  # key blocks stay resident while query blocks stream past
     triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
@@ -78,16 +84,23 @@ def _head(ptr, bh, n_heads, stride_b, stride_h):
 
 
 @triton.jit
-def _load_tile(base, rows, stride, offs_d, seq_len,
-               HEAD_DIM: tl.constexpr, TRANSPOSED: tl.constexpr, UPCAST: tl.constexpr):
+def _load_tile(
+    base, rows, stride, offs_d, seq_len, HEAD_DIM: tl.constexpr, TRANSPOSED: tl.constexpr, UPCAST: tl.constexpr
+):
     """Rows `rows` of a [seq, head_dim] matrix as a [rows, d] tile ([d, rows] if TRANSPOSED),
     zero past the sequence end and past head_dim."""
     if TRANSPOSED:
-        tile = tl.load(base + rows[None, :] * stride + offs_d[:, None],
-                       mask=(rows < seq_len)[None, :] & (offs_d < HEAD_DIM)[:, None], other=0.0)
+        tile = tl.load(
+            base + rows[None, :] * stride + offs_d[:, None],
+            mask=(rows < seq_len)[None, :] & (offs_d < HEAD_DIM)[:, None],
+            other=0.0,
+        )
     else:
-        tile = tl.load(base + rows[:, None] * stride + offs_d[None, :],
-                       mask=(rows < seq_len)[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
+        tile = tl.load(
+            base + rows[:, None] * stride + offs_d[None, :],
+            mask=(rows < seq_len)[:, None] & (offs_d < HEAD_DIM)[None, :],
+            other=0.0,
+        )
     if UPCAST:
         tile = tile.to(tl.float32)
     return tile
@@ -95,15 +108,39 @@ def _load_tile(base, rows, stride, offs_d, seq_len,
 
 @triton.jit
 def _store_tile(base, rows, stride, offs_d, seq_len, value, HEAD_DIM: tl.constexpr):
-    tl.store(base + rows[:, None] * stride + offs_d[None, :], value.to(base.dtype.element_ty),
-             mask=(rows < seq_len)[:, None] & (offs_d < HEAD_DIM)[None, :])
+    tl.store(
+        base + rows[:, None] * stride + offs_d[None, :],
+        value.to(base.dtype.element_ty),
+        mask=(rows < seq_len)[:, None] & (offs_d < HEAD_DIM)[None, :],
+    )
 
 
 @triton.jit
-def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, lo, hi, seq_len,
-               qk_scale, seed, bh, dropout_p,
-               MASKED: tl.constexpr, DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    stride_ks,
+    stride_vs,
+    offs_m,
+    offs_d,
+    lo,
+    hi,
+    seq_len,
+    qk_scale,
+    seed,
+    bh,
+    dropout_p,
+    MASKED: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k_t = _load_tile(k_base, offs_n, stride_ks, offs_d, seq_len, HEAD_DIM, True, UPCAST)
@@ -114,7 +151,7 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, o
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, axis=1)   # the normaliser counts dropped entries too
+        l_i = l_i * alpha + tl.sum(p, axis=1)  # the normaliser counts dropped entries too
         acc = acc * alpha[:, None]
         if DROPOUT:
             p = tl.where(_keep(seed, bh, offs_m[:, None], offs_n[None, :], dropout_p), p, 0.0)
@@ -123,16 +160,40 @@ def _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, o
     return acc, l_i, m_i
 
 
-@triton.autotune(configs=tuning_configs(_FWD_CONFIGS, _INTERPRETED), key=_KEY,
-                 prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(
+    configs=tuning_configs(_FWD_CONFIGS, _INTERPRETED), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+)
 @triton.jit
 def _attn_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr,
-    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks,
-    stride_vb, stride_vh, stride_vs, stride_ob, stride_oh, stride_os,
-    n_heads, seq_len, qk_scale, seed, dropout_p,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    o_ptr,
+    lse_ptr,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    n_heads,
+    seq_len,
+    qk_scale,
+    seed,
+    dropout_p,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -140,20 +201,65 @@ def _attn_fwd_kernel(
     v_base = _head(v_ptr, bh, n_heads, stride_vb, stride_vh)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_tile(_head(q_ptr, bh, n_heads, stride_qb, stride_qh), offs_m, stride_qs, offs_d, seq_len,
-                   HEAD_DIM, False, UPCAST)
+    q = _load_tile(
+        _head(q_ptr, bh, n_heads, stride_qb, stride_qh), offs_m, stride_qs, offs_d, seq_len, HEAD_DIM, False, UPCAST
+    )
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     # Key blocks wholly left of this query block need no mask; those up to its last row do.
     diagonal = (start_m // BLOCK_N) * BLOCK_N
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                               0, diagonal, seq_len, qk_scale, seed, bh, dropout_p,
-                               False, DROPOUT, UPCAST, PRECISION, HEAD_DIM, BLOCK_N)
-    acc, l_i, m_i = _fwd_inner(acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                               diagonal, tl.minimum(start_m + BLOCK_M, seq_len), seq_len, qk_scale, seed, bh,
-                               dropout_p, True, DROPOUT, UPCAST, PRECISION, HEAD_DIM, BLOCK_N)
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        offs_d,
+        0,
+        diagonal,
+        seq_len,
+        qk_scale,
+        seed,
+        bh,
+        dropout_p,
+        False,
+        DROPOUT,
+        UPCAST,
+        PRECISION,
+        HEAD_DIM,
+        BLOCK_N,
+    )
+    acc, l_i, m_i = _fwd_inner(
+        acc,
+        l_i,
+        m_i,
+        q,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        offs_d,
+        diagonal,
+        tl.minimum(start_m + BLOCK_M, seq_len),
+        seq_len,
+        qk_scale,
+        seed,
+        bh,
+        dropout_p,
+        True,
+        DROPOUT,
+        UPCAST,
+        PRECISION,
+        HEAD_DIM,
+        BLOCK_N,
+    )
     out = acc / l_i[:, None]
     if DROPOUT:
         out = out * (1.0 / (1.0 - dropout_p))
@@ -163,25 +269,62 @@ def _attn_fwd_kernel(
 
 @triton.jit
 def _attn_bwd_delta_kernel(
-    o_ptr, do_ptr, delta_ptr, stride_ob, stride_oh, stride_os, stride_dob, stride_doh, stride_dos,
-    n_heads, seq_len, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+    o_ptr,
+    do_ptr,
+    delta_ptr,
+    stride_ob,
+    stride_oh,
+    stride_os,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    n_heads,
+    seq_len,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
 ):
     """delta[row] = <dO[row], O[row]>, the softmax-backward row term (also right under dropout)."""
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     bh = tl.program_id(1)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load_tile(_head(o_ptr, bh, n_heads, stride_ob, stride_oh), offs_m, stride_os, offs_d, seq_len,
-                   HEAD_DIM, False, True)
-    do = _load_tile(_head(do_ptr, bh, n_heads, stride_dob, stride_doh), offs_m, stride_dos, offs_d, seq_len,
-                    HEAD_DIM, False, True)
+    o = _load_tile(
+        _head(o_ptr, bh, n_heads, stride_ob, stride_oh), offs_m, stride_os, offs_d, seq_len, HEAD_DIM, False, True
+    )
+    do = _load_tile(
+        _head(do_ptr, bh, n_heads, stride_dob, stride_doh), offs_m, stride_dos, offs_d, seq_len, HEAD_DIM, False, True
+    )
     tl.store(delta_ptr + bh.to(tl.int64) * seq_len + offs_m, tl.sum(o * do, axis=1), mask=offs_m < seq_len)
 
 
 @triton.jit
-def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qs, stride_dos, offs_n, offs_d,
-                    lo, hi, seq_len, qk_scale, seed, bh, dropout_p,
-                    MASKED: tl.constexpr, DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                    HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+def _bwd_dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    do_base,
+    lse_row,
+    delta_row,
+    stride_qs,
+    stride_dos,
+    offs_n,
+    offs_d,
+    lo,
+    hi,
+    seq_len,
+    qk_scale,
+    seed,
+    bh,
+    dropout_p,
+    MASKED: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
     for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q_t = _load_tile(q_base, offs_m, stride_qs, offs_d, seq_len, HEAD_DIM, True, UPCAST)
@@ -189,7 +332,7 @@ def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qs
         # Padding rows get lse = +inf, hence probability 0 and no contribution.
         lse = tl.load(lse_row + offs_m, mask=offs_m < seq_len, other=float("inf"))
         delta = tl.load(delta_row + offs_m, mask=offs_m < seq_len, other=0.0)
-        p_t = tl.exp2(tl.dot(k, q_t, input_precision=PRECISION) * qk_scale - lse[None, :])   # [BLOCK_N, BLOCK_M]
+        p_t = tl.exp2(tl.dot(k, q_t, input_precision=PRECISION) * qk_scale - lse[None, :])  # [BLOCK_N, BLOCK_M]
         if MASKED:
             p_t = tl.where(offs_m[None, :] >= offs_n[:, None], p_t, 0.0)
         dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)
@@ -205,25 +348,61 @@ def _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qs
     return dk, dv
 
 
-@triton.autotune(configs=tuning_configs(_DKDV_CONFIGS, _INTERPRETED), key=_KEY,
-                 prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(
+    configs=tuning_configs(_DKDV_CONFIGS, _INTERPRETED), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+)
 @triton.jit
 def _attn_bwd_dkdv_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr,
-    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-    stride_dob, stride_doh, stride_dos, stride_dkb, stride_dkh, stride_dks, stride_dvb, stride_dvh, stride_dvs,
-    n_heads, seq_len, sm_scale, qk_scale, seed, dropout_p,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dk_ptr,
+    dv_ptr,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    stride_dkb,
+    stride_dkh,
+    stride_dks,
+    stride_dvb,
+    stride_dvh,
+    stride_dvs,
+    n_heads,
+    seq_len,
+    sm_scale,
+    qk_scale,
+    seed,
+    dropout_p,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    k = _load_tile(_head(k_ptr, bh, n_heads, stride_kb, stride_kh), offs_n, stride_ks, offs_d, seq_len,
-                   HEAD_DIM, False, UPCAST)
-    v = _load_tile(_head(v_ptr, bh, n_heads, stride_vb, stride_vh), offs_n, stride_vs, offs_d, seq_len,
-                   HEAD_DIM, False, UPCAST)
+    k = _load_tile(
+        _head(k_ptr, bh, n_heads, stride_kb, stride_kh), offs_n, stride_ks, offs_d, seq_len, HEAD_DIM, False, UPCAST
+    )
+    v = _load_tile(
+        _head(v_ptr, bh, n_heads, stride_vb, stride_vh), offs_n, stride_vs, offs_d, seq_len, HEAD_DIM, False, UPCAST
+    )
     q_base = _head(q_ptr, bh, n_heads, stride_qb, stride_qh)
     do_base = _head(do_ptr, bh, n_heads, stride_dob, stride_doh)
     lse_row = lse_ptr + bh.to(tl.int64) * seq_len
@@ -234,22 +413,93 @@ def _attn_bwd_dkdv_kernel(
     # mask; all later ones see all of it.
     first = (start_n // BLOCK_M) * BLOCK_M
     unmasked = tl.minimum(tl.cdiv(start_n + BLOCK_N, BLOCK_M) * BLOCK_M, seq_len)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qs, stride_dos, offs_n, offs_d,
-                             first, unmasked, seq_len, qk_scale, seed, bh, dropout_p,
-                             True, DROPOUT, UPCAST, PRECISION, HEAD_DIM, BLOCK_M)
-    dk, dv = _bwd_dkdv_inner(dk, dv, k, v, q_base, do_base, lse_row, delta_row, stride_qs, stride_dos, offs_n, offs_d,
-                             unmasked, seq_len, seq_len, qk_scale, seed, bh, dropout_p,
-                             False, DROPOUT, UPCAST, PRECISION, HEAD_DIM, BLOCK_M)
-    _store_tile(_head(dk_ptr, bh, n_heads, stride_dkb, stride_dkh), offs_n, stride_dks, offs_d, seq_len,
-                dk * sm_scale, HEAD_DIM)
+    dk, dv = _bwd_dkdv_inner(
+        dk,
+        dv,
+        k,
+        v,
+        q_base,
+        do_base,
+        lse_row,
+        delta_row,
+        stride_qs,
+        stride_dos,
+        offs_n,
+        offs_d,
+        first,
+        unmasked,
+        seq_len,
+        qk_scale,
+        seed,
+        bh,
+        dropout_p,
+        True,
+        DROPOUT,
+        UPCAST,
+        PRECISION,
+        HEAD_DIM,
+        BLOCK_M,
+    )
+    dk, dv = _bwd_dkdv_inner(
+        dk,
+        dv,
+        k,
+        v,
+        q_base,
+        do_base,
+        lse_row,
+        delta_row,
+        stride_qs,
+        stride_dos,
+        offs_n,
+        offs_d,
+        unmasked,
+        seq_len,
+        seq_len,
+        qk_scale,
+        seed,
+        bh,
+        dropout_p,
+        False,
+        DROPOUT,
+        UPCAST,
+        PRECISION,
+        HEAD_DIM,
+        BLOCK_M,
+    )
+    _store_tile(
+        _head(dk_ptr, bh, n_heads, stride_dkb, stride_dkh), offs_n, stride_dks, offs_d, seq_len, dk * sm_scale, HEAD_DIM
+    )
     _store_tile(_head(dv_ptr, bh, n_heads, stride_dvb, stride_dvh), offs_n, stride_dvs, offs_d, seq_len, dv, HEAD_DIM)
 
 
 @triton.jit
-def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d, lo, hi, seq_len,
-                  qk_scale, seed, bh, dropout_p,
-                  MASKED: tl.constexpr, DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr):
+def _bwd_dq_inner(
+    dq,
+    q,
+    do,
+    lse,
+    delta,
+    k_base,
+    v_base,
+    stride_ks,
+    stride_vs,
+    offs_m,
+    offs_d,
+    lo,
+    hi,
+    seq_len,
+    qk_scale,
+    seed,
+    bh,
+    dropout_p,
+    MASKED: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k_t = _load_tile(k_base, offs_n, stride_ks, offs_d, seq_len, HEAD_DIM, True, UPCAST)
@@ -266,39 +516,118 @@ def _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, o
     return dq
 
 
-@triton.autotune(configs=tuning_configs(_DQ_CONFIGS, _INTERPRETED), key=_KEY,
-                 prune_configs_by={"early_config_prune": _prune})
+@triton.autotune(
+    configs=tuning_configs(_DQ_CONFIGS, _INTERPRETED), key=_KEY, prune_configs_by={"early_config_prune": _prune}
+)
 @triton.jit
 def _attn_bwd_dq_kernel(
-    q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr,
-    stride_qb, stride_qh, stride_qs, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
-    stride_dob, stride_doh, stride_dos, stride_dqb, stride_dqh, stride_dqs,
-    n_heads, seq_len, sm_scale, qk_scale, seed, dropout_p,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, DROPOUT: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dq_ptr,
+    stride_qb,
+    stride_qh,
+    stride_qs,
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    stride_dob,
+    stride_doh,
+    stride_dos,
+    stride_dqb,
+    stride_dqh,
+    stride_dqs,
+    n_heads,
+    seq_len,
+    sm_scale,
+    qk_scale,
+    seed,
+    dropout_p,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_tile(_head(q_ptr, bh, n_heads, stride_qb, stride_qh), offs_m, stride_qs, offs_d, seq_len,
-                   HEAD_DIM, False, UPCAST)
-    do = _load_tile(_head(do_ptr, bh, n_heads, stride_dob, stride_doh), offs_m, stride_dos, offs_d, seq_len,
-                    HEAD_DIM, False, UPCAST)
+    q = _load_tile(
+        _head(q_ptr, bh, n_heads, stride_qb, stride_qh), offs_m, stride_qs, offs_d, seq_len, HEAD_DIM, False, UPCAST
+    )
+    do = _load_tile(
+        _head(do_ptr, bh, n_heads, stride_dob, stride_doh), offs_m, stride_dos, offs_d, seq_len, HEAD_DIM, False, UPCAST
+    )
     lse = tl.load(lse_ptr + bh.to(tl.int64) * seq_len + offs_m, mask=offs_m < seq_len, other=float("inf"))
     delta = tl.load(delta_ptr + bh.to(tl.int64) * seq_len + offs_m, mask=offs_m < seq_len, other=0.0)
     k_base = _head(k_ptr, bh, n_heads, stride_kb, stride_kh)
     v_base = _head(v_ptr, bh, n_heads, stride_vb, stride_vh)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     diagonal = (start_m // BLOCK_N) * BLOCK_N
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                       0, diagonal, seq_len, qk_scale, seed, bh, dropout_p,
-                       False, DROPOUT, UPCAST, PRECISION, HEAD_DIM, BLOCK_N)
-    dq = _bwd_dq_inner(dq, q, do, lse, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
-                       diagonal, tl.minimum(start_m + BLOCK_M, seq_len), seq_len, qk_scale, seed, bh, dropout_p,
-                       True, DROPOUT, UPCAST, PRECISION, HEAD_DIM, BLOCK_N)
-    _store_tile(_head(dq_ptr, bh, n_heads, stride_dqb, stride_dqh), offs_m, stride_dqs, offs_d, seq_len,
-                dq * sm_scale, HEAD_DIM)
+    dq = _bwd_dq_inner(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        offs_d,
+        0,
+        diagonal,
+        seq_len,
+        qk_scale,
+        seed,
+        bh,
+        dropout_p,
+        False,
+        DROPOUT,
+        UPCAST,
+        PRECISION,
+        HEAD_DIM,
+        BLOCK_N,
+    )
+    dq = _bwd_dq_inner(
+        dq,
+        q,
+        do,
+        lse,
+        delta,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        offs_m,
+        offs_d,
+        diagonal,
+        tl.minimum(start_m + BLOCK_M, seq_len),
+        seq_len,
+        qk_scale,
+        seed,
+        bh,
+        dropout_p,
+        True,
+        DROPOUT,
+        UPCAST,
+        PRECISION,
+        HEAD_DIM,
+        BLOCK_N,
+    )
+    _store_tile(
+        _head(dq_ptr, bh, n_heads, stride_dqb, stride_dqh), offs_m, stride_dqs, offs_d, seq_len, dq * sm_scale, HEAD_DIM
+    )
 
 
 @triton.jit
@@ -308,8 +637,11 @@ def _keep_mask_kernel(mask_ptr, seq_len, seed, dropout_p, BLOCK: tl.constexpr):
     bh = tl.program_id(2)
     keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], dropout_p)
     inside = (offs_m < seq_len)[:, None] & (offs_n < seq_len)[None, :]
-    tl.store(mask_ptr + (bh.to(tl.int64) * seq_len + offs_m[:, None]) * seq_len + offs_n[None, :], keep.to(tl.int8),
-             mask=inside)
+    tl.store(
+        mask_ptr + (bh.to(tl.int64) * seq_len + offs_m[:, None]) * seq_len + offs_n[None, :],
+        keep.to(tl.int8),
+        mask=inside,
+    )
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -321,10 +653,17 @@ def _statics(q: torch.Tensor, dropout_p: float) -> dict:
     if head_dim > MAX_HEAD_DIM:
         raise ValueError(f"causal_attention: the Triton kernel handles head_dim <= {MAX_HEAD_DIM}, got {head_dim}")
     if batch * heads > MAX_BATCH_HEADS:
-        raise ValueError(f"causal_attention: batch * heads = {batch * heads} exceeds the {MAX_BATCH_HEADS} "
-                         "programs a CUDA grid's second axis allows; split the batch")
-    return dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), DROPOUT=dropout_p > 0.0,
-                UPCAST=upcast_on_load(q.dtype), PRECISION=dot_precision(q.dtype))
+        raise ValueError(
+            f"causal_attention: batch * heads = {batch * heads} exceeds the {MAX_BATCH_HEADS} "
+            "programs a CUDA grid's second axis allows; split the batch"
+        )
+    return dict(
+        HEAD_DIM=head_dim,
+        BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
+        DROPOUT=dropout_p > 0.0,
+        UPCAST=upcast_on_load(q.dtype),
+        PRECISION=dot_precision(q.dtype),
+    )
 
 
 def _bhsd_like(q: torch.Tensor) -> torch.Tensor:
@@ -333,8 +672,15 @@ def _bhsd_like(q: torch.Tensor) -> torch.Tensor:
     return q.new_empty((b, s, h, d)).transpose(1, 2)
 
 
-def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float, seed: int,
-            config: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+    config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (out, lse): out like q (stored [b, s, h, d]), lse float32 [b*h, s] in base 2.
 
     config: a fixed {"BLOCK_M", "BLOCK_N", ...} instead of the autotuned one.
@@ -347,14 +693,41 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dro
         return out, lse
     grid = lambda meta: (triton.cdiv(seq_len, meta["BLOCK_M"]), batch * heads)  # noqa: E731
     with device_guard(q):
-        launch(_attn_fwd_kernel, grid, q, k, v, out, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-               heads, seq_len, scale * LOG2E, seed, dropout_p, config=config, **statics)
+        launch(
+            _attn_fwd_kernel,
+            grid,
+            q,
+            k,
+            v,
+            out,
+            lse,
+            *_strides(q),
+            *_strides(k),
+            *_strides(v),
+            *_strides(out),
+            heads,
+            seq_len,
+            scale * LOG2E,
+            seed,
+            dropout_p,
+            config=config,
+            **statics,
+        )
     return out, lse
 
 
-def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-             lse: torch.Tensor, scale: float, dropout_p: float, seed: int, config: dict | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+    config: dict | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of `forward`, recomputed from q, k, v and the saved lse."""
     batch, heads, seq_len, head_dim = q.shape
     statics = _statics(q, dropout_p)
@@ -364,21 +737,69 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     delta = torch.empty_like(lse)
     with device_guard(q):
         block_m = 64
-        launch(_attn_bwd_delta_kernel, (triton.cdiv(seq_len, block_m), batch * heads),
-               out, do, delta, *_strides(out), *_strides(do), heads, seq_len,
-               HEAD_DIM=head_dim, BLOCK_D=statics["BLOCK_D"], BLOCK_M=block_m)
+        launch(
+            _attn_bwd_delta_kernel,
+            (triton.cdiv(seq_len, block_m), batch * heads),
+            out,
+            do,
+            delta,
+            *_strides(out),
+            *_strides(do),
+            heads,
+            seq_len,
+            HEAD_DIM=head_dim,
+            BLOCK_D=statics["BLOCK_D"],
+            BLOCK_M=block_m,
+        )
         common = (heads, seq_len, scale, scale * LOG2E, seed, dropout_p)
         grid = lambda meta: (triton.cdiv(seq_len, meta["BLOCK_N"]), batch * heads)  # noqa: E731
-        launch(_attn_bwd_dkdv_kernel, grid, q, k, v, do, lse, delta, dk, dv, *_strides(q), *_strides(k),
-               *_strides(v), *_strides(do), *_strides(dk), *_strides(dv), *common, config=config, **statics)
+        launch(
+            _attn_bwd_dkdv_kernel,
+            grid,
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            dk,
+            dv,
+            *_strides(q),
+            *_strides(k),
+            *_strides(v),
+            *_strides(do),
+            *_strides(dk),
+            *_strides(dv),
+            *common,
+            config=config,
+            **statics,
+        )
         grid = lambda meta: (triton.cdiv(seq_len, meta["BLOCK_M"]), batch * heads)  # noqa: E731
-        launch(_attn_bwd_dq_kernel, grid, q, k, v, do, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v),
-               *_strides(do), *_strides(dq), *common, config=config, **statics)
+        launch(
+            _attn_bwd_dq_kernel,
+            grid,
+            q,
+            k,
+            v,
+            do,
+            lse,
+            delta,
+            dq,
+            *_strides(q),
+            *_strides(k),
+            *_strides(v),
+            *_strides(do),
+            *_strides(dq),
+            *common,
+            config=config,
+            **statics,
+        )
     return dq, dk, dv
 
 
-def dropout_keep_mask(batch_heads: int, seq_len: int, dropout_p: float, seed: int,
-                      device: torch.device | str = "cpu") -> torch.Tensor:
+def dropout_keep_mask(
+    batch_heads: int, seq_len: int, dropout_p: float, seed: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """The keep-mask (bool [batch*heads, seq, seq]) that `forward` uses for this seed: for tests."""
     mask = torch.empty((batch_heads, seq_len, seq_len), dtype=torch.int8, device=device)
     block = 32

@@ -28,14 +28,20 @@ from triton.compiler import ASTSource, make_backend
 
 from megatron_zh.ops.kernels import INTERPRETED, attention, layer_norm, softmax
 
-_TYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int8: "i8",
-               torch.int32: "i32", torch.int64: "i64"}
+_TYPE_NAMES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.int8: "i8",
+    torch.int32: "i32",
+    torch.int64: "i64",
+}
 _LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
 
 
 @dataclass
 class Launch:
-    kernel: object                # a JITFunction, or an Autotuner around one
+    kernel: object  # a JITFunction, or an Autotuner around one
     args: tuple
     kwargs: dict
     label: str
@@ -44,6 +50,7 @@ class Launch:
 @contextlib.contextmanager
 def recorded_launches(label: str, sink: list[Launch]) -> Iterator[None]:
     """Within this block the kernel modules record their launches instead of running them."""
+
     def record(kernel, grid, *args, config=None, **kwargs):
         sink.append(Launch(kernel, args, {**kwargs, **(config or {})}, label))
 
@@ -108,11 +115,11 @@ def _source(jit, args: tuple, meta: dict) -> ASTSource:
             signature[param.name], constexprs[param.name] = "constexpr", value
         elif isinstance(value, torch.Tensor):
             signature[param.name] = "*" + _TYPE_NAMES[value.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]   # allocations are 16-byte aligned
+            attrs[(i,)] = [["tt.divisibility", 16]]  # allocations are 16-byte aligned
         elif isinstance(value, bool):
             signature[param.name] = "i1"
         elif isinstance(value, int):
-            signature[param.name] = "i32" if -2**31 <= value < 2**31 else "i64"
+            signature[param.name] = "i32" if -(2**31) <= value < 2**31 else "i64"
             if value % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(value, float):
@@ -137,8 +144,7 @@ def compile_all(archs: list[int], dtypes: list[torch.dtype], first_only: bool) -
                 what = f"sm_{arch} {launch.label:<34} {jit.__name__:<28} {config.all_kwargs()}"
                 start = time.perf_counter()
                 try:
-                    compiled = triton.compile(_source(jit, launch.args, meta), target=target,
-                                              options=options.__dict__)
+                    compiled = triton.compile(_source(jit, launch.args, meta), target=target, options=options.__dict__)
                 except Exception as error:  # report every failing variant, not just the first
                     failures += 1
                     print(f"FAILED {what}\n  {type(error).__name__}: {str(error).strip()[:2000]}", flush=True)

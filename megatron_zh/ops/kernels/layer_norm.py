@@ -17,9 +17,7 @@ from megatron_zh.ops.kernels.common import device_guard, launch, parallel_progra
 
 MAX_COLS = 65536 // 4  # a row must fit a program's registers (in float32)
 
-_GPU_CONFIGS = [
-    triton.Config({"ROWS": rows}, num_warps=warps) for rows in (1, 2, 4, 8) for warps in (2, 4, 8, 16)
-]
+_GPU_CONFIGS = [triton.Config({"ROWS": rows}, num_warps=warps) for rows in (1, 2, 4, 8) for warps in (2, 4, 8, 16)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -43,8 +41,19 @@ _autotune = triton.autotune(
 @_autotune
 @triton.jit
 def _layer_norm_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, n_rows, n_cols, stride_x, stride_y, eps,
-    ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    mean_ptr,
+    rstd_ptr,
+    n_rows,
+    n_cols,
+    stride_x,
+    stride_y,
+    eps,
+    ROWS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_N)
@@ -67,9 +76,21 @@ def _layer_norm_fwd_kernel(
 @_autotune
 @triton.jit
 def _layer_norm_bwd_dx_kernel(
-    x_ptr, w_ptr, mean_ptr, rstd_ptr, dy_ptr, dx_ptr, partial_dw_ptr, partial_db_ptr,
-    n_rows, n_cols, stride_x, stride_dy, stride_dx,
-    ROWS: tl.constexpr, BLOCK_N: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    mean_ptr,
+    rstd_ptr,
+    dy_ptr,
+    dx_ptr,
+    partial_dw_ptr,
+    partial_db_ptr,
+    n_rows,
+    n_cols,
+    stride_x,
+    stride_dy,
+    stride_dx,
+    ROWS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows_per_program = tl.cdiv(n_rows, tl.num_programs(0))
@@ -104,8 +125,14 @@ def _layer_norm_bwd_dx_kernel(
 
 @triton.jit
 def _column_sum_kernel(
-    partial_dw_ptr, partial_db_ptr, dw_ptr, db_ptr, n_partials, n_cols,
-    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    partial_dw_ptr,
+    partial_db_ptr,
+    dw_ptr,
+    db_ptr,
+    n_partials,
+    n_cols,
+    BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < n_cols
@@ -123,13 +150,15 @@ def _column_sum_kernel(
 
 def _block(n_cols: int) -> int:
     if n_cols > MAX_COLS:
-        raise ValueError(f"layer_norm: the Triton kernel handles at most {MAX_COLS} features, got {n_cols}; "
-                         "use backend='torch'")
+        raise ValueError(
+            f"layer_norm: the Triton kernel handles at most {MAX_COLS} features, got {n_cols}; use backend='torch'"
+        )
     return triton.next_power_of_2(n_cols)
 
 
-def forward(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, config: dict | None = None
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def forward(
+    x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, config: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LayerNorm of a contiguous [rows, cols] matrix; returns (y, mean, rstd), stats in float32."""
     n_rows, n_cols = x2d.shape
     block = _block(n_cols)
@@ -140,14 +169,35 @@ def forward(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: fl
         return y, mean, rstd
     grid = lambda meta: (triton.cdiv(n_rows, meta["ROWS"]),)  # noqa: E731
     with device_guard(x2d):
-        launch(_layer_norm_fwd_kernel, grid, x2d, weight, bias, y, mean, rstd, n_rows, n_cols, n_cols, n_cols, eps,
-               BLOCK_N=block, config=config)
+        launch(
+            _layer_norm_fwd_kernel,
+            grid,
+            x2d,
+            weight,
+            bias,
+            y,
+            mean,
+            rstd,
+            n_rows,
+            n_cols,
+            n_cols,
+            n_cols,
+            eps,
+            BLOCK_N=block,
+            config=config,
+        )
     return y, mean, rstd
 
 
-def backward(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-             rstd: torch.Tensor, config: dict | None = None, n_partials: int | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def backward(
+    dy2d: torch.Tensor,
+    x2d: torch.Tensor,
+    weight: torch.Tensor,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    config: dict | None = None,
+    n_partials: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dx, dweight, dbias) of `forward`; dy2d and x2d are contiguous [rows, cols]."""
     n_rows, n_cols = x2d.shape
     block = _block(n_cols)
@@ -160,9 +210,37 @@ def backward(dy2d: torch.Tensor, x2d: torch.Tensor, weight: torch.Tensor, mean: 
     partial_dw = torch.empty((n_partials, n_cols), dtype=torch.float32, device=x2d.device)
     partial_db = torch.empty_like(partial_dw)
     with device_guard(x2d):
-        launch(_layer_norm_bwd_dx_kernel, (n_partials,), x2d, weight, mean, rstd, dy2d, dx, partial_dw, partial_db,
-               n_rows, n_cols, n_cols, n_cols, n_cols, BLOCK_N=block, config=config)
+        launch(
+            _layer_norm_bwd_dx_kernel,
+            (n_partials,),
+            x2d,
+            weight,
+            mean,
+            rstd,
+            dy2d,
+            dx,
+            partial_dw,
+            partial_db,
+            n_rows,
+            n_cols,
+            n_cols,
+            n_cols,
+            n_cols,
+            BLOCK_N=block,
+            config=config,
+        )
         block_c = min(64, block)
-        launch(_column_sum_kernel, (triton.cdiv(n_cols, block_c),), partial_dw, partial_db, dw, db, n_partials,
-               n_cols, BLOCK_P=32, BLOCK_C=block_c, num_warps=4)
+        launch(
+            _column_sum_kernel,
+            (triton.cdiv(n_cols, block_c),),
+            partial_dw,
+            partial_db,
+            dw,
+            db,
+            n_partials,
+            n_cols,
+            BLOCK_P=32,
+            BLOCK_C=block_c,
+            num_warps=4,
+        )
     return dx, dw, db

@@ -17,9 +17,7 @@ from megatron_zh.ops.kernels.common import device_guard, launch, tuning_configs
 MAX_COLS = 16384  # one row must fit a program's registers
 LOG2E = 1.4426950408889634
 
-_GPU_CONFIGS = [
-    triton.Config({"ROWS": rows}, num_warps=warps) for rows in (1, 2, 4, 8, 16) for warps in (4, 8, 16)
-]
+_GPU_CONFIGS = [triton.Config({"ROWS": rows}, num_warps=warps) for rows in (1, 2, 4, 8, 16) for warps in (4, 8, 16)]
 
 
 def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -53,8 +51,16 @@ def _row_tile(pid, n_rows, seq_q, n_cols, ROWS: tl.constexpr, BLOCK_COLS: tl.con
 @_autotune
 @triton.jit
 def _softmax_fwd_kernel(
-    x_ptr, y_ptr, n_rows, seq_q, n_cols, stride_x, stride_y, scale_log2e,
-    ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    x_ptr,
+    y_ptr,
+    n_rows,
+    seq_q,
+    n_cols,
+    stride_x,
+    stride_y,
+    scale_log2e,
+    ROWS: tl.constexpr,
+    BLOCK_COLS: tl.constexpr,
 ):
     rows, cols, in_bounds, causal = _row_tile(tl.program_id(0), n_rows, seq_q, n_cols, ROWS, BLOCK_COLS)
     # Loaded values go to float32 at once: accuracy, and the interpreter has no bf16 arithmetic.
@@ -69,8 +75,18 @@ def _softmax_fwd_kernel(
 @_autotune
 @triton.jit
 def _softmax_bwd_kernel(
-    y_ptr, dy_ptr, dx_ptr, n_rows, seq_q, n_cols, stride_y, stride_dy, stride_dx, scale,
-    ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+    y_ptr,
+    dy_ptr,
+    dx_ptr,
+    n_rows,
+    seq_q,
+    n_cols,
+    stride_y,
+    stride_dy,
+    stride_dx,
+    scale,
+    ROWS: tl.constexpr,
+    BLOCK_COLS: tl.constexpr,
 ):
     rows, cols, in_bounds, causal = _row_tile(tl.program_id(0), n_rows, seq_q, n_cols, ROWS, BLOCK_COLS)
     load_mask = in_bounds & causal
@@ -84,8 +100,10 @@ def _softmax_bwd_kernel(
 def _launch_args(x: torch.Tensor) -> tuple[int, int, int, int]:
     seq_q, n_cols = x.shape[-2], x.shape[-1]
     if n_cols > MAX_COLS:
-        raise ValueError(f"scaled_causal_softmax: the Triton kernel handles rows of at most {MAX_COLS} "
-                         f"columns, got {n_cols}; use backend='torch' for longer rows")
+        raise ValueError(
+            f"scaled_causal_softmax: the Triton kernel handles rows of at most {MAX_COLS} "
+            f"columns, got {n_cols}; use backend='torch' for longer rows"
+        )
     return (x.numel() // n_cols if n_cols else 0), seq_q, n_cols, triton.next_power_of_2(n_cols)
 
 
@@ -96,8 +114,19 @@ def _rowwise(kernel, inputs: list[torch.Tensor], scale: float, config: dict | No
     if n_rows:
         grid = lambda meta: (triton.cdiv(n_rows, meta["ROWS"]),)  # noqa: E731
         with device_guard(out):
-            launch(kernel, grid, *inputs, out, n_rows, seq_q, n_cols, *[n_cols] * (len(inputs) + 1), scale,
-                   BLOCK_COLS=block, config=config)
+            launch(
+                kernel,
+                grid,
+                *inputs,
+                out,
+                n_rows,
+                seq_q,
+                n_cols,
+                *[n_cols] * (len(inputs) + 1),
+                scale,
+                BLOCK_COLS=block,
+                config=config,
+            )
     return out
 
 
