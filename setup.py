@@ -25,7 +25,7 @@ class BuildExtWithClearErrors(build_ext):
         try:
             super().run()
         except (CompileError, PlatformError) as exc:
-            raise SystemExit(f"error: compiling megatron_zh._helpers failed: {exc}\n" + COMPILER_HELP)
+            raise SystemExit(f"error: compiling megatron_zh._helpers failed: {exc}\n" + COMPILER_HELP) from exc
 
 
 setup(

@@ -85,8 +85,8 @@ def bench_index_build(num_documents: int, repeats: int) -> None:
         ratios.append(
             compare(
                 f"build_sample_idx_int32 seq={seq} ({tokens // seq:,} samples)",
-                lambda: _helpers.build_sample_idx_int32(*args),
-                lambda: theirs.build_sample_idx_int32(*args),
+                lambda args=args: _helpers.build_sample_idx_int32(*args),
+                lambda args=args: theirs.build_sample_idx_int32(*args),
                 repeats,
             )
         )
@@ -209,11 +209,11 @@ def bench_read(repeats: int) -> None:
             )
             n = len(ours)
 
-            def read_ours():
+            def read_ours(ours=ours, n=n):
                 for i in range(n):
                     ours[i]
 
-            def read_theirs():
+            def read_theirs(theirs=theirs, n=n):
                 for i in range(n):
                     theirs[i]
 
@@ -258,7 +258,8 @@ def reset_peak():  # Linux >= 4.0: restart VmHWM (peak RSS) from the current RSS
         f.write("5")
 
 prefix, seq, num_samples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-config = GPTDatasetConfig(data_path=[prefix], seq_length=seq, split="100,0,0", cache_dir=str(Path(prefix).parent / "cache"))
+cache = str(Path(prefix).parent / "cache")
+config = GPTDatasetConfig(data_path=[prefix], seq_length=seq, split="100,0,0", cache_dir=cache)
 result = {"rss_before_mib": status_mib("VmRSS"), "anon_before_mib": status_mib("RssAnon")}
 reset_peak()
 start = time.perf_counter()
@@ -323,7 +324,8 @@ def bench_memory(num_documents: int, num_tokens: int, seq: int) -> None:
         f"  process (anonymous) memory: {result['anon_before_mib']:.0f} MiB before, at most "
         f"{result['build_peak_mib'] - result['file_after_build_mib']:.0f} MiB while building "
         f"(peak minus the {result['file_after_build_mib']:.0f} MiB of file pages mapped after it);\n"
-        f"  resident after building: .idx {result['idx_resident_mib']:.0f} MiB, .bin {result['bin_resident_mib']:.1f} MiB "
+        f"  resident after building: .idx {result['idx_resident_mib']:.0f} MiB, "
+        f".bin {result['bin_resident_mib']:.1f} MiB "
         "(the build reads the document lengths only);\n"
         f"  peak over 1000 sample reads {result['reads_peak_mib']:.0f} MiB, of which {result['file_mib']:.0f} MiB are "
         f"memory-mapped file pages (page cache, reclaimable) and {result['anon_mib']:.0f} MiB process memory"

@@ -115,9 +115,9 @@ class Bench:
             out = fn(*inputs)  # also triggers autotuning / compilation
             out.backward(grad, retain_graph=True)
             outputs[name] = (out.detach().float(), [t.grad.float() for t in inputs])
-            fwd[name] = self.time(lambda: fn(*inputs))
-            bwd[name] = self.time(lambda: out.backward(grad, retain_graph=True), grad_to_none=inputs)
-            both[name] = self.time(lambda: fn(*inputs).backward(grad), grad_to_none=inputs)
+            fwd[name] = self.time(lambda fn=fn: fn(*inputs))
+            bwd[name] = self.time(lambda out=out: out.backward(grad, retain_graph=True), grad_to_none=inputs)
+            both[name] = self.time(lambda fn=fn: fn(*inputs).backward(grad), grad_to_none=inputs)
             del out
         names = list(outputs)
         ours, base = outputs[names[0]], outputs[names[1]]

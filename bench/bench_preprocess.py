@@ -121,7 +121,8 @@ def main() -> None:
         corpus = build_corpus(Path(tmp), args.min_mb)
         megabytes = corpus.stat().st_size / 1e6
         print(
-            f"corpus: {megabytes:.1f} MB ({corpus.stat().st_size / (DATA_DIR / 'CLUECorpusSmall_sampled.txt').stat().st_size:.0f}"
+            f"corpus: {megabytes:.1f} MB "
+            f"({corpus.stat().st_size / (DATA_DIR / 'CLUECorpusSmall_sampled.txt').stat().st_size:.0f}"
             f" copies of CLUECorpusSmall_sampled.txt), {args.workers} worker(s), {os.cpu_count()} CPU(s)"
         )
         rows = []

@@ -12,8 +12,9 @@ same processes, measured in alternating chunks so that a busy machine slows both
              torch.optim.AdamW, clip_grad_norm_, LambdaLR with the same schedule, torch.autocast
              for bf16 on GPU, and the same per-step loss all-reduce
 Printed: tokens/s of each (median over --repeats chunks), the overhead ratio plain/deepspeed
-(median over repeats of the ratio of back-to-back chunks; target <= 1.15 on CPU), TFLOP/s per device and MFU (model FLOPs: megatron_zh.model.
-model_flops_per_token; peak: the device table in megatron_zh.training.metrics, or --peak-tflops).
+(median over repeats of the ratio of back-to-back chunks; target <= 1.15 on CPU), TFLOP/s per device
+and MFU (model FLOPs: megatron_zh.model.model_flops_per_token; peak: the device table in
+megatron_zh.training.metrics, or --peak-tflops).
 
 GPU shape (--gpu): gpt2-distil, seq 1024, micro-batch 16 per GPU, bf16, Triton kernels, ZeRO-1
 from ds_configs/stage2.json; target >= 45% MFU on an H100. Data: the CLUECorpusSmall sample under

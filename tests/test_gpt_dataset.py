@@ -349,7 +349,8 @@ _RANK_SCRIPT = textwrap.dedent(
 
     fail_on_rank0[0] = True  # a second, uncached build that fails on rank 0
     try:
-        build_train_valid_test_datasets(GPTDatasetConfig(data_path=[corpus], seq_length=65, cache_dir=cache), (800, 40, 8))
+        config = GPTDatasetConfig(data_path=[corpus], seq_length=65, cache_dir=cache)
+        build_train_valid_test_datasets(config, (800, 40, 8))
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"
     print(json.dumps(result))

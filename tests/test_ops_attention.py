@@ -42,7 +42,7 @@ def float64_reference(q, k, v, grad, scale, keep=None, dropout_p=0.0):
 def assert_matches(actual: tuple, expected: tuple, dtype) -> None:
     for name, a, e in zip(("out", "dq", "dk", "dv"), actual, expected):
         assert a.dtype == dtype, name
-        torch.testing.assert_close(a.double(), e, **TOLERANCES[dtype], msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(a.double(), e, **TOLERANCES[dtype], msg=lambda m, name=name: f"{name}: {m}")
 
 
 def run_public(q, k, v, grad, scale=None, dropout_p=0.0):

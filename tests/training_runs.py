@@ -103,7 +103,7 @@ def run(args: list[str], ranks: int | None = 2, timeout: float = 240, expect_rc:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
-        raise AssertionError(f"run timed out after {timeout} s:\n{output[-4000:]}")
+        raise AssertionError(f"run timed out after {timeout} s:\n{output[-4000:]}") from None
     if expect_rc is not None:
         assert process.returncode == expect_rc, f"exit status {process.returncode}:\n{output[-6000:]}"
     return output
