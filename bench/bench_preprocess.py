@@ -58,11 +58,17 @@ def _encode_share(kind: str, vocab: str, lines: list[str], barrier, queue) -> No
     batches.append(batch)
     if kind == "tokenizers":
         backend = build_backend(vocab)
-        encode = lambda texts: sum(len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False))  # noqa: E731
+
+        def encode(texts: list[str]) -> int:
+            return sum(len(e.ids) for e in backend.encode_batch_fast(texts, add_special_tokens=False))
+
     else:
         tokenizer = BertChineseTokenizer(vocab)
         tokenizer.encode("warm up")  # builds its separator table: start-up, not throughput
-        encode = lambda texts: int(tokenizer.encode_batch_flat(texts)[1].sum())  # noqa: E731
+
+        def encode(texts: list[str]) -> int:
+            return int(tokenizer.encode_batch_flat(texts)[1].sum())
+
     barrier.wait()
     start = time.perf_counter()
     tokens = sum(encode(b) for b in batches)

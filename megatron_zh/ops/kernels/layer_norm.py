@@ -167,7 +167,10 @@ def forward(
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x2d.device)
     if n_rows == 0:
         return y, mean, rstd
-    grid = lambda meta: (triton.cdiv(n_rows, meta["ROWS"]),)  # noqa: E731
+
+    def grid(meta: dict) -> tuple[int, ...]:
+        return (triton.cdiv(n_rows, meta["ROWS"]),)
+
     with device_guard(x2d):
         launch(
             _layer_norm_fwd_kernel,

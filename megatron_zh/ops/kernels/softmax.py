@@ -112,7 +112,10 @@ def _rowwise(kernel, inputs: list[torch.Tensor], scale: float, config: dict | No
     n_rows, seq_q, n_cols, block = _launch_args(inputs[0])
     out = torch.empty_like(inputs[0])
     if n_rows:
-        grid = lambda meta: (triton.cdiv(n_rows, meta["ROWS"]),)  # noqa: E731
+
+        def grid(meta: dict) -> tuple[int, ...]:
+            return (triton.cdiv(n_rows, meta["ROWS"]),)
+
         with device_guard(out):
             launch(
                 kernel,
