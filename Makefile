@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # Data the tests read (real vocab and corpus); CI points this at its copy.
 export MEGATRON_ZH_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install quickstart test bench clean
+.PHONY: install quickstart lint test bench clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,13 @@ $(VENV)/.installed: pyproject.toml setup.py csrc/helpers.cpp
 quickstart: install
 	bash launch/quickstart.sh $(ARGS)
 
-test: install
+# The gates first (seconds), then the suite: lint, formatting, types, tests.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy megatron_zh
+
+test: lint
 	$(PY) -m pytest -q tests
 
 clean:
