@@ -146,7 +146,7 @@ def preprocess_real_corpus(workdir: Path) -> str:
         return str(output) + "_text_document"
     from transformers import BertTokenizer
 
-    from megatron_zh.data.indexed_dataset import IndexedDatasetBuilder
+    from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
 
     print("  (tools/preprocess_data.py not found: tokenizing with transformers.BertTokenizer)")
     tokenizer = BertTokenizer(str(vocab))
@@ -186,12 +186,13 @@ def megatron_gpt_dataset(prefix: str, seq: int, num_samples: int, cache: Path):
 def bench_read(repeats: int) -> None:
     import torch
 
-    from megatron_zh.data import GPTDatasetConfig, build_train_valid_test_datasets
+    from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
+    from megatron_zh.data.gpt_dataset import GPTDatasetConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         prefix = preprocess_real_corpus(workdir)
-        from megatron_zh.data import IndexedDataset
+        from megatron_zh.data.indexed_dataset import IndexedDataset
 
         corpus = IndexedDataset(prefix)
         tokens = int(corpus.sequence_lengths.sum(dtype=np.int64))
@@ -236,7 +237,8 @@ def bench_read(repeats: int) -> None:
 MEMORY_PROBE = r"""
 import json, sys, time
 from pathlib import Path
-from megatron_zh.data import GPTDatasetConfig, build_train_valid_test_datasets
+from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
+from megatron_zh.data.gpt_dataset import GPTDatasetConfig
 
 def status_mib(field):
     for line in open("/proc/self/status"):

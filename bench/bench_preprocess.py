@@ -95,7 +95,8 @@ def measure_bound(kind: str, vocab: Path, corpus: Path, processes: int) -> tuple
 
 
 def measure_preprocess(vocab: Path, corpus: Path, workers: int, out_dir: Path) -> tuple[int, float]:
-    from megatron_zh.data.preprocess import PreprocessConfig, preprocess
+    from megatron_zh.data.preprocess import preprocess
+    from megatron_zh.data.preprocess_config import PreprocessConfig
 
     start = time.perf_counter()
     stats = preprocess(

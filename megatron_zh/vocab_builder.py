@@ -13,11 +13,12 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 
-from megatron_zh.data.preprocess import JSON_SUFFIXES, expand_inputs
+from megatron_zh.data.preprocess_config import JSON_SUFFIXES, expand_inputs
 from megatron_zh.errors import ConfigError
 from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
@@ -82,7 +83,7 @@ def train_vocab(config: VocabConfig) -> list[str]:
     tokenizer = Tokenizer(WordPiece(unk_token=UNK))
     tokenizer.normalizer = bert_normalizer(config.lower_case)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    options = {} if config.limit_alphabet is None else {"limit_alphabet": config.limit_alphabet}
+    options: dict[str, Any] = {} if config.limit_alphabet is None else {"limit_alphabet": config.limit_alphabet}
     trainer = trainers.WordPieceTrainer(
         vocab_size=config.vocab_size - len(reserved),
         min_frequency=config.min_frequency,

@@ -14,8 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from megatron_zh.convert.hf_gpt2 import to_hf_config, to_hf_state_dict
-from megatron_zh.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, read_metadata, write_metadata
-from megatron_zh.data.preprocess import PreprocessConfig, preprocess
+from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed_dataset import IndexedDataset, read_metadata, write_metadata
+from megatron_zh.data.preprocess import preprocess
+from megatron_zh.data.preprocess_config import PreprocessConfig
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.inference import GenerationConfig, SamplingConfig, encode_prompt, generate
 from megatron_zh.inference.evaluation import EvaluationConfig, evaluate_dataset, evaluate_input

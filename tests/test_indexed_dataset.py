@@ -13,17 +13,17 @@ import warnings
 import numpy as np
 import pytest
 
+from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed_dataset import (
     HEADER_SIZE,
     IndexedDataset,
-    IndexedDatasetBuilder,
     best_token_dtype,
     data_file_path,
     index_file_path,
-    merge_datasets,
     read_metadata,
     write_metadata,
 )
+from megatron_zh.data.merge import merge_datasets
 from megatron_zh.errors import DataFormatError
 
 
@@ -219,7 +219,8 @@ def test_writer_memory_does_not_grow_with_the_number_of_documents(tmp_path):
     script = (
         "import re, sys\n"
         "import numpy as np\n"
-        "from megatron_zh.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder\n"
+        "from megatron_zh.data.indexed_builder import IndexedDatasetBuilder\n"
+        "from megatron_zh.data.indexed_dataset import IndexedDataset\n"
         "documents, prefix = int(sys.argv[1]), sys.argv[2]\n"
         "with IndexedDatasetBuilder(prefix) as builder:\n"
         "    for _ in range(documents // 100_000):\n"

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_zh.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder, read_metadata
-from megatron_zh.data.preprocess import PreprocessConfig, preprocess
+from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed_dataset import IndexedDataset, read_metadata
+from megatron_zh.data.preprocess import preprocess
+from megatron_zh.data.preprocess_config import PreprocessConfig
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.tokenizer import BertChineseTokenizer
 
@@ -347,7 +349,7 @@ def test_config_errors(tmp_path, zh_vocab_file, zh_corpus_file):
         preprocess(config(tmp_path, zh_vocab_file, [str(tmp_path / "*.nothing")]))
     with pytest.raises(ConfigError, match="is plain text .one document per line., so give one key"):
         preprocess(config(tmp_path, zh_vocab_file, [zh_corpus_file], json_keys=("text", "title")))
-    with pytest.raises(ConfigError, match="--workers 0"):
+    with pytest.raises(ConfigError, match="--workers must be a positive integer, got 0"):
         config(tmp_path, zh_vocab_file, [zh_corpus_file], workers=0)
     with pytest.raises(DataFormatError, match="vocab file .* not found"):
         preprocess(config(tmp_path, tmp_path / "no_vocab.txt", [zh_corpus_file]))
@@ -362,7 +364,8 @@ def test_memory_stays_bounded(tmp_path, zh_vocab_file, zh_corpus_file):
     """Chunks in flight are bounded: the main process's peak memory does not grow with the corpus."""
     script = (
         "import re, sys\n"
-        "from megatron_zh.data.preprocess import PreprocessConfig, preprocess\n"
+        "from megatron_zh.data.preprocess import preprocess\n"
+        "from megatron_zh.data.preprocess_config import PreprocessConfig\n"
         "preprocess(PreprocessConfig(inputs=[sys.argv[1]], output_prefix=sys.argv[2], vocab_file=sys.argv[3],"
         " workers=2, progress=False, chunk_bytes=1 << 18))\n"
         # VmHWM: this process's own peak (ru_maxrss would carry over the parent's peak across exec)
@@ -394,3 +397,14 @@ def test_bench_preprocess_runs(repo_root):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "repeat 1: bound (tokenizers)" in result.stdout and "median of 1: preprocess" in result.stdout
+
+
+def test_preprocessing_does_not_import_torch():
+    """The driver and the workers' modules are torch-free: a worker starts fast and holds no CUDA state."""
+    script = (
+        "import sys\n"
+        "import megatron_zh.data.preprocess, megatron_zh.data.preprocess_encode, megatron_zh.data.merge\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

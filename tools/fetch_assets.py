@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from megatron_zh.assets import default_cache_dir, fetch_corpus, fetch_vocab
+from megatron_zh.assets import default_asset_cache_dir, fetch_corpus, fetch_vocab
 from megatron_zh.cli import run_cli
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--cache-dir", default=None, help=f"where archives and results go (default: {default_cache_dir()})"
+        "--cache-dir", default=None, help=f"where archives and results go (default: {default_asset_cache_dir()})"
     )
     parser.add_argument("--only", choices=["vocab", "corpus"], default=None, help="fetch just one of the two")
     args = parser.parse_args(argv)

@@ -17,7 +17,8 @@ import os
 from collections.abc import Sequence
 
 from megatron_zh.cli import run_cli
-from megatron_zh.data.preprocess import TOKENIZER_TYPES, PreprocessConfig, preprocess
+from megatron_zh.data.preprocess import preprocess
+from megatron_zh.data.preprocess_config import TOKENIZER_TYPES, PreprocessConfig
 
 
 def main(argv: Sequence[str] | None = None) -> int:

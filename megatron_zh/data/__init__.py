@@ -1,38 +1,16 @@
 """Data path: Megatron .bin/.idx corpora -> GPT training samples.
 
-Public names are re-exported lazily, so `import megatron_zh.data.indexed_dataset` (used by the
-preprocessing workers) does not pay for importing torch.
+The package imports nothing, so the preprocessing workers, which import only the torch-free
+modules, never load torch. Import names from their modules:
+
+    indexed_dataset    the .bin/.idx format and IndexedDataset (reader), PREFIX.meta.json
+    indexed_builder    IndexedDatasetBuilder (crash-safe writer)
+    merge              expand_prefixes, merge_datasets
+    preprocess_config  PreprocessConfig, expand_inputs
+    preprocess_encode  the per-chunk work of the preprocessing workers
+    preprocess         preprocess(): corpus -> .bin/.idx
+    index_cache        build-once cache of index arrays (torch.distributed)
+    gpt_dataset        GPTDatasetConfig, GPTDataset (torch)
+    blended_dataset    BlendedDataset, build_train_valid_test_datasets (torch)
+    samplers           PretrainingSampler, build_pretraining_data_loader (torch)
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "IndexedDataset": "indexed_dataset",
-    "IndexedDatasetBuilder": "indexed_dataset",
-    "read_metadata": "indexed_dataset",
-    "write_metadata": "indexed_dataset",
-    "GPTDataset": "gpt_dataset",
-    "GPTDatasetConfig": "gpt_dataset",
-    "BlendedDataset": "blended_dataset",
-    "build_train_valid_test_datasets": "blended_dataset",
-    "PretrainingSampler": "samplers",
-    "build_pretraining_data_loader": "samplers",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))

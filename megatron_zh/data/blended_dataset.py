@@ -10,6 +10,7 @@ weights blends them in proportion to their token counts.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,17 +28,27 @@ from megatron_zh.data.index_cache import (
     INDEX_FORMAT_VERSION,
     IndexCache,
     MappedIndices,
-    default_cache_dir,
+    default_index_cache_dir,
     load_or_build,
     rank0_first,
 )
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
+from megatron_zh.validators import POSITIVE_INT, POSITIVE_NUMBER, Check
 
 logger = get_logger(__name__)
 
 # Megatron's mid_level_dataset_surplus: each corpus builds this much more than its share.
 MID_LEVEL_SURPLUS = 0.005
+
+
+def _are_sample_counts(value: Sequence[object]) -> bool:
+    return len(value) == 3 and all(
+        isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in value
+    )
+
+
+SAMPLE_COUNTS = Check(_are_sample_counts, "three non-negative integers (train, valid, test)")
 
 
 def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None]:
@@ -54,9 +65,8 @@ def parse_data_path(data_path: list[str]) -> tuple[list[str], list[float] | None
     if len(items) % 2 == 0 and all(is_number(w) for w in items[0::2]):
         weights = [float(w) for w in items[0::2]]
         prefixes = items[1::2]
-        bad = [(w, p) for w, p in zip(weights, prefixes) if not (math.isfinite(w) and w > 0)]
-        if bad:
-            raise ConfigError(f"blend weights must be positive numbers; got {bad[0][0]} for {bad[0][1]!r}")
+        for weight, prefix in zip(weights, prefixes):
+            POSITIVE_NUMBER(f"the blend weight of {prefix!r}", weight)
         return prefixes, weights
     if any(is_number(item) for item in items):
         raise ConfigError(
@@ -94,8 +104,7 @@ class BlendedDataset(MappedIndices, torch.utils.data.Dataset):
             raise ConfigError(f"need one weight per dataset, got {len(datasets)} datasets and {len(weights)} weights")
         if len(datasets) > np.iinfo(np.int16).max:
             raise ConfigError(f"at most {np.iinfo(np.int16).max} datasets can be blended, got {len(datasets)}")
-        if size < 1:
-            raise ConfigError(f"a blend needs at least one sample, got size={size}")
+        POSITIVE_INT("the size of a blend", size)
         self.datasets = datasets
         self.weights = normalize(weights)
         self.size = size
@@ -112,8 +121,12 @@ class BlendedDataset(MappedIndices, torch.utils.data.Dataset):
             Path(cache_dir), f"BlendedDataset-{split}", description, ("dataset_index", "dataset_sample_index")
         )
         arrays = load_or_build(self.cache, self._build_indices)
-        self.attach(arrays)  # dataset_index, dataset_sample_index
+        self.attach(arrays)
         self._check_not_oversampled()
+
+    def attach(self, arrays: dict[str, np.ndarray]) -> None:
+        self.dataset_index = arrays["dataset_index"]
+        self.dataset_sample_index = arrays["dataset_sample_index"]
 
     def _build_indices(self) -> dict[str, np.ndarray]:
         dataset_index = np.zeros(self.size, dtype=np.int16)
@@ -146,7 +159,7 @@ class BlendedDataset(MappedIndices, torch.utils.data.Dataset):
         if not -self.size <= idx < self.size:
             raise IndexError(f"sample {idx} is out of range for a blend of {self.size} samples")
         dataset_id = int(self.dataset_index[idx])
-        sample = self.datasets[dataset_id][int(self.dataset_sample_index[idx])]
+        sample: dict[str, torch.Tensor | int] = {**self.datasets[dataset_id][int(self.dataset_sample_index[idx])]}
         sample["dataset_id"] = dataset_id
         return sample
 
@@ -167,16 +180,19 @@ def _build_blend(
     targets = [samples_per_dataset(weights, wanted) for wanted in num_samples]
     buffers = [samples_per_dataset(weights, wanted, MID_LEVEL_SURPLUS) for wanted in num_samples]
     per_corpus = [
-        build_gpt_split_datasets(prefix, config, tuple(buffers[s][d] for s in range(3)))
+        build_gpt_split_datasets(prefix, config, (buffers[0][d], buffers[1][d], buffers[2][d]))
         for d, prefix in enumerate(prefixes)
     ]
     blends: list[BlendedDataset | None] = []
     for s, split in enumerate(SPLIT_NAMES):
-        parts = [per_corpus[d][s] for d in range(len(prefixes))]
-        if any(part is None for part in parts):
+        maybe_parts = [per_corpus[d][s] for d in range(len(prefixes))]
+        parts = [part for part in maybe_parts if part is not None]
+        if len(parts) < len(maybe_parts):
             blends.append(None)
             continue
-        cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(parts[0].indexed.path_prefix)
+        cache_dir = (
+            Path(config.cache_dir) if config.cache_dir else default_index_cache_dir(parts[0].indexed.path_prefix)
+        )
         blends.append(BlendedDataset(parts, weights, sum(targets[s]), split, cache_dir))
     return blends
 
@@ -189,15 +205,14 @@ def build_train_valid_test_datasets(
 
     Global rank 0 builds and caches the indices while the other ranks wait; they then load them.
     """
-    if len(num_samples) != 3 or any(not isinstance(n, (int, np.integer)) or n < 0 for n in num_samples):
-        raise ConfigError(f"num_samples must be three non-negative integers (train, valid, test), got {num_samples!r}")
-    num_samples = tuple(int(n) for n in num_samples)
+    SAMPLE_COUNTS("num_samples", num_samples)
+    counts = (int(num_samples[0]), int(num_samples[1]), int(num_samples[2]))
     prefixes, weights = parse_data_path(config.data_path)
 
-    def build() -> list[torch.utils.data.Dataset | None]:
+    def build() -> Sequence[torch.utils.data.Dataset | None]:
         if len(prefixes) == 1:
-            return build_gpt_split_datasets(prefixes[0], config, num_samples)
-        return _build_blend(prefixes, weights, config, num_samples)
+            return build_gpt_split_datasets(prefixes[0], config, counts)
+        return _build_blend(prefixes, weights, config, counts)
 
     train, valid, test = rank0_first(build)
     return train, valid, test

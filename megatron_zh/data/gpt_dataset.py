@@ -18,6 +18,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from megatron_zh.data.index_cache import (
     IndexCache,
     MappedIndices,
     array_digest,
-    default_cache_dir,
+    default_index_cache_dir,
     load_or_build,
 )
 from megatron_zh.data.indexed_dataset import (
@@ -39,8 +40,19 @@ from megatron_zh.data.indexed_dataset import (
     read_metadata,
 )
 from megatron_zh.errors import ConfigError, DataFormatError
+from megatron_zh.knobs import knob
 from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import check_fingerprint
+from megatron_zh.validators import (
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    SEED,
+    Check,
+    int_at_least,
+    one_of,
+    optional,
+    validate_fields,
+)
 
 logger = get_logger(__name__)
 
@@ -50,30 +62,38 @@ SPLIT_NAMES = ("train", "valid", "test")
 SEPARATE_FINAL_EPOCH_THRESHOLD = 0.80
 
 
+def _is_prefix_list(value: Any) -> bool:
+    return (
+        not isinstance(value, (str, os.PathLike))
+        and bool(value)
+        and all(isinstance(item, (str, os.PathLike)) for item in value)
+    )
+
+
+PREFIX_LIST = Check(_is_prefix_list, "a non-empty list of prefixes (and weights), as strings")
+
+
 @dataclass(frozen=True)
 class GPTDatasetConfig:
     """What to read and how to cut it. Validated on construction (ConfigError)."""
 
-    data_path: list[str]  # ["prefix"] or Megatron-style ["0.7", "a_text_document", "0.3", "b_text_document"]
-    seq_length: int
-    split: str = "949,50,1"
-    seed: int = 1234
-    cache_dir: str | None = None  # where index .npy files go (default: index-cache/ beside each dataset)
-    eod_mask_loss: bool = False
-    vocab_fingerprint: str | None = None  # if set, must equal each dataset's metadata fingerprint
-    eod_token: int | None = None  # the id eod_mask_loss masks; default: the datasets' metadata "eod"
+    data_path: list[str] = knob(
+        help='["prefix"] or Megatron-style ["0.7", "a_text_document", "0.3", "b_text_document"]', check=PREFIX_LIST
+    )
+    seq_length: int = knob(help="tokens per sample (each sample reads one more, for the labels)", check=int_at_least(2))
+    split: str = knob("949,50,1", help='train,valid,test weights, e.g. "949,50,1" (checked by split_ranges)')
+    seed: int = knob(1234, help="seed of the document and sample order", check=SEED)
+    cache_dir: str | None = knob(None, help="where index .npy files go (default: index-cache/ beside each dataset)")
+    eod_mask_loss: bool = knob(False, help="no loss on end-of-document inputs")
+    vocab_fingerprint: str | None = knob(None, help="if set, must equal each dataset's metadata fingerprint")
+    eod_token: int | None = knob(
+        None,
+        help='the id eod_mask_loss masks; default: the datasets\' metadata "eod"',
+        check=optional(NON_NEGATIVE_INT),
+    )
 
     def __post_init__(self) -> None:
-        if isinstance(self.data_path, (str, os.PathLike)) or not self.data_path:
-            raise ConfigError(f"data_path must be a non-empty list of prefixes (and weights), got {self.data_path!r}")
-        if not all(isinstance(item, (str, os.PathLike)) for item in self.data_path):
-            raise ConfigError(f"data_path entries must be strings, got {self.data_path!r}")
-        if not isinstance(self.seq_length, int) or self.seq_length < 2:
-            raise ConfigError(f"seq_length must be an integer >= 2, got {self.seq_length!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        if self.eod_token is not None and self.eod_token < 0:
-            raise ConfigError(f"eod_token must be a token id >= 0, got {self.eod_token}")
+        validate_fields(self, "GPT dataset config")
         split_ranges(self.split)  # raises ConfigError when malformed
 
 
@@ -210,6 +230,7 @@ def build_gpt_indices(
     num_epochs = _num_epochs(tokens_per_epoch, num_samples, seq_length)
     separate_final_epoch = False
     if num_epochs > 1:
+        assert num_samples is not None  # one epoch is all that None asks for
         samples_before_final_epoch = ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length
         samples_from_final_epoch = num_samples - samples_before_final_epoch
         samples_per_epoch = (tokens_per_epoch - 1) // seq_length
@@ -255,18 +276,16 @@ class GPTDataset(MappedIndices, torch.utils.data.Dataset):
         document_range: tuple[int, int],
         num_samples: int | None,
         config: GPTDatasetConfig,
-        cache_dir: str | os.PathLike,
+        cache_dir: str | os.PathLike[str],
         eod_token: int | None = None,
     ) -> None:
         begin, end = document_range
-        if split not in SPLIT_NAMES:
-            raise ConfigError(f"split must be one of {SPLIT_NAMES}, got {split!r}")
+        one_of(SPLIT_NAMES)("split", split)
+        optional(POSITIVE_INT)("num_samples", num_samples)
         if not 0 <= begin <= end <= len(indexed):
             raise ConfigError(
                 f"document range [{begin}, {end}) is outside the {len(indexed)} documents of {indexed.path_prefix}"
             )
-        if num_samples is not None and num_samples < 1:
-            raise ConfigError(f"num_samples must be positive or None, got {num_samples}")
         if config.eod_mask_loss and eod_token is None:
             raise ConfigError("eod_mask_loss is set but no eod_token was given")
         self.indexed = indexed
@@ -308,8 +327,13 @@ class GPTDataset(MappedIndices, torch.utils.data.Dataset):
         arrays = load_or_build(
             cache, lambda: build_gpt_indices(lengths, begin, end, num_samples, config.seq_length, config.seed)
         )
-        self.attach(arrays)  # document_index, sample_index, shuffle_index
+        self.attach(arrays)
         self._check_indices()
+
+    def attach(self, arrays: dict[str, np.ndarray]) -> None:
+        self.document_index = arrays["document_index"]
+        self.sample_index = arrays["sample_index"]
+        self.shuffle_index = arrays["shuffle_index"]
 
     def _check_indices(self) -> None:
         rows = self.sample_index.shape[0] - 1
@@ -366,7 +390,7 @@ def build_gpt_split_datasets(
     """One GPTDataset per split of one corpus; None where the split's weight or sample count is 0."""
     indexed = open_indexed_dataset(prefix, config.vocab_fingerprint)
     eod_token = _eod_token(config, indexed.path_prefix)
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(indexed.path_prefix)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_index_cache_dir(indexed.path_prefix)
     datasets: list[GPTDataset | None] = []
     for name, fractions, wanted in zip(SPLIT_NAMES, split_ranges(config.split), num_samples):
         if fractions is None or wanted == 0:

@@ -14,6 +14,7 @@ Index arrays (document/sample/shuffle indices, blending indices) are saved as `.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import hashlib
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import torch.distributed as dist
@@ -40,7 +41,7 @@ INDEX_FORMAT_VERSION = 1
 T = TypeVar("T")
 
 
-def description_key(description: dict) -> str:
+def description_key(description: dict[str, Any]) -> str:
     """A stable hash of a JSON-able description (key order does not matter)."""
     canonical = json.dumps(description, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
@@ -52,7 +53,7 @@ class IndexCache:
 
     directory: Path
     kind: str
-    description: dict
+    description: dict[str, Any]
     array_names: tuple[str, ...]
 
     @property
@@ -101,20 +102,22 @@ class IndexCache:
             f.write("\n")
 
 
-class MappedIndices:
-    """Mixin for a dataset whose index arrays come from an `IndexCache` (set as attributes by
-    `attach`). It pickles without them and re-maps the cache when unpickled, so DataLoader workers
-    started with "spawn" share the page cache instead of each receiving a copy of the indices."""
+class MappedIndices(abc.ABC):
+    """Base of a dataset whose index arrays come from an `IndexCache`, one typed attribute per
+    array of `cache.array_names`, set by `attach`. It pickles without them and re-maps the cache
+    when unpickled, so DataLoader workers started with "spawn" share the page cache instead of each
+    receiving a copy of the indices."""
 
     cache: IndexCache
 
+    @abc.abstractmethod
     def attach(self, arrays: dict[str, np.ndarray]) -> None:
-        self.__dict__.update(arrays)
+        """Set the attribute of each array in `cache.array_names` from `arrays`."""
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in self.cache.array_names}
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         arrays = self.cache.load()
         if arrays is None:
@@ -122,7 +125,7 @@ class MappedIndices:
         self.attach(arrays)
 
 
-def _open_lock_file(cache: IndexCache):
+def _open_lock_file(cache: IndexCache) -> BinaryIO:
     try:
         cache.directory.mkdir(parents=True, exist_ok=True)
         return open(cache.lock_path, "a+b")
@@ -134,7 +137,7 @@ def _open_lock_file(cache: IndexCache):
 
 
 @contextlib.contextmanager
-def _exclusive(handle) -> Iterator[None]:
+def _exclusive(handle: BinaryIO) -> Iterator[None]:
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -174,30 +177,30 @@ def rank0_first(build: Callable[[], T]) -> T:
     if not (dist.is_available() and dist.is_initialized()):
         return build()
     rank = dist.get_rank()
-    result: T | None = None
+    built: list[T] = []  # rank 0's result, once it has one
     failure: BaseException | None = None
     if rank == 0:
         try:
-            result = build()
+            built.append(build())
         except Exception as exc:  # reported to the other ranks, then re-raised here
             failure = exc
-    status = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+    status: list[str | None] = [None if failure is None else f"{type(failure).__name__}: {failure}"]
     dist.broadcast_object_list(status, src=0)  # doubles as the barrier
     if failure is not None:
         raise failure
-    if rank != 0:
-        if status[0] is not None:
-            raise MegatronZhError(f"rank 0 failed to build the dataset indices: {status[0]}")
-        result = build()
-    return result  # type: ignore[return-value]
+    if rank == 0:
+        return built[0]
+    if status[0] is not None:
+        raise MegatronZhError(f"rank 0 failed to build the dataset indices: {status[0]}")
+    return build()
 
 
 def array_digest(array: np.ndarray) -> str:
     """blake2b of an array's bytes (read through its memory map; no copy when contiguous)."""
-    data = memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")
+    data = np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
     return f"blake2b:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
 
 
-def default_cache_dir(prefix: str | os.PathLike) -> Path:
+def default_index_cache_dir(prefix: str | os.PathLike[str]) -> Path:
     """Where a dataset's indices go when no cache_dir is given: `index-cache/` beside its files."""
     return Path(prefix).resolve().parent / "index-cache"

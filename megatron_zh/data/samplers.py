@@ -9,7 +9,8 @@ exactly the next sample, whatever its data-parallel size.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
+from typing import cast
 
 import torch
 
@@ -79,7 +80,7 @@ def build_pretraining_data_loader(
     if num_workers < 0:
         raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
     sampler = PretrainingSampler(
-        total_samples=len(dataset),
+        total_samples=len(cast(Sized, dataset)),  # map-style datasets (ours) have a length
         consumed_samples=consumed_samples,
         micro_batch_size=micro_batch_size,
         data_parallel_rank=data_parallel_rank,

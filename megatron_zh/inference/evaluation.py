@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from megatron_zh.data.preprocess import PreprocessConfig, preprocess
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Model
+from megatron_zh.progress import Progress
 from megatron_zh.tokenizer import BertChineseTokenizer
 from megatron_zh.training.evaluation import evaluate as validation_loss
 
@@ -167,7 +167,7 @@ def evaluate_dataset(
     stream = np.memmap(data_file_path(dataset.path_prefix), dtype=dataset.dtype, mode="r")[:num_tokens]
     full, tail = divmod(num_tokens - 1, config.seq_length)
     num_batches = -(-full // config.batch_size) + (1 if tail else 0)
-    progress = _Progress(num_tokens - 1, config)
+    progress = Progress(num_tokens - 1, desc="evaluate", unit="tok", enabled=config.progress, unit_scale=True)
     batches = _window_batches(stream, config, model.config.vocab_size, eod_id, input_name, progress)
     was_training = model.training
     start = time.perf_counter()
@@ -205,7 +205,7 @@ def evaluate_dataset(
 
 
 def _window_batches(
-    stream: np.ndarray, config: EvaluationConfig, vocab_size: int, eod_id: int, input_name: str, progress: _Progress
+    stream: np.ndarray, config: EvaluationConfig, vocab_size: int, eod_id: int, input_name: str, progress: Progress
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Micro-batches {input_ids, labels, loss_mask} of the full windows, then the tail window."""
     seq, num_tokens = config.seq_length, len(stream)
@@ -215,11 +215,11 @@ def _window_batches(
         block = _read(stream, first * seq, (first + count) * seq + 1, vocab_size, input_name)
         windows = np.lib.stride_tricks.sliding_window_view(block, seq + 1)[::seq]
         yield _batch(windows, seq, config, eod_id)
-        progress.update(count * seq)
+        _advance(progress, count * seq, config.log_interval_s)
     if tail:
         start = max(0, num_tokens - 1 - seq)
         yield _batch(_read(stream, start, num_tokens, vocab_size, input_name)[None], tail, config, eod_id)
-        progress.update(tail)
+        _advance(progress, tail, config.log_interval_s)
 
 
 def _read(stream: np.ndarray, begin: int, end: int, vocab_size: int, input_name: str) -> np.ndarray:
@@ -245,36 +245,15 @@ def _batch(windows: np.ndarray, scored: int, config: EvaluationConfig, eod_id: i
     return {"input_ids": input_ids, "labels": labels, "loss_mask": loss_mask}
 
 
-class _Progress:
-    """Predicted tokens per second and ETA on stderr: a tqdm bar on a terminal, log lines otherwise."""
-
-    def __init__(self, total: int, config: EvaluationConfig) -> None:
-        self.total, self.config = total, config
-        self.done = 0
-        self.start = self.last_log = time.perf_counter()
-        self.bar = None
-        if config.progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="tok", unit_scale=True, desc="evaluate", dynamic_ncols=True)
-
-    def update(self, tokens: int) -> None:
-        self.done += tokens
-        if self.bar is not None:
-            self.bar.update(tokens)
-            return
-        now = time.perf_counter()
-        if self.config.progress and now - self.last_log >= self.config.log_interval_s and self.done < self.total:
-            self.last_log = now
-            rate = self.done / max(now - self.start, 1e-9)
-            logger.info(
-                "evaluated %s/%s tokens (%.0f tokens/s), ETA %.0f s",
-                f"{self.done:,}",
-                f"{self.total:,}",
-                rate,
-                (self.total - self.done) / max(rate, 1e-9),
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _advance(progress: Progress, tokens: int, interval_s: float) -> None:
+    """Count `tokens` more predicted; without a bar, log tokens per second and ETA every `interval_s`."""
+    progress.update(tokens)
+    if progress.done < progress.total and progress.due(interval_s):
+        rate = progress.rate
+        logger.info(
+            "evaluated %s/%s tokens (%.0f tokens/s), ETA %.0f s",
+            f"{progress.done:,}",
+            f"{progress.total:,}",
+            rate,
+            (progress.total - progress.done) / max(rate, 1e-9),
+        )

@@ -20,6 +20,7 @@ import torch
 
 from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
+from megatron_zh.progress import format_duration
 
 logger = get_logger(__name__)
 
@@ -96,12 +97,6 @@ class FlopsCounter:
         if not self.peak_tflops:
             return None
         return self.tflops_per_device(tokens_per_s) / self.peak_tflops
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def format_train_line(r: dict[str, Any]) -> str:
