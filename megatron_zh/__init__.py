@@ -3,15 +3,15 @@
 Layers, lowest first. A module imports only from its own package and from lower layers
 (tests/test_layout.py reads this table and checks every import, including those inside functions):
 
-  0  errors                      error types the tools turn into one line
-  1  fileio, log, validators     atomic writes and fsync; logging; value checks
-  2  cli, knobs, assets          the tools' main wrapper; config fields with flags; default vocab/corpus
-  3  tokenizer, _helpers         BERT-Chinese WordPiece, vocab fingerprint; the C++ index helper
-  4  data, ops                   .bin/.idx corpora, datasets, samplers; fused Triton kernels
-  5  vocab_builder, model        WordPiece vocab training; GPT-2
-  6  training                    DeepSpeed pretraining: config, loop, checkpoints
-  7  convert                     Hugging Face export and import
-  8  inference                   generation and evaluation
+  0  errors                            error types the tools turn into one line
+  1  fileio, log, progress, validators  atomic writes, fsync; logging; rates and ETA; value checks
+  2  cli, knobs, assets                 the tools' main wrapper; config fields with flags; default vocab/corpus
+  3  tokenizer, _helpers                BERT-Chinese WordPiece, vocab fingerprint; the C++ index helper
+  4  data, ops                          .bin/.idx corpora, datasets, samplers; fused Triton kernels
+  5  vocab_builder, model               WordPiece vocab training; GPT-2
+  6  training                           DeepSpeed pretraining: config, loop, checkpoints
+  7  convert                            Hugging Face export and import
+  8  inference                          generation and evaluation
 """
 
 __version__ = "0.1.0"

@@ -120,7 +120,8 @@ def bert_normalizer(lower_case: bool = True) -> normalizers.Normalizer:
 
 
 def build_backend(vocab_file: str | os.PathLike, lower_case: bool = True) -> Tokenizer:
-    """The `tokenizers` pipeline of `transformers.BertTokenizer(vocab_file, do_lower_case=lower_case)`, without post-processing."""
+    """The `tokenizers` pipeline of `transformers.BertTokenizer(vocab_file, do_lower_case=lower_case)`,
+    without post-processing."""
     model = WordPiece(
         WordPiece.read_file(os.fspath(vocab_file)), unk_token=UNK, max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD
     )
@@ -235,7 +236,8 @@ class BertChineseTokenizer:
         return self._backend
 
     def __repr__(self) -> str:
-        return f"BertChineseTokenizer({str(self.vocab_file)!r}, vocab_size={self.vocab_size}, lower_case={self.lower_case})"
+        vocab = str(self.vocab_file)
+        return f"BertChineseTokenizer({vocab!r}, vocab_size={self.vocab_size}, lower_case={self.lower_case})"
 
     # -- encoding -----------------------------------------------------------------------------
 

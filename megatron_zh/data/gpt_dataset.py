@@ -18,7 +18,6 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -62,15 +61,10 @@ SPLIT_NAMES = ("train", "valid", "test")
 SEPARATE_FINAL_EPOCH_THRESHOLD = 0.80
 
 
-def _is_prefix_list(value: Any) -> bool:
-    return (
-        not isinstance(value, (str, os.PathLike))
-        and bool(value)
-        and all(isinstance(item, (str, os.PathLike)) for item in value)
-    )
-
-
-PREFIX_LIST = Check(_is_prefix_list, "a non-empty list of prefixes (and weights), as strings")
+PREFIX_LIST = Check(
+    lambda v: not isinstance(v, (str, os.PathLike)) and bool(v) and all(isinstance(p, (str, os.PathLike)) for p in v),
+    "a non-empty list of prefixes (and weights), as strings",
+)
 
 
 @dataclass(frozen=True)
@@ -87,9 +81,7 @@ class GPTDatasetConfig:
     eod_mask_loss: bool = knob(False, help="no loss on end-of-document inputs")
     vocab_fingerprint: str | None = knob(None, help="if set, must equal each dataset's metadata fingerprint")
     eod_token: int | None = knob(
-        None,
-        help='the id eod_mask_loss masks; default: the datasets\' metadata "eod"',
-        check=optional(NON_NEGATIVE_INT),
+        None, help="the id eod_mask_loss masks (default: metadata's)", check=optional(NON_NEGATIVE_INT)
     )
 
     def __post_init__(self) -> None:
