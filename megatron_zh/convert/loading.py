@@ -60,13 +60,13 @@ def load_model(
     *, checkpoint: str | None = None, tag: str | None = None, hf: str | None = None, vocab_file: str | None = None
 ) -> LoadedModel:
     """Our checkpoint (`checkpoint`, optional `tag`) or an HF GPT-2 folder (`hf`): exactly one of them."""
-    if (checkpoint is None) == (hf is None):
-        raise ConfigError("load a model from exactly one of a checkpoint directory or a Hugging Face folder")
-    if checkpoint is not None:
+    if checkpoint is not None and hf is None:
         loaded = load_checkpoint_weights(checkpoint, tag)
         tokenizer = checkpoint_tokenizer(loaded, vocab_file)
         model = model_from_state_dict(loaded.model_config, loaded.state_dict)
         return LoadedModel(model, tokenizer, f"megatron_zh checkpoint {loaded.directory / loaded.tag}")
+    if hf is None or checkpoint is not None:
+        raise ConfigError("load a model from exactly one of a checkpoint directory or a Hugging Face folder")
     if tag is not None:
         raise ConfigError("a tag selects a checkpoint of a checkpoint directory; a Hugging Face folder has none")
     folder = read_hf_folder(hf, vocab_file)

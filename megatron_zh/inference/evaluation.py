@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,7 +130,7 @@ def locate_input(path: str) -> tuple[str, str]:
 
 
 def _eod_id(prefix: str, tokenizer: BertChineseTokenizer) -> int:
-    meta = read_metadata(prefix) or {}
+    meta: dict[str, Any] = read_metadata(prefix) or {}
     return int(meta.get("eod", tokenizer.eod))
 
 
@@ -229,8 +230,8 @@ def _read(stream: np.ndarray, begin: int, end: int, vocab_size: int, input_name:
 
 def _batch(windows: np.ndarray, scored: int, config: EvaluationConfig, eod_id: int) -> dict[str, torch.Tensor]:
     """Windows [rows, t + 1] -> inputs, next-token labels, and a mask scoring the last `scored` positions."""
-    windows = torch.from_numpy(np.array(windows, dtype=np.int64))  # a copy: the window views overlap
-    input_ids, labels = windows[:, :-1], windows[:, 1:]
+    rows = torch.from_numpy(np.array(windows, dtype=np.int64))  # a copy: the window views overlap
+    input_ids, labels = rows[:, :-1], rows[:, 1:]
     loss_mask = torch.zeros(input_ids.shape, dtype=torch.float32)
     loss_mask[:, -scored:] = 1.0
     if config.eod_mask_loss:
