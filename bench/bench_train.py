@@ -214,11 +214,11 @@ class PlainLoop:
     def __init__(self, run, env, device, loader):
         import torch
 
-        from megatron_zh.training.engine import build_model, optimizer_param_groups
+        from megatron_zh.training.engine import init_model, optimizer_param_groups
 
         self.run, self.env, self.device = run, env, device
         self.batches = iter(loader)
-        model = build_model(run.model, run.train.seed).to(device)
+        model = init_model(run.model, run.train.seed).to(device)
         params = run.deepspeed["optimizer"]["params"]
         self.optimizer = torch.optim.AdamW(
             optimizer_param_groups(model, float(params.get("weight_decay", 0.0))),
@@ -273,7 +273,7 @@ def rank_main(args) -> None:
     from megatron_zh.training.checkpointing import TrainState
     from megatron_zh.training.data import build_datasets, build_loaders
     from megatron_zh.training.distributed import init_process_group, set_cpu_threads, setup_rendezvous_env
-    from megatron_zh.training.engine import build_model, initialize_engine, start_lr_schedule
+    from megatron_zh.training.engine import init_model, initialize_engine, start_lr_schedule
     from megatron_zh.training.loop import TrainContext, run_iteration
     from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
     from megatron_zh.training.signals import StopRequest
@@ -298,7 +298,7 @@ def rank_main(args) -> None:
     # Two loaders over the same samples, one per path.
     plain_loader, _ = build_loaders(run, env, train_dataset, None, 0)
     ds_loader, _ = build_loaders(run, env, train_dataset, None, 0)
-    engine = initialize_engine(run, build_model(run.model, run.train.seed))
+    engine = initialize_engine(run, init_model(run.model, run.train.seed))
     start_lr_schedule(engine)
     peak, peak_source = device_peak_tflops(run.precision, threads, args.peak_tflops)
     flops = FlopsCounter(model_flops_per_token(run.model, run.train.seq_length), env.world_size, peak)

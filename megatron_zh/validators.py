@@ -92,6 +92,11 @@ NON_EMPTY_STRING = Check(lambda v: isinstance(v, str) and bool(v), "a non-empty 
 SEED = int_below(2**32, "2**32")  # numpy's RandomState takes 32-bit seeds
 
 
+def checked(check: Check, default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field guarded by `check` (see validate_fields); `knobs.knob` is one with a flag too."""
+    return dataclasses.field(default=default, metadata={CHECK_KEY: check})
+
+
 def field_problems(obj: Any, label: Callable[[str], str] = str) -> list[str]:
     """Every failed field check of a dataclass instance, in field order; `label` names a field (e.g. as a flag)."""
     problems = []

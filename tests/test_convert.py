@@ -71,7 +71,7 @@ def test_zero1_fp32_masters_are_the_module_weights(tiny_checkpoint):
     for name, tensor in loaded.state_dict.items():
         assert tensor.dtype == torch.float32
         assert torch.equal(tensor, module[name]), name
-    assert loaded.client_state["iteration"] == 8 and loaded.vocab_fingerprint.startswith("sha256:")
+    assert loaded.client_state.iteration == 8 and loaded.vocab_fingerprint.startswith("sha256:")
 
 
 def test_bf16_optimizer_masters_are_fp32_not_the_bf16_copies(bf16_checkpoint):

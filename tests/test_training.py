@@ -20,12 +20,25 @@ import torch
 from training_runs import bf16_pretrain_args, latest, pretrain_args, run, start, wait_for
 
 from megatron_zh.training.checkpointing import CLIENT_STATE_FILE, read_client_state, resolve_start
+from megatron_zh.training.client_state import ClientState
 from megatron_zh.training.config import TrainConfig
 from megatron_zh.training.master_weights import read_fp32_weights
 from megatron_zh.training.metrics import read_metrics
 
 REFERENCE_ITERS = 30
 REFERENCE_FLAGS = dict(train_iters=REFERENCE_ITERS, log_interval=1, eval_interval=10, save_interval=10, keep_last=2)
+# client_state.json of a training checkpoint: these keys, in this order (the model-states file adds rng_states).
+CLIENT_STATE_KEYS = (
+    "checkpoint_format",
+    "iteration",
+    "consumed_samples",
+    "model_config",
+    "vocab_fingerprint",
+    "vocab_size",
+    "train_config",
+    "world_size",
+    "precision",
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +105,7 @@ def test_checkpoints_use_deepspeeds_layout_and_commit_latest(reference):
         CLIENT_STATE_FILE,
     }
     info = json.loads((folder / CLIENT_STATE_FILE).read_text())
+    assert list(info) == list(CLIENT_STATE_KEYS)  # the on-disk format, in this order
     assert info["iteration"] == 30 and info["consumed_samples"] == 480 and info["world_size"] == 2
     assert info["vocab_fingerprint"].startswith("sha256:") and info["model_config"]["num_layers"] == 2
     assert info["train_config"]["seq_length"] == 128 and info["precision"] == "fp32"
@@ -101,6 +115,7 @@ def test_checkpoints_use_deepspeeds_layout_and_commit_latest(reference):
     assert len(states["rng_states"]) == 2 and set(states["rng_states"][0]) == {"python", "numpy", "torch", "cuda"}
     assert "embedding.word_embeddings.weight" in states["module"]
     assert all(states[k] == info[k] for k in info)
+    assert list(ClientState.from_dict(states, "model states").to_dict()) == [*CLIENT_STATE_KEYS, "rng_states"]
     shard = torch.load(folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=False)
     partitions = shard["optimizer_state_dict"]["single_partition_of_fp32_groups"]
     total = sum(p.numel() for p in states["module"].values() if p.dtype.is_floating_point)
@@ -183,7 +198,8 @@ def test_stage2_starts_from_stage1_weights_with_fresh_state(reference, zh_text_d
     assert train[0]["loss"] < stage1_final + 0.5 < 9.0  # trained weights, not a fresh init (9.96)
 
     info = read_client_state(save, "global_step4")
-    assert info["train_config"]["seq_length"] == 256 and info["consumed_samples"] == 32
+    assert info.train_config is not None
+    assert info.train_config["seq_length"] == 256 and info.consumed_samples == 32
     shard = torch.load(
         save / "global_step4" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=False
     )
@@ -191,7 +207,7 @@ def test_stage2_starts_from_stage1_weights_with_fresh_state(reference, zh_text_d
     assert adam_steps == {4}  # a fresh optimizer: 4 steps, not 30 + 4
 
     # Resubmitting the stage-2 command resumes stage 2's own checkpoint instead of starting over.
-    train_config = TrainConfig.from_dict({**info["train_config"], "train_iters": 6})
+    train_config = TrainConfig.from_dict({**info.train_config, "train_iters": 6})
     start_point = resolve_start(train_config)
     assert (start_point.mode, start_point.directory, start_point.tag) == ("resume", str(save), "global_step4")
 
@@ -285,7 +301,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(zh_text_document, tmp_path
     stopped = int(re.search(r"stopping at iteration (\d+) \(SIGTERM\)", log).group(1))
     assert 3 <= stopped < 1000
     assert latest(save) == f"global_step{stopped}"
-    assert read_client_state(save, f"global_step{stopped}")["consumed_samples"] == 16 * stopped
+    assert read_client_state(save, f"global_step{stopped}").consumed_samples == 16 * stopped
     assert read_metrics(save / "metrics.jsonl")[-1]["iteration"] == stopped
 
 
@@ -320,7 +336,7 @@ def test_signal_through_the_launcher_saves_a_checkpoint(how, zh_text_document, t
     stopped = int(re.search(rf"stopping at iteration (\d+) \({name}\)", log.read_text()).group(1))
     assert 3 <= stopped < 1000
     assert latest(save) == f"global_step{stopped}"
-    assert read_client_state(save, f"global_step{stopped}")["consumed_samples"] == 16 * stopped
+    assert read_client_state(save, f"global_step{stopped}").consumed_samples == 16 * stopped
     assert sorted(p.name for p in (save / f"global_step{stopped}").glob("*optim_states.pt")) == [
         f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(2)
     ]

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from training_runs import CPU_CONFIG, REPO_ROOT, environment
 
-from megatron_zh.errors import ConfigError, DataFormatError, MegatronZhError
+from megatron_zh.errors import CheckpointError, ConfigError, DataFormatError, MegatronZhError
 from megatron_zh.training.arguments import build_parser, build_run_config
 from megatron_zh.training.checkpointing import prune_checkpoints, resolve_start
+from megatron_zh.training.client_state import CHECKPOINT_FORMAT, ClientState
 from megatron_zh.training.config import TrainConfig
 from megatron_zh.training.distributed import setup_rendezvous_env
 from megatron_zh.training.loop import NonFiniteGuard, NonFiniteLossError
@@ -270,12 +271,56 @@ def test_model_smaller_than_the_vocab(tmp_path, zh_text_document):
         validate(resolve(config))
 
 
-def fake_checkpoint(directory: Path, tag: str, **client_state) -> None:
+def fake_client_state(**fields: object) -> dict[str, object]:
+    """A complete client state (as client_state.json holds it) with `fields` changed."""
+    defaults: dict[str, object] = {
+        "checkpoint_format": CHECKPOINT_FORMAT,
+        "iteration": 7,
+        "consumed_samples": 0,
+        "model_config": {},
+        "vocab_fingerprint": "sha256:" + "1" * 64,
+        "vocab_size": 21128,
+        "train_config": None,
+        "world_size": 1,
+        "precision": "fp32",
+    }
+    return {**defaults, **fields}
+
+
+def fake_checkpoint(directory: Path, tag: str, **client_state: object) -> None:
     """A committed checkpoint as validation sees it: `latest`, the model-states file, client_state.json."""
     (directory / tag).mkdir(parents=True)
     (directory / tag / "mp_rank_00_model_states.pt").write_bytes(b"")
-    (directory / tag / "client_state.json").write_text(json.dumps(client_state))
+    (directory / tag / "client_state.json").write_text(json.dumps(fake_client_state(**client_state)))
     (directory / "latest").write_text(tag)
+
+
+def test_client_state_keys_round_trip():
+    data = fake_client_state(source="Hugging Face folder x", weights_only=True)
+    state = ClientState.from_dict({**data, "module": "ignored: a DeepSpeed key"}, "ckpt/global_step7")
+    assert state.to_dict() == data and list(state.to_dict()) == list(data)  # same keys, same order
+    assert list(ClientState.from_dict(fake_client_state(), "x").to_dict()) == list(fake_client_state())
+    with_rng = ClientState.from_dict({**data, "rng_states": []}, "x")
+    assert with_rng.to_dict() == {**data, "rng_states": []} and with_rng.without_rng_states().to_dict() == data
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"consumed_samples": ...}, "has no consumed_samples"),  # ...: the key is left out
+        ({"iteration": "7"}, "iteration must be an integer >= 0, got '7'"),
+        ({"model_config": []}, "model_config must be an object"),
+        ({"precision": "fp8"}, "precision must be one of"),
+    ],
+)
+def test_client_state_with_a_missing_or_ill_typed_key(config, tmp_path, change, message):
+    data = {k: v for k, v in {**fake_client_state(), **change}.items() if v is not ...}
+    with pytest.raises(CheckpointError, match=f"ckpt/global_step7.*{message}"):
+        ClientState.from_dict(data, "ckpt/global_step7")
+    fake_checkpoint(tmp_path / "ckpt", "global_step7")
+    (tmp_path / "ckpt" / "global_step7" / "client_state.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=message):
+        resolve_start(resolve(config, "--load", str(tmp_path / "ckpt")).train)
 
 
 def test_vocab_that_does_not_match_the_checkpoint(config, tmp_path):

@@ -11,7 +11,6 @@ import json
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -20,7 +19,6 @@ from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
 from megatron_zh.training.checkpointing import (
-    CHECKPOINT_FORMAT,
     CLIENT_STATE_FILE,
     LATEST_FILE,
     MODEL_STATES_FILE,
@@ -28,6 +26,7 @@ from megatron_zh.training.checkpointing import (
     read_latest_tag,
     tag_for,
 )
+from megatron_zh.training.client_state import CHECKPOINT_FORMAT, ClientState
 from megatron_zh.training.master_weights import read_fp32_weights
 
 logger = get_logger(__name__)
@@ -39,8 +38,8 @@ class LoadedCheckpoint:
     tag: str
     model_config: GPT2Config
     state_dict: dict[str, torch.Tensor]  # our parameter names, float32, full (consolidated) tensors
-    client_state: dict[str, Any]  # client_state.json content (no rng states)
-    vocab_fingerprint: str | None
+    client_state: ClientState  # client_state.json content (no rng states)
+    vocab_fingerprint: str
     weights_source: str  # "zero-fp32-master (N ranks)" | "module (fp32)" | ...
 
 
@@ -100,23 +99,17 @@ def load_checkpoint_weights(directory: str | Path, tag: str | None = None) -> Lo
         model_config=model_config,
         state_dict=state_dict,
         client_state=client_state,
-        vocab_fingerprint=client_state.get("vocab_fingerprint"),
+        vocab_fingerprint=client_state.vocab_fingerprint,
         weights_source=source,
     )
 
 
-def _model_config(client_state: dict[str, Any], where: Path) -> GPT2Config:
-    saved = client_state.get("model_config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(
-            f"{where} has no model_config in its client state: it was not written by "
-            f"pretrain_gpt.py (format {CHECKPOINT_FORMAT})"
-        )
-    fmt = client_state.get("checkpoint_format")
-    if fmt is not None and fmt != CHECKPOINT_FORMAT:
+def _model_config(client_state: ClientState, where: Path) -> GPT2Config:
+    fmt = client_state.checkpoint_format
+    if fmt != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{where} has checkpoint_format {fmt!r}; this version reads {CHECKPOINT_FORMAT!r}")
     try:
-        return GPT2Config.from_dict(saved)
+        return GPT2Config.from_dict(client_state.model_config)
     except ConfigError as exc:
         raise ConfigError(f"{where}: cannot map its model_config to GPT-2: {exc}") from None
 
@@ -147,23 +140,23 @@ def write_checkpoint(
         )
     module = OrderedDict((name, state_dict[name].detach().to("cpu", torch.float32).contiguous()) for name in expected)
     tag = tag_for(0)
-    client_state = {
-        "checkpoint_format": CHECKPOINT_FORMAT,
-        "iteration": 0,
-        "consumed_samples": 0,
-        "model_config": model_config.to_dict(),
-        "vocab_fingerprint": vocab_fingerprint,
-        "vocab_size": vocab_size,
-        "train_config": None,
-        "world_size": 1,
-        "precision": "fp32",
-        "source": source,
-        "weights_only": True,  # no optimizer or schedule state: start from it with --finetune
-    }
+    client_state = ClientState(
+        iteration=0,
+        consumed_samples=0,
+        model_config=model_config.to_dict(),
+        vocab_fingerprint=vocab_fingerprint,
+        vocab_size=vocab_size,
+        train_config=None,
+        world_size=1,
+        precision="fp32",
+        source=source,
+        weights_only=True,  # no optimizer or schedule state: start from it with --finetune
+        rng_states=[],
+    )
     import deepspeed
 
     # What DeepSpeed's load_checkpoint(load_module_only=True) reads, beside our client state.
-    states = {
+    states: dict[str, object] = {
         "module": module,
         "buffer_names": [],
         "param_shapes": [OrderedDict((name, t.shape) for name, t in module.items())],
@@ -178,14 +171,14 @@ def write_checkpoint(
         "dp_world_size": 1,
         "mp_world_size": 1,
         "ds_version": deepspeed.__version__,
-        **client_state,
-        "rng_states": [],
+        **client_state.to_dict(),
     }
     with staging_directory(directory, overwrite=overwrite) as staging:
         folder = staging / tag
         folder.mkdir()
         torch.save(states, folder / MODEL_STATES_FILE)
-        (folder / CLIENT_STATE_FILE).write_text(json.dumps(client_state, indent=2), encoding="utf-8")
+        sidecar = client_state.without_rng_states().to_dict()
+        (folder / CLIENT_STATE_FILE).write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
         (staging / LATEST_FILE).write_text(tag, encoding="utf-8")
         commit_directory(staging, directory)
     return directory / tag

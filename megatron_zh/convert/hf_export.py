@@ -11,17 +11,22 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 
 from megatron_zh.convert.checkpoint import LoadedCheckpoint, load_checkpoint_weights
 from megatron_zh.convert.hf_gpt2 import HF_LM_HEAD, from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
-from megatron_zh.convert.loading import build_model, checkpoint_tokenizer
+from megatron_zh.convert.loading import checkpoint_tokenizer, model_from_state_dict
 from megatron_zh.convert.output import commit_directory, staging_directory
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config
 from megatron_zh.tokenizer import SPECIAL_TOKENS, BertChineseTokenizer
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config as HFGPT2Config
+    from transformers import GPT2LMHeadModel
 
 logger = get_logger(__name__)
 
@@ -45,7 +50,7 @@ SELF_CHECK_MAX_LENGTH = 128
 class ExportResult:
     output: Path
     checkpoint: str  # DIR/TAG
-    iteration: int | None
+    iteration: int
     weights_source: str
     vocab_fingerprint: str
     max_logit_diff: float
@@ -75,7 +80,7 @@ def export_to_hf(
         result = ExportResult(
             output=output,
             checkpoint=str(loaded.directory / loaded.tag),
-            iteration=loaded.client_state.get("iteration"),
+            iteration=loaded.client_state.iteration,
             weights_source=loaded.weights_source,
             vocab_fingerprint=tokenizer.fingerprint,
             max_logit_diff=max_diff,
@@ -96,7 +101,7 @@ def export_to_hf(
     return result
 
 
-def _hf_config(config: GPT2Config, tokenizer: BertChineseTokenizer):
+def _hf_config(config: GPT2Config, tokenizer: BertChineseTokenizer) -> HFGPT2Config:
     """GPT-2 config with the tokenizer's own [CLS]/[SEP]/[PAD] ids; ConfigError if it does not map back."""
     hf_config = to_hf_config(config, bos_token_id=tokenizer.cls, eos_token_id=tokenizer.sep, pad_token_id=tokenizer.pad)
     back = from_hf_config(
@@ -108,7 +113,9 @@ def _hf_config(config: GPT2Config, tokenizer: BertChineseTokenizer):
     return hf_config
 
 
-def write_hf_folder(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTokenizer, hf_config) -> None:
+def write_hf_folder(
+    folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTokenizer, hf_config: HFGPT2Config
+) -> None:
     """config.json, model.safetensors, generation_config.json and the BertTokenizer files."""
     from safetensors.torch import save_file
     from transformers import BertTokenizer, GenerationConfig
@@ -172,8 +179,10 @@ def self_check(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTok
             f"{SELF_CHECK_TEXTS[bad]!r}, training gave {ours_ids[bad][:12]}..."
         )
 
-    hf_model, info = GPT2LMHeadModel.from_pretrained(
-        folder, local_files_only=True, dtype=torch.float32, output_loading_info=True
+    # output_loading_info=True makes it return (model, info); transformers' annotation names the model only.
+    hf_model, info = cast(
+        "tuple[GPT2LMHeadModel, dict[str, list[str]]]",
+        GPT2LMHeadModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32, output_loading_info=True),
     )
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
@@ -184,7 +193,7 @@ def self_check(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTok
     if changed:
         raise CheckpointError(f"self-check failed: transformers holds different values for {changed[:6]}")
 
-    ours = build_model(loaded.model_config, loaded.state_dict)
+    ours = model_from_state_dict(loaded.model_config, loaded.state_dict)
     batch = self_check_batch(tokenizer, loaded.model_config.max_position_embeddings)
     # Also exactly what the exported tokenizer hands the model (a pipeline's input), special tokens and all.
     encoded = hf_tokenizer(SELF_CHECK_TEXTS[0], return_tensors="pt")

@@ -9,13 +9,16 @@ so no re-ordering is needed. The LM head is tied to the word embedding on both s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.model.config import GPT2Config
+
+if TYPE_CHECKING:
+    from transformers import GPT2Config as HFGPT2Config
 
 logger = get_logger(__name__)
 
@@ -139,11 +142,13 @@ def from_hf_state_dict(hf_state_dict: Mapping[str, torch.Tensor], config: GPT2Co
     return ours
 
 
-def to_hf_config(config: GPT2Config, *, bos_token_id: int = 101, eos_token_id: int = 102, pad_token_id: int = 0):
+def to_hf_config(
+    config: GPT2Config, *, bos_token_id: int = 101, eos_token_id: int = 102, pad_token_id: int = 0
+) -> HFGPT2Config:
     """A `transformers.GPT2Config` with the same architecture (BERT-Chinese [CLS]/[SEP]/[PAD] ids)."""
     from transformers import GPT2Config as HFGPT2Config
 
-    return HFGPT2Config(
+    hf_config = HFGPT2Config(
         vocab_size=config.vocab_size,
         n_positions=config.max_position_embeddings,
         n_embd=config.hidden_size,
@@ -162,8 +167,9 @@ def to_hf_config(config: GPT2Config, *, bos_token_id: int = 101, eos_token_id: i
         pad_token_id=pad_token_id,
         tie_word_embeddings=True,
         architectures=["GPT2LMHeadModel"],
-        tokenizer_class="BertTokenizer",
     )
+    hf_config.tokenizer_class = "BertTokenizer"  # not a GPT2Config argument in transformers' signature
+    return hf_config
 
 
 def from_hf_config(hf_config: Any, **overrides: Any) -> GPT2Config:

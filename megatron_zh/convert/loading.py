@@ -21,7 +21,7 @@ class LoadedModel:
     source: str  # "megatron_zh checkpoint DIR/TAG" | "Hugging Face folder DIR"
 
 
-def build_model(config: GPT2Config, state_dict: dict[str, torch.Tensor]) -> GPT2Model:
+def model_from_state_dict(config: GPT2Config, state_dict: dict[str, torch.Tensor]) -> GPT2Model:
     """GPT2Model(config) holding exactly `state_dict` (strict), float32, in eval mode."""
     model = GPT2Model(config)
     model.load_state_dict(state_dict, strict=True)
@@ -32,7 +32,7 @@ def checkpoint_tokenizer(checkpoint: LoadedCheckpoint, vocab_file: str | Path | 
     """The tokenizer the checkpoint was trained with: `vocab_file`, else its training vocab; fingerprints must match."""
     where = checkpoint.directory / checkpoint.tag
     if vocab_file is None:
-        vocab_file = (checkpoint.client_state.get("train_config") or {}).get("vocab_file")
+        vocab_file = (checkpoint.client_state.train_config or {}).get("vocab_file")
         if vocab_file is None:
             raise ConfigError(f"checkpoint {where} does not name its vocab file; pass --vocab-file")
         if not Path(vocab_file).is_file():
@@ -60,13 +60,13 @@ def load_model(
     *, checkpoint: str | None = None, tag: str | None = None, hf: str | None = None, vocab_file: str | None = None
 ) -> LoadedModel:
     """Our checkpoint (`checkpoint`, optional `tag`) or an HF GPT-2 folder (`hf`): exactly one of them."""
-    if (checkpoint is None) == (hf is None):
-        raise ConfigError("load a model from exactly one of a checkpoint directory or a Hugging Face folder")
-    if checkpoint is not None:
+    if checkpoint is not None and hf is None:
         loaded = load_checkpoint_weights(checkpoint, tag)
         tokenizer = checkpoint_tokenizer(loaded, vocab_file)
-        model = build_model(loaded.model_config, loaded.state_dict)
+        model = model_from_state_dict(loaded.model_config, loaded.state_dict)
         return LoadedModel(model, tokenizer, f"megatron_zh checkpoint {loaded.directory / loaded.tag}")
+    if hf is None or checkpoint is not None:
+        raise ConfigError("load a model from exactly one of a checkpoint directory or a Hugging Face folder")
     if tag is not None:
         raise ConfigError("a tag selects a checkpoint of a checkpoint directory; a Hugging Face folder has none")
     folder = read_hf_folder(hf, vocab_file)
@@ -76,4 +76,5 @@ def load_model(
             f"{folder.vocab_file} has {tokenizer.vocab_size} tokens but the model in {hf} only "
             f"{folder.model_config.vocab_size} embeddings; it is not this model's vocab"
         )
-    return LoadedModel(build_model(folder.model_config, folder.state_dict), tokenizer, f"Hugging Face folder {hf}")
+    model = model_from_state_dict(folder.model_config, folder.state_dict)
+    return LoadedModel(model, tokenizer, f"Hugging Face folder {hf}")

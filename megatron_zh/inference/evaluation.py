@@ -13,7 +13,7 @@ is predicted once. The tail that does not fill a window (r < S tokens) is predic
 window, the last S + 1 tokens of the stream, scoring only its last r positions: the tail gets a
 full context and nothing is counted twice. (A stream shorter than one window is one short window.)
 
-The loss is training's validation loss (`megatron_zh.training.evaluation.evaluate`): the mean
+The loss is training's validation loss (`megatron_zh.training.evaluation.validation_loss`): the mean
 token cross-entropy weighted by the loss mask, in float64 across batches.
 """
 
@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,16 +39,18 @@ from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Model
 from megatron_zh.progress import Progress
 from megatron_zh.tokenizer import BertChineseTokenizer
-from megatron_zh.training.evaluation import evaluate as validation_loss
+from megatron_zh.training.evaluation import validation_loss
+from megatron_zh.validators import POSITIVE_INT, checked, int_at_least, optional, validate_fields
 
 logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    seq_length: int
-    batch_size: int = 8
-    max_tokens: int | None = None  # read only the first max_tokens tokens of the stream
+    seq_length: int = checked(POSITIVE_INT)
+    batch_size: int = checked(POSITIVE_INT, 8)
+    # Read only the first max_tokens tokens of the stream; two tokens make one prediction.
+    max_tokens: int | None = checked(optional(int_at_least(2)), None)
     eod_mask_loss: bool = False  # as in training: no loss where the input token is [SEP]
     json_key: str = "text"  # the key of a JSON-lines input
     strict: bool = False  # a bad line of a text input is an error (default: reported and skipped)
@@ -55,16 +58,7 @@ class EvaluationConfig:
     log_interval_s: float = 10.0  # seconds between progress lines when stderr is not a terminal
 
     def __post_init__(self) -> None:
-        for name in ("seq_length", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_tokens is not None and (
-            isinstance(self.max_tokens, bool) or not isinstance(self.max_tokens, int) or self.max_tokens < 2
-        ):
-            raise ConfigError(
-                f"max_tokens must be an integer >= 2 (two tokens make one prediction), got {self.max_tokens!r}"
-            )
+        validate_fields(self, "evaluation config")
 
 
 @dataclass(frozen=True)
@@ -136,7 +130,7 @@ def locate_input(path: str) -> tuple[str, str]:
 
 
 def _eod_id(prefix: str, tokenizer: BertChineseTokenizer) -> int:
-    meta = read_metadata(prefix) or {}
+    meta: dict[str, Any] = read_metadata(prefix) or {}
     return int(meta.get("eod", tokenizer.eod))
 
 
@@ -188,7 +182,7 @@ def evaluate_dataset(
         seconds,
         result.tokens / max(seconds, 1e-9),
         result.loss,
-        result.ppl,
+        result.perplexity,
     )
     return EvaluationResult(
         loss=float(result.loss),
@@ -236,8 +230,8 @@ def _read(stream: np.ndarray, begin: int, end: int, vocab_size: int, input_name:
 
 def _batch(windows: np.ndarray, scored: int, config: EvaluationConfig, eod_id: int) -> dict[str, torch.Tensor]:
     """Windows [rows, t + 1] -> inputs, next-token labels, and a mask scoring the last `scored` positions."""
-    windows = torch.from_numpy(np.array(windows, dtype=np.int64))  # a copy: the window views overlap
-    input_ids, labels = windows[:, :-1], windows[:, 1:]
+    rows = torch.from_numpy(np.array(windows, dtype=np.int64))  # a copy: the window views overlap
+    input_ids, labels = rows[:, :-1], rows[:, 1:]
     loss_mask = torch.zeros(input_ids.shape, dtype=torch.float32)
     loss_mask[:, -scored:] = 1.0
     if config.eod_mask_loss:

@@ -25,20 +25,7 @@ Layout of a save directory (what tools/convert_to_hf.py and `--load` read)::
         client_state.json          the client state without "rng_states", readable without torch
                                    (validation reads it before anything heavy starts)
 
-Client-state keys (top level of mp_rank_00_model_states.pt; all but rng_states also in
-client_state.json):
-
-    checkpoint_format   CHECKPOINT_FORMAT ("megatron_zh/1")
-    iteration           optimizer steps done (== DeepSpeed's global_steps for runs we started)
-    consumed_samples    training samples consumed over all ranks; the sampler resumes here
-    model_config        GPT2Config.to_dict() of the saved model
-    vocab_fingerprint   "sha256:..." of the vocab the model was trained with
-    vocab_size          number of tokens in that vocab
-    train_config        TrainConfig.to_dict() of the run
-    world_size          data-parallel ranks that wrote the checkpoint
-    precision           "fp32" | "bf16" | "fp16"
-    rng_states          list indexed by global rank of {"python", "numpy", "torch", "cuda"} RNG
-                        states (dropout masks continue exactly on resume)
+The client state and its keys: megatron_zh/training/client_state.py (ClientState).
 """
 
 from __future__ import annotations
@@ -50,7 +37,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -59,13 +46,16 @@ from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import atomic_write, fsync_tree
 from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import check_fingerprint
+from megatron_zh.training.client_state import ClientState
 from megatron_zh.training.config import RunConfig, TrainConfig
 from megatron_zh.training.distributed import DistEnv, barrier
 from megatron_zh.training.master_weights import MODEL_STATES_FILE, read_fp32_weights, set_fp32_masters
 
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
+
 logger = get_logger(__name__)
 
-CHECKPOINT_FORMAT = "megatron_zh/1"
 LATEST_FILE = "latest"
 CLIENT_STATE_FILE = "client_state.json"
 TAG_PATTERN = re.compile(r"^global_step(\d+)$")
@@ -90,21 +80,32 @@ class TrainState:
     consumed_samples: int = 0
 
 
+StartMode = Literal["scratch", "resume", "finetune"]
+RngState = dict[str, Any]  # {"python", "numpy", "torch", "cuda"}: one rank's random generators
+
+
 @dataclass(frozen=True)
 class StartPoint:
     """Where a run starts: from scratch, resuming a checkpoint, or from a checkpoint's weights only."""
 
-    mode: str  # "scratch" | "resume" | "finetune"
-    directory: str | None = None
+    mode: StartMode
+    directory: str | None = None  # set, with tag and info, unless mode is "scratch"
     tag: str | None = None
-    info: dict[str, Any] | None = None  # the checkpoint's client state (without RNG states)
+    info: ClientState | None = None  # the checkpoint's client state (without RNG states)
+
+    @property
+    def folder(self) -> Path:
+        """The checkpoint's folder, DIRECTORY/TAG."""
+        if self.directory is None or self.tag is None:
+            raise CheckpointError("a run started from scratch has no checkpoint folder")
+        return Path(self.directory) / self.tag
 
 
 def tag_for(iteration: int) -> str:
     return f"global_step{iteration}"
 
 
-def read_latest_tag(directory: str | os.PathLike) -> str | None:
+def read_latest_tag(directory: str | os.PathLike[str]) -> str | None:
     """The tag `latest` names, or None when the directory holds no committed checkpoint."""
     path = Path(directory) / LATEST_FILE
     if not path.is_file():
@@ -115,7 +116,7 @@ def read_latest_tag(directory: str | os.PathLike) -> str | None:
     return tag
 
 
-def read_client_state(directory: str | os.PathLike, tag: str) -> dict[str, Any]:
+def read_client_state(directory: str | os.PathLike[str], tag: str) -> ClientState:
     """A checkpoint's client state without RNG states: client_state.json, else from the model-states file."""
     folder = Path(directory) / tag
     if not (folder / MODEL_STATES_FILE).is_file():
@@ -126,26 +127,15 @@ def read_client_state(directory: str | os.PathLike, tag: str) -> dict[str, Any]:
     sidecar = folder / CLIENT_STATE_FILE
     if sidecar.is_file():
         try:
-            return json.loads(sidecar.read_text(encoding="utf-8"))
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{sidecar} is not valid JSON ({exc.msg}); the checkpoint is damaged") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{sidecar} does not hold a JSON object; the checkpoint is damaged")
+        return ClientState.from_dict(data, str(sidecar)).without_rng_states()
     # A checkpoint written by another tool: read the client state from DeepSpeed's file (heavier).
     states = torch.load(folder / MODEL_STATES_FILE, map_location="cpu", weights_only=False)
-    return {k: v for k, v in states.items() if k in _CLIENT_KEYS and k != "rng_states"}
-
-
-_CLIENT_KEYS = (
-    "checkpoint_format",
-    "iteration",
-    "consumed_samples",
-    "model_config",
-    "vocab_fingerprint",
-    "vocab_size",
-    "train_config",
-    "world_size",
-    "precision",
-    "rng_states",
-)
+    return ClientState.from_dict(states, str(folder / MODEL_STATES_FILE)).without_rng_states()
 
 
 def resolve_start(train: TrainConfig) -> StartPoint:
@@ -155,12 +145,14 @@ def resolve_start(train: TrainConfig) -> StartPoint:
     that one instead of starting over from the stage-1 weights, so a pre-empted job can simply be
     resubmitted with the same command.
     """
-    if train.finetune and train.save and read_latest_tag(train.save) is not None:
-        tag = read_latest_tag(train.save)
+    if train.finetune and train.save and (saved := read_latest_tag(train.save)) is not None:
         logger.info(
-            "%s already holds checkpoint %s: resuming it instead of starting again from %s", train.save, tag, train.load
+            "%s already holds checkpoint %s: resuming it instead of starting again from %s",
+            train.save,
+            saved,
+            train.load,
         )
-        return StartPoint("resume", train.save, tag, read_client_state(train.save, tag))
+        return StartPoint("resume", train.save, saved, read_client_state(train.save, saved))
     if train.load is None:
         return StartPoint("scratch")
     tag = read_latest_tag(train.load) if Path(train.load).is_dir() else None
@@ -173,14 +165,14 @@ def resolve_start(train: TrainConfig) -> StartPoint:
         logger.warning("no checkpoint in %s (no `latest` file): starting from scratch", train.load)
         return StartPoint("scratch")
     info = read_client_state(train.load, tag)
-    planned = (info.get("train_config") or {}).get("train_iters")
-    if train.finetune and isinstance(planned, int) and info.get("iteration", planned) < planned:
+    planned = (info.train_config or {}).get("train_iters")
+    if train.finetune and isinstance(planned, int) and info.iteration < planned:
         logger.warning(
             "starting from %s/%s at iteration %s, but the run that wrote it planned %d iterations: "
             "it has not finished (pass --load of a finished run, or resume it first)",
             train.load,
             tag,
-            info.get("iteration"),
+            info.iteration,
             planned,
         )
     return StartPoint("finetune" if train.finetune else "resume", train.load, tag, info)
@@ -192,13 +184,13 @@ def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) 
         return
     where = f"{start.directory}/{start.tag}"
     check_fingerprint(
-        start.info.get("vocab_fingerprint"),
+        start.info.vocab_fingerprint,
         vocab_fingerprint,
         source=f"checkpoint {where}",
         fix=f"{run.train.vocab_file} is not the vocab it was trained with; use that one",
         error=ConfigError,
     )
-    saved_model = start.info.get("model_config") or {}
+    saved_model = start.info.model_config
     mismatched = [
         f"{k}: checkpoint {saved_model[k]} vs run {getattr(run.model, k)}"
         for k in SHAPE_FIELDS
@@ -209,7 +201,7 @@ def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) 
             f"checkpoint {where} does not fit model {run.train.model!r} ({'; '.join(mismatched)}); "
             "choose the preset it was trained with"
         )
-    saved_train = start.info.get("train_config") or {}
+    saved_train = start.info.train_config or {}
     changed = [
         f"{k} {saved_train[k]!r} -> {v!r}"
         for k, v in run.train.to_dict().items()
@@ -226,7 +218,7 @@ def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) 
 # ---------------------------------------------------------------------------------------------- RNG
 
 
-def capture_rng_state() -> dict[str, Any]:
+def capture_rng_state() -> RngState:
     return {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
@@ -235,7 +227,7 @@ def capture_rng_state() -> dict[str, Any]:
     }
 
 
-def restore_rng_state(state: dict[str, Any]) -> None:
+def restore_rng_state(state: RngState) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -243,7 +235,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _gather_rng_states(env: DistEnv) -> list[dict[str, Any]]:
+def _gather_rng_states(env: DistEnv) -> list[RngState]:
     mine = capture_rng_state()
     if env.world_size == 1:
         return [mine]
@@ -256,35 +248,34 @@ def _gather_rng_states(env: DistEnv) -> list[dict[str, Any]]:
 
 
 def save_checkpoint(
-    engine, run: RunConfig, state: TrainState, env: DistEnv, vocab_fingerprint: str, vocab_size: int
+    engine: DeepSpeedEngine, run: RunConfig, state: TrainState, env: DistEnv, vocab_fingerprint: str, vocab_size: int
 ) -> Path:
     """Write global_step<iteration> on every rank, then commit `latest` once all ranks are done."""
+    if run.train.save is None:
+        raise ConfigError("save_checkpoint needs a save directory (--save)")
     save_dir = Path(run.train.save)
     tag = tag_for(state.iteration)
     folder = save_dir / tag
     if env.is_main and folder.exists() and read_latest_tag(save_dir) != tag:
         shutil.rmtree(folder)  # left by a run killed while saving: never committed, so never loaded
     barrier()
-    client_state = {
-        "checkpoint_format": CHECKPOINT_FORMAT,
-        "iteration": state.iteration,
-        "consumed_samples": state.consumed_samples,
-        "model_config": run.model.to_dict(),
-        "vocab_fingerprint": vocab_fingerprint,
-        "vocab_size": vocab_size,
-        "train_config": run.train.to_dict(),
-        "world_size": env.world_size,
-        "precision": run.precision,
-    }
-    rng_states = _gather_rng_states(env)
-    engine.save_checkpoint(
-        str(save_dir), tag=tag, client_state={**client_state, "rng_states": rng_states}, save_latest=False
+    client_state = ClientState(
+        iteration=state.iteration,
+        consumed_samples=state.consumed_samples,
+        model_config=run.model.to_dict(),
+        vocab_fingerprint=vocab_fingerprint,
+        vocab_size=vocab_size,
+        train_config=run.train.to_dict(),
+        world_size=env.world_size,
+        precision=run.precision,
+        rng_states=_gather_rng_states(env),
     )
+    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state.to_dict(), save_latest=False)
     fsync_tree(folder)  # each rank: its own files are on disk before anyone says the checkpoint is whole
     barrier()
     if env.is_main:
         with atomic_write(folder / CLIENT_STATE_FILE) as f:
-            json.dump(client_state, f, indent=2)
+            json.dump(client_state.without_rng_states().to_dict(), f, indent=2)
         with atomic_write(save_dir / LATEST_FILE) as f:
             f.write(tag)
         if run.train.keep_last is not None:
@@ -297,16 +288,17 @@ def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` complete checkpoints, and any abandoned partial ones older
     than `latest`. Never touches what `latest` names."""
     latest = read_latest_tag(save_dir)
-    if latest is None or not TAG_PATTERN.match(latest):
+    latest_match = TAG_PATTERN.match(latest) if latest is not None else None
+    if latest is None or latest_match is None:
         return []
-    latest_step = int(TAG_PATTERN.match(latest).group(1))
+    latest_step = int(latest_match.group(1))
     found = sorted(
         ((int(m.group(1)), p) for p in save_dir.iterdir() if p.is_dir() and (m := TAG_PATTERN.match(p.name))),
         reverse=True,
     )
     complete = [(step, p) for step, p in found if (p / CLIENT_STATE_FILE).is_file() and step <= latest_step]
     keep = {p for _, p in complete[:keep_last]} | {save_dir / latest}
-    removed = []
+    removed: list[Path] = []
     for step, path in found:
         if path not in keep and step <= latest_step:
             shutil.rmtree(path, ignore_errors=True)
@@ -319,7 +311,7 @@ def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
 # --------------------------------------------------------------------------------------------- load
 
 
-def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState, dict[str, Any] | None]:
+def load_checkpoint(engine: DeepSpeedEngine, start: StartPoint, env: DistEnv) -> tuple[TrainState, RngState | None]:
     """Load what `start` says into the engine. Returns the counters and this rank's RNG state to restore
     (None when the run starts fresh: finetune, or a checkpoint from another world size)."""
     if start.mode == "scratch":
@@ -337,18 +329,19 @@ def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState
     if finetune:
         if any(p.dtype != torch.float32 for p in engine.module.parameters()):
             # DeepSpeed refreshed the fp32 masters from the bf16/fp16 module: take the checkpoint's own.
-            weights, source = read_fp32_weights(Path(start.directory) / start.tag)
+            weights, source = read_fp32_weights(start.folder)
             count = set_fp32_masters(engine, weights)
             logger.info("fp32 master weights of %d parameters set from %s (%s)", count, path, source)
         logger.info("initialised the weights from %s (fresh optimizer, schedule and sample counter)", path)
         return TrainState(), None
-    state = TrainState(iteration=int(client["iteration"]), consumed_samples=int(client["consumed_samples"]))
+    saved = ClientState.from_dict(client, str(path))
+    state = TrainState(iteration=saved.iteration, consumed_samples=saved.consumed_samples)
     # DeepSpeed restores the scheduler's step count; make the optimizer's lr agree with it now rather than
     # after the first step, so step N+1 runs at exactly the lr the uninterrupted run used.
     scheduler = engine.lr_scheduler
     if scheduler is not None and hasattr(scheduler, "last_batch_iteration"):
         scheduler.step(scheduler.last_batch_iteration)
-    rng_states = client.get("rng_states") or []
+    rng_states = saved.rng_states or []
     rng = rng_states[env.rank] if len(rng_states) == env.world_size else None
     if rng is None:
         logger.warning(
@@ -362,7 +355,7 @@ def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState
     return state, rng
 
 
-def write_run_config(save_dir: str | os.PathLike, effective: dict[str, Any]) -> Path:
+def write_run_config(save_dir: str | os.PathLike[str], effective: dict[str, Any]) -> Path:
     """Save the effective configuration beside the checkpoints (rank 0 calls this)."""
     path = Path(save_dir) / "config.json"
     with atomic_write(path) as f:

@@ -35,6 +35,7 @@ from megatron_zh.validators import (
 
 if TYPE_CHECKING:  # the model layer (and torch) load only once a run is configured
     from megatron_zh.model.config import GPT2Config
+    from megatron_zh.training.deepspeed_config import Precision  # which imports this module
 
 PRETRAIN_KEY = "pretrain"
 
@@ -235,7 +236,7 @@ class RunConfig:
         return self.deepspeed["gradient_accumulation_steps"]
 
     @property
-    def precision(self) -> str:
+    def precision(self) -> Precision:
         if self.deepspeed.get("bf16", {}).get("enabled"):
             return "bf16"
         if self.deepspeed.get("fp16", {}).get("enabled"):

@@ -14,10 +14,13 @@ import socket
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 import torch
 
 from megatron_zh.errors import ConfigError
+
+LaunchedBy = Literal["launcher", "slurm", "single"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +29,7 @@ class DistEnv:
     world_size: int
     local_rank: int
     local_world_size: int
-    launched_by: str  # "launcher" | "slurm" | "single"
+    launched_by: LaunchedBy
 
     @property
     def is_main(self) -> bool:
@@ -48,6 +51,7 @@ def _int_env(environ: MutableMapping[str, str], name: str) -> int:
 
 def setup_rendezvous_env(local_rank_arg: int | None = None, environ: MutableMapping[str, str] = os.environ) -> DistEnv:
     """Fill in RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT where no launcher did, and describe the rank."""
+    launched_by: LaunchedBy
     if "RANK" in environ and "WORLD_SIZE" in environ:
         launched_by = "launcher"
         if "LOCAL_RANK" not in environ:

@@ -11,6 +11,8 @@ The scheduler's step count then always equals the iteration, which is what a che
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
@@ -18,25 +20,29 @@ from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
 from megatron_zh.training.config import RunConfig
 
+if TYPE_CHECKING:  # importing deepspeed takes seconds; only initialize_engine needs it at run time
+    from deepspeed import DeepSpeedEngine
+
 logger = get_logger(__name__)
 
 
-def build_model(config: GPT2Config, seed: int) -> GPT2Model:
+def init_model(config: GPT2Config, seed: int) -> GPT2Model:
     """The model, initialised from `seed` so every rank starts from the same weights."""
     torch.manual_seed(seed)
     return GPT2Model(config)
 
 
-def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only: biases, LayerNorm parameters (all 1-D) are not decayed (Megatron's rule)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def initialize_engine(run: RunConfig, model: nn.Module):
+def initialize_engine(run: RunConfig, model: nn.Module) -> DeepSpeedEngine:
     """deepspeed.initialize with the run's resolved config. Returns the engine."""
     import deepspeed
 
@@ -50,23 +56,23 @@ def initialize_engine(run: RunConfig, model: nn.Module):
     return engine
 
 
-def start_lr_schedule(engine) -> None:
+def start_lr_schedule(engine: DeepSpeedEngine) -> None:
     """Advance a fresh DeepSpeed warm-up scheduler to iteration 0 (see the module docstring)."""
     scheduler = engine.lr_scheduler
     if scheduler is not None and getattr(scheduler, "last_batch_iteration", None) == -1:
         scheduler.step()
 
 
-def current_lr(engine) -> float:
+def current_lr(engine: DeepSpeedEngine) -> float:
     return float(engine.get_lr()[0])
 
 
-def grad_norm(engine) -> float | None:
+def grad_norm(engine: DeepSpeedEngine) -> float | None:
     norm = engine.get_global_grad_norm()
     return None if norm is None else float(norm)
 
 
-def loss_scale(engine) -> float:
+def loss_scale(engine: DeepSpeedEngine) -> float:
     """fp16's dynamic loss scale; 1.0 for fp32 and bf16."""
     scale = getattr(engine.optimizer, "cur_scale", None)
     return 1.0 if scale is None else float(scale)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -22,11 +23,17 @@ from megatron_zh.training.checkpointing import TrainState, save_checkpoint
 from megatron_zh.training.config import RunConfig
 from megatron_zh.training.data import to_device
 from megatron_zh.training.distributed import DistEnv, all_reduce_sum
-from megatron_zh.training.evaluation import evaluate
+from megatron_zh.training.evaluation import validation_loss
 from megatron_zh.training.metrics import FlopsCounter, MetricsLogger
-from megatron_zh.training.signals import StopRequest
+from megatron_zh.training.signals import StopRequest, StopSignal
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 logger = get_logger(__name__)
+
+# Why train() returned: all train_iters done, --exit-interval reached, or a signal asked it to stop.
+StopReason = Literal["completed", "exit_interval"] | StopSignal
 
 
 class NonFiniteLossError(MegatronZhError):
@@ -37,9 +44,9 @@ class NonFiniteLossError(MegatronZhError):
 class TrainContext:
     run: RunConfig
     env: DistEnv
-    engine: object
-    train_batches: Iterator[dict]
-    valid_loader: object | None
+    engine: DeepSpeedEngine
+    train_batches: Iterator[dict[str, Any]]
+    valid_loader: Iterable[dict[str, Any]] | None
     metrics: MetricsLogger
     flops: FlopsCounter
     device: torch.device
@@ -106,7 +113,7 @@ class NonFiniteGuard:
 @dataclass(frozen=True)
 class Outcome:
     state: TrainState
-    reason: str  # "completed" | "exit_interval" | "SIGTERM" | "SIGINT"
+    reason: StopReason
 
 
 def _next_batch(ctx: TrainContext) -> dict[str, torch.Tensor]:
@@ -181,13 +188,13 @@ def _evaluate(ctx: TrainContext, state: TrainState) -> None:
     if ctx.valid_loader is None:
         return
     micro_batches = ctx.run.train.eval_iters * ctx.run.gradient_accumulation_steps
-    result = evaluate(ctx.engine, ctx.valid_loader, micro_batches, ctx.device)
+    result = validation_loss(ctx.engine, ctx.valid_loader, micro_batches, ctx.device)
     ctx.metrics.eval(
         {
             "iteration": state.iteration,
             "split": "valid",
             "loss": result.loss,
-            "ppl": result.ppl,
+            "ppl": result.perplexity,  # the metrics.jsonl key
             "tokens": result.tokens,
         }
     )
@@ -221,7 +228,7 @@ def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
     guard = NonFiniteGuard(t.max_nonfinite_steps)
     saved_at = state.iteration  # a resumed run starts from a saved checkpoint
     evaluated_at = None
-    reason = "completed"
+    reason: StopReason = "completed"
     while state.iteration < t.train_iters:
         step = run_iteration(ctx, state, stop)
         window.add(step.loss, step.seconds)

@@ -23,7 +23,7 @@ from megatron_zh.training.checkpointing import load_checkpoint, restore_rng_stat
 from megatron_zh.training.config import RunConfig
 from megatron_zh.training.data import build_datasets, build_loaders
 from megatron_zh.training.distributed import DistEnv, init_process_group, set_cpu_threads, setup_rendezvous_env
-from megatron_zh.training.engine import build_model, initialize_engine, start_lr_schedule
+from megatron_zh.training.engine import init_model, initialize_engine, start_lr_schedule
 from megatron_zh.training.loop import Outcome, TrainContext, train
 from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
 from megatron_zh.training.signals import StopRequest
@@ -59,7 +59,7 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
     )
     seed_everything(run.train.seed)
     train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint)
-    model = build_model(run.model, run.train.seed)
+    model = init_model(run.model, run.train.seed)
     engine = initialize_engine(run, model)
     state, rng_state = load_checkpoint(engine, preflight.start, env)
     if preflight.start.mode != "resume":

@@ -13,28 +13,33 @@ grace period is the hard stop anyway.
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from types import FrameType
+from typing import Any, Literal
 
 from megatron_zh.log import get_logger
 
 logger = get_logger(__name__)
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
+StopSignal = Literal["SIGTERM", "SIGINT"]
+# What signal.signal takes and returns: a function, SIG_DFL / SIG_IGN (ints), or None.
+Handler = Callable[[int, FrameType | None], Any] | int | None
 
 
 class StopRequest:
     """Context manager that turns SIGTERM/SIGINT into a flag while training runs."""
 
     def __init__(self) -> None:
-        self.signal_name: str | None = None
-        self._previous: dict[int, object] = {}
+        self.signal_name: StopSignal | None = None
+        self._previous: dict[int, Handler] = {}
 
     @property
     def requested(self) -> bool:
         return self.signal_name is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
+        name: StopSignal = "SIGINT" if signum == signal.SIGINT else "SIGTERM"  # the HANDLED ones
         if self.signal_name is not None:
             if signum == signal.SIGINT:
                 raise KeyboardInterrupt
@@ -51,6 +56,6 @@ class StopRequest:
             self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
