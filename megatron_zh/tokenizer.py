@@ -223,7 +223,8 @@ class BertChineseTokenizer:
             raise DataFormatError(
                 f"{self.vocab_file}: `tokenizers` read a different number of tokens than the file has lines"
             )
-        ids = {t: self._backend.token_to_id(t) for t in SPECIAL_TOKENS}
+        # A token's id is its line: read_vocab guarantees every special token is there.
+        ids = {t: self._tokens.index(t) for t in SPECIAL_TOKENS}
         self.pad, self.unk, self.cls, self.sep, self.mask = (ids[t] for t in SPECIAL_TOKENS)
         self.eod = self.sep  # [SEP] ends a document
         self._special_ids = {ids[t] for t in SPECIAL_TOKENS}
