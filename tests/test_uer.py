@@ -21,6 +21,7 @@ from test_convert import run_tool
 from training_runs import REPO_ROOT, pretrain_args, run
 
 from megatron_zh.convert.checkpoint import load_checkpoint_weights
+from megatron_zh.convert.hf_export import export_to_hf
 from megatron_zh.convert.loading import build_model, load_model
 from megatron_zh.convert.uer import export_to_uer, import_from_uer
 from megatron_zh.convert.uer_gpt2 import UER_LM_HEAD, UER_WORD_EMBEDDINGS, expected_shapes, to_uer_config
@@ -279,7 +280,7 @@ def test_imported_uer_model_trains_exports_generates_and_evaluates(tmp_path, zh_
     args = pretrain_args(
         zh_text_document,
         save,
-        train_iters=2,
+        train_iters=3,
         lr_warmup_iters=1,
         save_interval=1,
         keep_last=0,
@@ -289,12 +290,17 @@ def test_imported_uer_model_trains_exports_generates_and_evaluates(tmp_path, zh_
     )
     args[args.index("--load") + 1] = str(imported)
     run(args + ["--finetune"], ranks=None)
-    assert len(read_metrics(save / "metrics.jsonl")) == 2
+    assert len(read_metrics(save / "metrics.jsonl")) == 3
     step1 = load_checkpoint_weights(save, "global_step1")
     export_to_uer(save, tmp_path / "step1.bin", tag="global_step1")
     back = torch.load(tmp_path / "step1.bin", map_location="cpu", weights_only=True)
     assert all(torch.equal(back[name], tensor) for name, tensor in uer.items())
     assert step1.client_state["train_config"]["load"] == str(imported)
+    # The model card of its export follows the stage back to the UER-py file it started from.
+    export_to_hf(save, tmp_path / "hf2")
+    card = (tmp_path / "hf2" / "README.md").read_text(encoding="utf-8")
+    print(card)
+    assert f"imported from UER-py model {model_file.resolve()}" in card and "- steps: 3 done of 3 planned" in card
 
 
 # ------------------------------------------------------------------ the LayerNorm difference, measured

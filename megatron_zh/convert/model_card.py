@@ -215,7 +215,7 @@ def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict
         "",
         "## Model description",
         "",
-        f"A Chinese GPT-2 language model trained with megatron_zh: {config.num_layers} layers, hidden size "
+        f"A Chinese GPT-2 language model (megatron_zh): {config.num_layers} layers, hidden size "
         f"{config.hidden_size}, {config.num_attention_heads} attention heads, feed-forward size "
         f"{config.ffn_hidden_size}, {config.max_position_embeddings} positions, a BERT-Chinese WordPiece "
         f"vocabulary of {_fmt(loaded.client_state.get('vocab_size'), ',')} tokens in {config.vocab_size:,} "
