@@ -115,6 +115,10 @@ def import_from_uer(
     overwrite: bool = False,
 ) -> Path:
     """Convert a UER-py GPT-2 into a checkpoint directory pretrain_gpt.py --load ... --finetune starts from."""
+    target = Path(output).resolve()
+    for source in (path, vocab_file, uer_config):
+        if source is not None and target in (Path(source).resolve(), *Path(source).resolve().parents):
+            raise ConfigError(f"--output {output} holds the input {source}; choose a new folder")
     model = read_uer_model(path, uer_config=uer_config, num_attention_heads=num_attention_heads)
     tokenizer = BertChineseTokenizer(vocab_file)  # UER-py's BertTokenizer lower-cases, as ours
     if tokenizer.vocab_size != model.model_config.vocab_size:
