@@ -3,6 +3,7 @@
 The folder is built beside --output and renamed into place only after the self-check: it is
 loaded back with `transformers` (offline), its tokenizer must give our token ids, its weights
 must be ours bit for bit, and its logits on a batch of real text must match ours in fp32.
+README.md is the model card (convert/model_card.py: every number from the checkpoint's files).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from megatron_zh.convert.checkpoint import LoadedCheckpoint, load_checkpoint_weights
 from megatron_zh.convert.hf_gpt2 import HF_LM_HEAD, from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
 from megatron_zh.convert.loading import checkpoint_tokenizer, model_from_state_dict
+from megatron_zh.convert.model_card import write_model_card
 from megatron_zh.convert.output import commit_directory, staging_directory
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
@@ -86,6 +88,9 @@ def export_to_hf(
             max_logit_diff=max_diff,
             self_check_tokens=tokens,
         )
+        flags = {"--checkpoint": checkpoint, "--tag": tag, "--vocab-file": vocab_file, "--output": output}
+        command = " ".join(["python tools/convert_to_hf.py", *(f"{k} {v}" for k, v in flags.items() if v)])
+        write_model_card(staging, loaded, model_name=output.name, export={**asdict(result), "command": command})
         (staging / EXPORT_INFO_FILE).write_text(
             json.dumps({**asdict(result), "output": str(output), "logit_tolerance": LOGIT_TOLERANCE}, indent=2) + "\n",
             encoding="utf-8",

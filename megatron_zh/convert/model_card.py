@@ -1,0 +1,282 @@
+"""The README.md model card of a Hugging Face export, as the published UER-py models carry one.
+
+Every number on the card is read from the checkpoint and the files around it: the weights
+(parameter count), the client state (steps, samples, sequence length, precision, ranks), the run's
+config.json (batch, learning rate, optimizer, the command line), the datasets' PREFIX.meta.json
+(documents, tokens) and metrics.jsonl (validation loss). A stage that started from another
+checkpoint (`--finetune`) is followed to that one. Whatever cannot be found is written as missing,
+never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from megatron_zh.convert.checkpoint import LoadedCheckpoint, resolve_tag
+from megatron_zh.data.blended_dataset import parse_data_path
+from megatron_zh.data.indexed_dataset import read_metadata
+from megatron_zh.errors import MegatronZhError
+from megatron_zh.training.checkpointing import read_client_state
+from megatron_zh.training.metrics import read_metrics
+
+MODEL_CARD_FILE = "README.md"
+RUN_CONFIG_FILE = "config.json"  # written by pretrain_gpt.py into its --save directory
+METRICS_FILE = "metrics.jsonl"
+MAX_STAGES = 8  # a chain of --finetune starts longer than this is cut (and a cycle cannot loop)
+MISSING = "not recorded"
+USAGE_PROMPT = "这是很久之前的事情了"
+
+
+@dataclass
+class Stage:
+    """One run of pretrain_gpt.py, as its checkpoint and save directory record it."""
+
+    checkpoint: str  # DIR/TAG
+    client_state: dict[str, Any]
+    run_config: dict[str, Any] | None  # the save directory's config.json
+    last_eval: dict[str, Any] | None  # the last validation at or before this checkpoint
+    origin: str = ""  # where its weights started
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _stage(directory: Path, tag: str, client_state: dict[str, Any]) -> Stage:
+    iteration = client_state.get("iteration")
+    evals = [
+        r for r in read_metrics(directory / METRICS_FILE, "eval") if iteration is None or r["iteration"] <= iteration
+    ]
+    stage = Stage(
+        str(directory / tag), client_state, _read_json(directory / RUN_CONFIG_FILE), evals[-1] if evals else None
+    )
+    train = client_state.get("train_config") or {}
+    if stage.run_config is not None and stage.run_config.get("pretrain") not in (None, train):
+        stage.notes.append(
+            f"{directory / RUN_CONFIG_FILE} holds a later start's settings than this checkpoint's; "
+            "its batch, learning rate and command may not be this checkpoint's"
+        )
+    return stage
+
+
+def collect_stages(loaded: LoadedCheckpoint) -> tuple[list[Stage], str]:
+    """The training stages behind `loaded`, first stage first, and where the first one's weights came from."""
+    stages: list[Stage] = []
+    # The card reads the client state as the JSON it is on disk: any key may be absent in old checkpoints.
+    directory, tag, client_state = loaded.directory, loaded.tag, loaded.client_state.to_dict()
+    while True:
+        if client_state.get("train_config") is None:  # written by an import, not by training
+            origin = f"{directory / tag}, imported from {client_state.get('source') or MISSING}"
+            if stages:
+                stages[-1].origin = f"the weights of {origin}"
+            break
+        stage = _stage(directory, tag, client_state)
+        stages.append(stage)
+        train = client_state["train_config"]
+        if not (train.get("finetune") and train.get("load")) or len(stages) >= MAX_STAGES:
+            model = client_state.get("model_config") or {}
+            origin = f"random initialisation, N(0, {model.get('init_std', MISSING)}), seed {train.get('seed', MISSING)}"
+            break
+        try:
+            directory, tag = resolve_tag(train["load"])
+            client_state = read_client_state(directory, tag).to_dict()
+        except MegatronZhError as exc:
+            origin = f"the weights of {train['load']}, which cannot be read now ({exc})"
+            break
+        stage.origin = f"the weights of {directory / tag} (the checkpoint its `latest` names now)"
+    stages.reverse()
+    if stages:
+        stages[0].origin = stages[0].origin or origin
+    return stages, origin
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    return MISSING if value is None else format(value, spec)
+
+
+def _datasets(train: dict[str, Any]) -> list[str]:
+    """One line per dataset of the run: name, documents and tokens from PREFIX.meta.json."""
+    try:
+        prefixes, weights = parse_data_path(list(train.get("data_path") or []))
+    except MegatronZhError:
+        return [f"data_path {train.get('data_path')!r} ({MISSING} in a readable form)"]
+    lines = []
+    for i, prefix in enumerate(prefixes):
+        weight = f", blend weight {weights[i]:g}" if weights else ""
+        try:
+            meta = read_metadata(prefix)
+        except MegatronZhError:
+            meta = None
+        if meta is None:
+            lines.append(f"`{Path(prefix).name}`{weight}: documents and tokens unknown ({prefix}.meta.json not found)")
+            continue
+        sources = ", ".join(Path(str(item.get("path", "?"))).name for item in meta.get("inputs", [])) or MISSING
+        lines.append(
+            f"`{Path(prefix).name}`{weight}: {_fmt(meta.get('documents'), ',')} documents, "
+            f"{_fmt(meta.get('tokens'), ',')} tokens (from {sources}; framing [CLS] text [SEP])"
+        )
+    return lines
+
+
+def _command(stage: Stage) -> str:
+    argv = (stage.run_config or {}).get("argv")
+    if not argv:
+        return f"{MISSING} (checkpoint written before pretrain_gpt.py recorded its command line)"
+    kept, skip = [], False
+    for arg in argv:  # the launcher's per-rank flag is not part of the command a user types
+        if skip or arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            skip = False
+            continue
+        if arg in ("--local_rank", "--local-rank"):
+            skip = True
+            continue
+        kept.append(arg)
+    return " ".join(shlex.quote(str(a)) for a in kept)
+
+
+def _stage_lines(number: int, stage: Stage) -> list[str]:
+    state, run = stage.client_state, stage.run_config or {}
+    train = state.get("train_config") or {}
+    ds = run.get("deepspeed") or {}
+    params = (ds.get("optimizer") or {}).get("params") or {}
+    iteration, samples = state.get("iteration"), state.get("consumed_samples")
+    world = state.get("world_size")
+    batch = ds.get("train_batch_size")
+    micro = ds.get("train_micro_batch_size_per_gpu")
+    batch_text = (
+        f"{batch} sequences per step ({micro} per rank x {world} ranks x {ds.get('gradient_accumulation_steps')} "
+        "accumulation)"
+        if batch is not None
+        else f"{MISSING} in config.json"
+    )
+    if iteration and samples is not None:
+        batch_text += f"; the checkpoint's {samples:,} samples over {iteration:,} steps average {samples / iteration:g}"
+    lines = [
+        f"**Stage {number}** (`{stage.checkpoint}`)",
+        "",
+        f"- starts from: {stage.origin}",
+        f"- steps: {_fmt(iteration, ',')} done of {_fmt(train.get('train_iters'), ',')} planned",
+        f"- sequence length: {_fmt(train.get('seq_length'))}",
+        f"- batch: {batch_text}",
+        f"- learning rate: peak {_fmt(params.get('lr'), 'g')}, {_schedule(ds)}",
+        f"- optimizer: {_optimizer(ds)}",
+        f"- precision: {_fmt(state.get('precision'))}; data-parallel ranks (GPUs): {_fmt(world)}",
+        "- data: " + "; ".join(_datasets(train)),
+        f"- command: `{_command(stage)}`",
+    ]
+    lines += [f"- note: {note}" for note in stage.notes]
+    return lines + [""]
+
+
+def _schedule(ds: dict[str, Any]) -> str:
+    scheduler = ds.get("scheduler") or {}
+    p = scheduler.get("params") or {}
+    if scheduler.get("type") != "WarmupDecayLR":
+        return f"schedule {scheduler.get('type', MISSING)}"
+    return (
+        f"{p.get('warmup_type', 'log')} warm-up over {_fmt(p.get('warmup_num_steps'), ',')} steps from "
+        f"{_fmt(p.get('warmup_min_lr'), 'g')}, then linear decay to it at step {_fmt(p.get('total_num_steps'), ',')}"
+    )
+
+
+def _optimizer(ds: dict[str, Any]) -> str:
+    optimizer = ds.get("optimizer") or {}
+    if not optimizer:
+        return MISSING
+    p = optimizer.get("params") or {}
+    shown = {k: p[k] for k in ("betas", "eps", "weight_decay", "bias_correction") if k in p}
+    clipping = ds.get("gradient_clipping")
+    clip = "no gradient clipping" if clipping == 0 else f"gradient clipping {_fmt(clipping, 'g')}"
+    return f"{optimizer.get('type', MISSING)} {json.dumps(shown)}, {clip}"
+
+
+def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict[str, Any]) -> str:
+    """The card's Markdown. `export`: the ExportResult fields (self-check figures) and the export command."""
+    config = loaded.model_config
+    parameters = sum(t.numel() for t in loaded.state_dict.values())  # the tied LM head is one tensor
+    stages, origin = collect_stages(loaded)
+    last = stages[-1] if stages else None
+    lines = [
+        "---",
+        "language: zh",
+        "library_name: transformers",
+        "pipeline_tag: text-generation",
+        "---",
+        "",
+        f"# {model_name}",
+        "",
+        "## Model description",
+        "",
+        f"A Chinese GPT-2 language model (megatron_zh): {config.num_layers} layers, hidden size "
+        f"{config.hidden_size}, {config.num_attention_heads} attention heads, feed-forward size "
+        f"{config.ffn_hidden_size}, {config.max_position_embeddings} positions, a BERT-Chinese WordPiece "
+        f"vocabulary of {_fmt(loaded.client_state.vocab_size, ',')} tokens in {config.vocab_size:,} "
+        f"embeddings, {parameters:,} parameters (LM head tied to the word embedding). Pre-LayerNorm blocks, "
+        "GELU tanh form (`gelu_new`). Exported from checkpoint "
+        f"`{loaded.directory / loaded.tag}` ({loaded.weights_source}); vocab {loaded.vocab_fingerprint}.",
+        "",
+        "## How to use",
+        "",
+        "```python",
+        "from transformers import BertTokenizer, GPT2LMHeadModel, TextGenerationPipeline",
+        "",
+        f'tokenizer = BertTokenizer.from_pretrained("{model_name}")',
+        f'model = GPT2LMHeadModel.from_pretrained("{model_name}")',
+        "text_generator = TextGenerationPipeline(model, tokenizer)",
+        f'text_generator("{USAGE_PROMPT}", max_new_tokens=100, do_sample=True)',
+        "```",
+        "",
+        "## Training data",
+        "",
+    ]
+    if last is None:
+        lines += [f"No training recorded: the checkpoint was imported from {origin}.", ""]
+    else:
+        for number, stage in enumerate(stages, 1):
+            datasets = _datasets(stage.client_state.get("train_config") or {})
+            lines += [f"- stage {number}: " + "; ".join(datasets)]
+        lines += [""]
+    lines += ["## Training procedure", ""]
+    if last is None:
+        lines += [f"{MISSING}: the checkpoint holds imported weights (from {origin}), no training run.", ""]
+    for number, stage in enumerate(stages, 1):
+        lines += _stage_lines(number, stage)
+    lines += ["## Evaluation", ""]
+    record = last.last_eval if last is not None else None
+    if record is None:
+        lines += [f"Validation loss: {MISSING} (no validation in the run's {METRICS_FILE}).", ""]
+    else:
+        lines += [
+            f"Last validation before this checkpoint, at step {record['iteration']:,} on the `{record['split']}` "
+            f"split ({record['tokens']:,} tokens): loss {record['loss']:.4f} nats/token, "
+            f"perplexity {record['ppl']:.2f}.",
+            "",
+        ]
+    lines += [
+        f"The export's self-check: max |logit difference| between this folder and the checkpoint "
+        f"{export['max_logit_diff']:.3g} over {export['self_check_tokens']:,} tokens (fp32).",
+        "",
+        "## How it was made",
+        "",
+        "```bash",
+        *[_command(stage) for stage in stages],
+        export["command"],
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(folder: Path, loaded: LoadedCheckpoint, *, model_name: str, export: dict[str, Any]) -> Path:
+    path = folder / MODEL_CARD_FILE
+    path.write_text(render_model_card(loaded, model_name=model_name, export=export), encoding="utf-8")
+    return path
