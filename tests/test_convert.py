@@ -252,7 +252,7 @@ def test_output_is_replaced_only_with_overwrite_and_only_after_the_self_check(ti
     export_to_hf(tiny_checkpoint["save"], output, overwrite=True)
     assert not (output / "keep.txt").exists() and (output / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
-    with pytest.raises(ConfigError, match="would replace the checkpoint directory"):
+    with pytest.raises(ConfigError, match="is the checkpoint directory"):
         export_to_hf(tiny_checkpoint["save"], tiny_checkpoint["save"], overwrite=True)
 
 
