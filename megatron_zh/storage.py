@@ -44,14 +44,29 @@ def describe_os_error(exc: OSError) -> str | None:
 
 
 def is_temporary_name(path: str | os.PathLike[str]) -> bool:
-    """A hidden file or folder a writer builds beside its output (`.NAME.*.tmp` or `.NAME.*.old`)."""
-    name = os.path.basename(os.fsdecode(path))
-    return name.startswith(".") and name.endswith((".tmp", ".old"))
+    """A path in or of a hidden file or folder a writer builds beside its output (`.NAME.*.tmp`, `.NAME.*.old`)."""
+    parts = os.fsdecode(path).split(os.sep)
+    return any(part.startswith(".") and part.endswith((".tmp", ".old")) for part in parts)
+
+
+def disk_full(path: str | os.PathLike[str]) -> bool:
+    """Whether the file system `path` is (or would be) on has no block left for us."""
+    folder = os.path.abspath(os.fspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 @contextlib.contextmanager
-def naming(output: str | os.PathLike[str]) -> Iterator[None]:
-    """Re-raise an OSError that names no path, or only a temporary, as one naming `output`."""
+def naming(output: str | os.PathLike[str], *, library_errors: bool = False) -> Iterator[None]:
+    """Re-raise an OSError that names no path, or only a temporary, as one naming `output`.
+
+    `library_errors`: also a library's own error type (torch.save's RuntimeError, safetensors'
+    SafetensorError) when the disk is full afterwards: the cause was ENOSPC, only not as an OSError.
+    """
     try:
         yield
     except OSError as exc:
@@ -59,3 +74,7 @@ def naming(output: str | os.PathLike[str]) -> Iterator[None]:
             raise
         # OSError(errno, ...) builds the matching subclass (FileNotFoundError, ...), as the original was.
         raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(output)) from exc
+    except Exception as exc:
+        if not library_errors or type(exc).__module__.startswith("megatron_zh") or not disk_full(output):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(output)) from exc

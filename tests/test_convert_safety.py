@@ -1,7 +1,7 @@
 """Conversion tools cannot destroy their input, and a Hugging Face folder's vocab cannot be swapped silently.
 
-A tiny GPT-2 (1 layer, hidden 32, the real 21128-token vocab) saved by `transformers` stands in for a
-hub folder; the checkpoint the export reads is that folder imported by tools/convert_from_hf.py.
+A tiny GPT-2 saved by `transformers` (tests/tiny_models.py) stands in for a hub folder; the checkpoint
+the export reads is that folder imported by tools/convert_from_hf.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_models import make_tiny_hf
 
 from megatron_zh.cli import run_cli
 from megatron_zh.paths import overlap
@@ -41,15 +42,7 @@ def tree(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def tiny_hf(tmp_path_factory, zh_vocab_file) -> Path:
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_hf") / "gpt2-tiny"
-    config = GPT2Config(vocab_size=21128, n_positions=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=101)
-    GPT2LMHeadModel(config).save_pretrained(folder)
-    shutil.copy(zh_vocab_file, folder / "vocab.txt")
-    return folder
+    return make_tiny_hf(tmp_path_factory.mktemp("tiny_hf") / "gpt2-tiny", zh_vocab_file)
 
 
 @pytest.fixture(scope="module")
