@@ -299,8 +299,9 @@ def test_imports_a_hub_style_folder(hf_export_dir, tmp_path):
 
 
 def test_import_refuses_what_it_cannot_convert(hf_export_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no config.json: not a Hugging Face model folder"):
-        import_from_hf(tmp_path, tmp_path / "out")
+        import_from_hf(tmp_path / "empty", tmp_path / "out")
     folder = tmp_path / "relu"
     shutil.copytree(hf_export_dir, folder)
     config = json.loads((folder / "config.json").read_text())
