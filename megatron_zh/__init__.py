@@ -3,8 +3,8 @@
 Layers, lowest first. A module imports only from its own package and from lower layers
 (tests/test_layout.py reads this table and checks every import, including those inside functions):
 
-  0  errors                            error types the tools turn into one line
-  1  fileio, log, progress, validators  atomic writes, fsync; logging; rates and ETA; value checks
+  0  errors, storage                   error types the tools turn into one line; storage errors (OSError) too
+  1  fileio, log, progress, validators, paths  atomic writes; logging; rates, ETA; value checks; output vs input
   2  cli, knobs, assets                 the tools' main wrapper; config fields with flags; default vocab/corpus
   3  tokenizer, _helpers                BERT-Chinese WordPiece, vocab fingerprint; the C++ index helper
   4  data, ops                          .bin/.idx corpora, datasets, samplers; fused Triton kernels

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from megatron_zh.storage import naming
 
 
 def _current_umask() -> int:
@@ -20,19 +24,63 @@ def _current_umask() -> int:
     return mask
 
 
+def _owner() -> str:
+    """`HOST-PID` of this process, as temporary names carry it (the host: a shared disk has many)."""
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', socket.gethostname())}-{os.getpid()}"
+
+
 def temporary_sibling(path: str | os.PathLike) -> Path:
     """A fresh, unique name in the same directory as `path` (same filesystem, so rename is atomic).
 
+    The name is `.NAME.HOST-PID.RANDOM.tmp`: a run killed before it could clean up leaves names
+    the next run into the same place recognises as stale (`remove_stale_temporaries`).
     mkstemp creates the file 0600; give it the mode a plain open() would have, so the renamed result
     is readable by the same people as any other output (shared datasets, checkpoints on a cluster).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())
-    finally:
-        os.close(fd)
+    with naming(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=".tmp", dir=path.parent or ".")
+        try:
+            os.fchmod(fd, 0o666 & ~_current_umask())
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        finally:
+            os.close(fd)
     return Path(tmp)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    with contextlib.suppress(OSError):  # a zombie has exited: it writes nothing any more
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of `path` left by dead processes of this host; returns what was deleted.
+
+    Only names `temporary_sibling` makes count, and only when their HOST is this one and their PID
+    no longer runs: another live run's files (or another machine's, on a shared disk) stay.
+    """
+    path = Path(path)
+    host, _ = _owner().rsplit("-", 1)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{re.escape(host)}-(\d+)\.[^.]+\.tmp")
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(path.parent or "."):
+            match = pattern.fullmatch(entry.name)
+            if match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 def fsync_path(path: str | os.PathLike) -> None:
@@ -67,14 +115,16 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
     """
     if "r" in mode or "a" in mode:
         raise ValueError(f"atomic_write is for fresh writes, not mode {mode!r}")
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with naming(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     try:
-        with open(tmp, mode, **open_kwargs) as f:
+        with naming(path), open(tmp, mode, **open_kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with naming(path):
+            os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

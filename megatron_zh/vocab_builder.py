@@ -22,6 +22,7 @@ from megatron_zh.data.preprocess_config import JSON_SUFFIXES, expand_inputs
 from megatron_zh.errors import ConfigError
 from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
+from megatron_zh.paths import refuse_overlap
 from megatron_zh.tokenizer import CLS, MASK, PAD, SEP, UNK, bert_normalizer
 
 logger = get_logger(__name__)
@@ -79,6 +80,7 @@ def _documents(paths: list[Path], json_key: str, counts: dict[str, int]) -> Iter
 def train_vocab(config: VocabConfig) -> list[str]:
     """Train, write `config.output` atomically, and return the tokens in id order."""
     paths = expand_inputs(config.inputs)
+    refuse_overlap(config.output, [("--input", path) for path in paths])
     reserved = reserved_tokens(config.layout)
     tokenizer = Tokenizer(WordPiece(unk_token=UNK))
     tokenizer.normalizer = bert_normalizer(config.lower_case)

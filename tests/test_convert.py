@@ -252,7 +252,7 @@ def test_output_is_replaced_only_with_overwrite_and_only_after_the_self_check(ti
     export_to_hf(tiny_checkpoint["save"], output, overwrite=True)
     assert not (output / "keep.txt").exists() and (output / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
-    with pytest.raises(ConfigError, match="would replace the checkpoint directory"):
+    with pytest.raises(ConfigError, match="is the checkpoint directory"):
         export_to_hf(tiny_checkpoint["save"], tiny_checkpoint["save"], overwrite=True)
 
 
@@ -299,8 +299,9 @@ def test_imports_a_hub_style_folder(hf_export_dir, tmp_path):
 
 
 def test_import_refuses_what_it_cannot_convert(hf_export_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no config.json: not a Hugging Face model folder"):
-        import_from_hf(tmp_path, tmp_path / "out")
+        import_from_hf(tmp_path / "empty", tmp_path / "out")
     folder = tmp_path / "relu"
     shutil.copytree(hf_export_dir, folder)
     config = json.loads((folder / "config.json").read_text())

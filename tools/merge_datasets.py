@@ -3,8 +3,10 @@
   python tools/merge_datasets.py --input a_text_document b_text_document --output-prefix merged_text_document
   python tools/merge_datasets.py --input 'shards/part_*_text_document' --output-prefix merged_text_document
 
-Documents keep their order (inputs in the order given; a glob expands sorted). Inputs must share the
-token dtype and, where they carry PREFIX.meta.json, the vocab fingerprint and document framing.
+Documents keep their order (inputs in the order given; a glob expands sorted). Every input needs its
+PREFIX.meta.json, and all must share the vocab fingerprint, lower-casing, document framing and token
+dtype; --allow-missing-metadata merges inputs without metadata too (the output then claims no vocab
+fingerprint). The output may not be any input's file, whatever the spelling of the path.
 """
 
 from __future__ import annotations
@@ -25,9 +27,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--input", nargs="+", required=True, help="dataset prefixes (PREFIX.bin/.idx), or globs of them, in merge order"
     )
     parser.add_argument("--output-prefix", required=True, help="prefix of the merged PREFIX.bin/.idx")
+    parser.add_argument(
+        "--allow-missing-metadata",
+        action="store_true",
+        help="merge inputs without PREFIX.meta.json (e.g. made by Megatron-LM); the output then has no vocab "
+        "fingerprint, so training cannot check the vocab",
+    )
     args = parser.parse_args(argv)
     inputs = expand_prefixes(args.input)
-    meta = merge_datasets(inputs, args.output_prefix)
+    meta = merge_datasets(inputs, args.output_prefix, allow_missing_metadata=args.allow_missing_metadata)
     logger.info(
         "merged %d datasets into %s: %d documents, %d tokens",
         len(inputs),

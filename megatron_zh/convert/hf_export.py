@@ -24,6 +24,7 @@ from megatron_zh.convert.output import commit_directory, staging_directory
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config
+from megatron_zh.paths import refuse_overlap
 from megatron_zh.tokenizer import SPECIAL_TOKENS, BertChineseTokenizer
 
 if TYPE_CHECKING:
@@ -69,12 +70,10 @@ def export_to_hf(
 ) -> ExportResult:
     """Write checkpoint `tag` (default `latest`) of `checkpoint` as a Hugging Face folder at `output`."""
     output = Path(output)
+    refuse_overlap(output, [("the checkpoint directory", checkpoint), ("--vocab-file", vocab_file)])
     loaded = load_checkpoint_weights(checkpoint, tag)
-    if output.resolve() in (loaded.directory.resolve(), *loaded.directory.resolve().parents):
-        raise ConfigError(
-            f"--output {output} would replace the checkpoint directory {loaded.directory}; choose a new folder"
-        )
     tokenizer = checkpoint_tokenizer(loaded, vocab_file)
+    refuse_overlap(output, [("the checkpoint's vocab", tokenizer.vocab_file)])
     hf_config = _hf_config(loaded.model_config, tokenizer)
     with staging_directory(output, overwrite=overwrite) as staging:
         write_hf_folder(staging, loaded, tokenizer, hf_config)

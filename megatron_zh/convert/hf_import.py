@@ -19,7 +19,8 @@ from megatron_zh.convert.hf_gpt2 import from_hf_config, from_hf_state_dict
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.paths import refuse_overlap
+from megatron_zh.tokenizer import BertChineseTokenizer, vocab_fingerprint
 
 logger = get_logger(__name__)
 
@@ -96,6 +97,8 @@ def read_hf_folder(folder: str | Path, vocab_file: str | Path | None = None) -> 
     vocab = Path(vocab_file) if vocab_file is not None else folder / VOCAB_FILE
     if not vocab.is_file():
         raise ConfigError(f"{vocab} not found: the folder has no {VOCAB_FILE}; pass --vocab-file")
+    if vocab_file is not None and (folder / VOCAB_FILE).is_file():
+        check_same_vocab(folder / VOCAB_FILE, vocab)
     tokenizer_config = folder / "tokenizer_config.json"
     lower_case = bool(_read_json(tokenizer_config).get("do_lower_case", True)) if tokenizer_config.is_file() else True
     return HFCheckpoint(
@@ -103,10 +106,26 @@ def read_hf_folder(folder: str | Path, vocab_file: str | Path | None = None) -> 
     )
 
 
+def check_same_vocab(own: Path, given: Path) -> None:
+    """A --vocab-file given with a folder that has its own vocab.txt must be that vocab (same tokens, same ids).
+
+    Another vocab maps every id to another token: perplexity in the tens of thousands, a checkpoint
+    stamped with the wrong fingerprint.
+    """
+    own_fingerprint, given_fingerprint = vocab_fingerprint(own), vocab_fingerprint(given)
+    if own_fingerprint != given_fingerprint:
+        raise ConfigError(
+            f"--vocab-file {given} is not the vocab of the model in {own.parent}: its fingerprint is "
+            f"{given_fingerprint}, the folder's {own} has {own_fingerprint}; drop --vocab-file to use the "
+            "folder's own"
+        )
+
+
 def import_from_hf(
     hf_folder: str | Path, output: str | Path, *, vocab_file: str | Path | None = None, overwrite: bool = False
 ) -> Path:
     """Convert an HF GPT-2 folder into a checkpoint directory pretrain_gpt.py --load ... --finetune starts from."""
+    refuse_overlap(output, [("the --hf folder", hf_folder), ("--vocab-file", vocab_file)])
     hf = read_hf_folder(hf_folder, vocab_file)
     tokenizer = BertChineseTokenizer(hf.vocab_file, lower_case=hf.lower_case)
     if tokenizer.vocab_size > hf.model_config.vocab_size:

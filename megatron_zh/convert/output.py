@@ -11,6 +11,7 @@ from pathlib import Path
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.fileio import fsync_path, fsync_tree
+from megatron_zh.storage import naming
 
 
 def check_output_directory(final: Path, overwrite: bool) -> None:
@@ -29,11 +30,13 @@ def staging_directory(final: str | os.PathLike, overwrite: bool = False) -> Iter
     """A new empty folder beside `final` to build the output in; removed on exit unless committed."""
     final = Path(final)
     check_output_directory(final, overwrite)
-    final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir()  # mode from the umask, like any other output
+    with naming(final):  # a read-only or full disk, a file where a folder is needed: say `final`
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()  # mode from the umask, like any other output
     try:
-        yield staging
+        with naming(final, library_errors=True):
+            yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # already gone when committed
 
@@ -41,6 +44,11 @@ def staging_directory(final: str | os.PathLike, overwrite: bool = False) -> Iter
 def commit_directory(staging: Path, final: str | os.PathLike) -> None:
     """Make `staging` (complete, on disk) be `final`; an existing `final` is swapped out, then deleted."""
     final = Path(final)
+    with naming(final):
+        _commit_directory(staging, final)
+
+
+def _commit_directory(staging: Path, final: Path) -> None:
     fsync_tree(staging)
     old = None
     if final.is_dir() and any(final.iterdir()):

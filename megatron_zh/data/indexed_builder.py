@@ -26,10 +26,15 @@ from megatron_zh.data.indexed_dataset import (
     IndexedDataset,
     data_file_path,
     index_file_path,
+    metadata_file_path,
     write_metadata,
 )
 from megatron_zh.errors import DataFormatError
-from megatron_zh.fileio import commit, temporary_sibling
+from megatron_zh.fileio import commit, remove_stale_temporaries, temporary_sibling
+from megatron_zh.log import get_logger
+from megatron_zh.storage import naming
+
+logger = get_logger(__name__)
 
 
 class IndexedDatasetBuilder:
@@ -49,15 +54,29 @@ class IndexedDatasetBuilder:
         self.dtype = np.dtype(dtype)
         if self.dtype not in CODE_OF_DTYPE:
             raise ValueError(f"token dtype {self.dtype} is not one Megatron's index format can store")
-        Path(self.path_prefix).parent.mkdir(parents=True, exist_ok=True)
         idx_path = index_file_path(self.path_prefix)
-        # The tokens, renamed to PREFIX.bin by finalize(), and the two index spill files.
-        self._bin_tmp = temporary_sibling(data_file_path(self.path_prefix))
-        self._lengths_tmp = temporary_sibling(idx_path + ".lengths")  # int32 per sequence
-        self._document_sizes_tmp = temporary_sibling(idx_path + ".documents")  # int64 sequences per document
-        self._bin: IO[bytes] = open(self._bin_tmp, "wb")
-        self._lengths: IO[bytes] = open(self._lengths_tmp, "wb")
-        self._document_sizes: IO[bytes] = open(self._document_sizes_tmp, "wb")
+        bin_path = data_file_path(self.path_prefix)
+        self._closed = True  # until every file below is open: abort() and __del__ have nothing to do
+        temporaries: list[Path] = []
+        files: list[IO[bytes]] = []
+        with naming(bin_path):
+            Path(self.path_prefix).parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(self.path_prefix)
+            try:
+                for path in (bin_path, idx_path + ".lengths", idx_path + ".documents"):
+                    temporaries.append(temporary_sibling(path))
+                    files.append(open(temporaries[-1], "wb"))
+            except BaseException:  # e.g. a full disk after the first file: leave none of them
+                for f in files:
+                    f.close()
+                for tmp in temporaries:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+                raise
+        # The tokens (renamed to PREFIX.bin by finalize()) and the two index spill files: int32 tokens
+        # per sequence, int64 sequences per document.
+        self._bin_tmp, self._lengths_tmp, self._document_sizes_tmp = temporaries
+        self._bin, self._lengths, self._document_sizes = files
         self._num_sequences = 0
         self._num_documents = 0
         self._pending_lengths: list[int] = []
@@ -101,11 +120,12 @@ class IndexedDatasetBuilder:
             lengths = [array.size]
         elif sum(lengths) != array.size or any(n < 0 for n in lengths):
             raise ValueError(f"sequence lengths {list(lengths)} do not add up to the document's {array.size} tokens")
-        self._bin.write(array.tobytes())
-        self._pending_lengths.extend(int(n) for n in lengths)
-        self._pending_sizes.append(len(lengths))
-        if len(self._pending_sizes) >= 65536:
-            self._flush_pending()
+        with naming(data_file_path(self.path_prefix)):
+            self._bin.write(array.tobytes())
+            self._pending_lengths.extend(int(n) for n in lengths)
+            self._pending_sizes.append(len(lengths))
+            if len(self._pending_sizes) >= 65536:
+                self._flush_pending()
 
     def add_documents(self, tokens: ArrayLike, document_lengths: ArrayLike) -> None:
         """Append many one-sequence documents at once: `tokens` is their concatenation."""
@@ -114,9 +134,10 @@ class IndexedDatasetBuilder:
         lengths = np.asarray(document_lengths, dtype=np.int64)
         if int(lengths.sum()) != array.size or (lengths < 0).any():
             raise ValueError(f"document lengths add up to {int(lengths.sum())}, but {array.size} tokens were given")
-        self._flush_pending()
-        self._bin.write(array.tobytes())
-        self._append_index(lengths, np.ones(lengths.size, dtype=np.int64))
+        with naming(data_file_path(self.path_prefix)):
+            self._flush_pending()
+            self._bin.write(array.tobytes())
+            self._append_index(lengths, np.ones(lengths.size, dtype=np.int64))
 
     def add_index(self, other_prefix: str | os.PathLike[str]) -> None:
         """Append every document of the (validated) dataset at `other_prefix`: the merge step."""
@@ -127,12 +148,13 @@ class IndexedDatasetBuilder:
                 f"{index_file_path(other_prefix)} stores {other.dtype.name} tokens but this merge writes "
                 f"{self.dtype.name}; merge only datasets made with the same vocab"
             )
-        self._flush_pending()
-        for start in range(0, other.num_documents, SLICE_ELEMENTS):  # slices: the other index may be huge
-            documents = other.document_indices[start : start + SLICE_ELEMENTS + 1]
-            self._append_index(other.sequence_lengths[documents[0] : documents[-1]], np.diff(documents))
-        with open(data_file_path(other_prefix), "rb") as f:
-            shutil.copyfileobj(f, self._bin, 16 << 20)
+        with naming(data_file_path(self.path_prefix)):
+            self._flush_pending()
+            for start in range(0, other.num_documents, SLICE_ELEMENTS):  # slices: the other index may be huge
+                documents = other.document_indices[start : start + SLICE_ELEMENTS + 1]
+                self._append_index(other.sequence_lengths[documents[0] : documents[-1]], np.diff(documents))
+            with open(data_file_path(other_prefix), "rb") as f:
+                shutil.copyfileobj(f, self._bin, 16 << 20)
         del other
 
     def _append_index(self, sequence_lengths: np.ndarray, sequences_per_document: np.ndarray) -> None:
@@ -162,29 +184,42 @@ class IndexedDatasetBuilder:
         """Write the index and move PREFIX.bin, PREFIX.meta.json (if given), then PREFIX.idx into place.
 
         A stale PREFIX.idx is removed first, so no moment exists where an old index sits beside a
-        new .bin; the new .idx appears last, when everything it describes is on disk.
+        new .bin; the new .idx appears last, when everything it describes is on disk. If a step fails
+        (a full disk, ...), what this call already put in place is removed again: no partial dataset.
         """
         self._check_open()
-        self._flush_pending()
-        self._bin.flush()
-        os.fsync(self._bin.fileno())
-        for f in (self._bin, self._lengths, self._document_sizes):
-            f.close()
-        idx_tmp = temporary_sibling(index_file_path(self.path_prefix))
+        final_bin, final_idx = data_file_path(self.path_prefix), index_file_path(self.path_prefix)
+        replacing: list[str] = []  # final names removed again if a later step fails
+        idx_tmp: Path | None = None
         try:
-            self._write_index(idx_tmp)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(index_file_path(self.path_prefix))
-            commit(self._bin_tmp, data_file_path(self.path_prefix))
+            with naming(final_bin):
+                self._flush_pending()
+                self._bin.flush()
+                os.fsync(self._bin.fileno())
+                for f in (self._bin, self._lengths, self._document_sizes):
+                    f.close()
+            idx_tmp = temporary_sibling(final_idx)
+            with naming(final_idx):
+                self._write_index(idx_tmp)
+                # From here the old dataset (if any) is gone: a failure leaves no piece of either.
+                replacing = [final_bin] + ([metadata_file_path(self.path_prefix)] if metadata is not None else [])
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(final_idx)
+            with naming(final_bin):
+                commit(self._bin_tmp, final_bin)
             if metadata is not None:
                 write_metadata(self.path_prefix, metadata)
-            commit(idx_tmp, index_file_path(self.path_prefix))
+            with naming(final_idx):
+                commit(idx_tmp, final_idx)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(idx_tmp)
+            for path in [idx_tmp, *replacing]:
+                if path is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
             raise
         finally:
             self._closed = True
+            self._close_files()
             self._remove_temporaries()
 
     def _write_index(self, path: Path) -> None:
@@ -221,14 +256,26 @@ class IndexedDatasetBuilder:
         if self._closed:
             return
         self._closed = True
-        for f in (self._bin, self._lengths, self._document_sizes):
-            f.close()
+        self._close_files()
         self._remove_temporaries()
+
+    def _close_files(self) -> None:
+        for f in (self._bin, self._lengths, self._document_sizes):
+            with contextlib.suppress(OSError):  # close() flushes, and a full disk fails that: drop the data
+                f.close()
 
     def __del__(self) -> None:
         # A builder dropped without finalize() leaves no temporary file behind.
         with contextlib.suppress(Exception):
             self.abort()
+
+
+def _remove_stale_temporaries(prefix: str) -> None:
+    """Temporaries of a killed run into `prefix` (the writer's and `atomic_write`'s): removed, with a log line."""
+    idx = index_file_path(prefix)
+    for name in (data_file_path(prefix), idx, idx + ".lengths", idx + ".documents", metadata_file_path(prefix)):
+        for path in remove_stale_temporaries(name):
+            logger.info("removed %s, a temporary file left by a killed run (its process is gone)", path)
 
 
 def _read_slices(path: str | os.PathLike[str], dtype: DTypeLike) -> Iterator[np.ndarray]:

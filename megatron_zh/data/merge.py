@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import glob
-import json
 import os
 import re
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
+
 from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed_dataset import IndexedDataset, index_file_path, read_metadata
+from megatron_zh.data.indexed_dataset import (
+    IndexedDataset,
+    data_file_path,
+    index_file_path,
+    metadata_file_path,
+    read_metadata,
+)
 from megatron_zh.errors import DataFormatError
+from megatron_zh.log import get_logger
+from megatron_zh.paths import overlap
+
+logger = get_logger(__name__)
 
 
 def expand_prefixes(patterns: Iterable[str]) -> list[str]:
@@ -29,24 +40,58 @@ def expand_prefixes(patterns: Iterable[str]) -> list[str]:
     return prefixes
 
 
+# How the tokens were made: inputs that differ in any of these cannot share one dataset.
+TOKENIZER_SETTINGS = {
+    "vocab_fingerprint": "vocab fingerprint",
+    "vocab_size": "vocab size",
+    "lower_case": "lower-casing",
+    "prepend_cls": "framing ([CLS] first, prepend_cls)",
+    "append_eod": "framing ([SEP] last, append_eod)",
+    "cls": "[CLS] id",
+    "eod": "[SEP] id",
+    "dtype": "token dtype",
+}
+_LOWER_CASE = {"BertWordPieceLowerCase": True, "BertWordPieceCase": False}  # metadata "tokenizer" -> lower_case
+
+
 def merge_datasets(
-    input_prefixes: Iterable[str | os.PathLike[str]], output_prefix: str | os.PathLike[str]
+    input_prefixes: Iterable[str | os.PathLike[str]],
+    output_prefix: str | os.PathLike[str],
+    *,
+    allow_missing_metadata: bool = False,
 ) -> dict[str, Any]:
     """Concatenate datasets (in the order given) into one; returns the merged metadata.
 
-    Inputs must share a token dtype and, where they have metadata, the vocab fingerprint and framing.
+    Every input needs PREFIX.meta.json with its vocab fingerprint, and all must agree on the
+    tokenizer settings (`TOKENIZER_SETTINGS`). With `allow_missing_metadata` inputs without it are
+    merged too, and the output then claims no vocab fingerprint (training warns instead of checking).
+    The output may not be any input's file, however the path is spelled.
     """
     prefixes = [os.fspath(p) for p in input_prefixes]
     if not prefixes:
         raise DataFormatError("nothing to merge: give at least one input prefix")
-    if os.fspath(output_prefix) in prefixes:
-        raise DataFormatError(f"output prefix {output_prefix} is also an input; choose a new prefix")
-    first = IndexedDataset(prefixes[0])
-    dtype = first.dtype
-    del first
-    metas = [read_metadata(p) for p in prefixes]
-    merged = _merge_metadata(prefixes, metas)
-    with IndexedDatasetBuilder(output_prefix, dtype=dtype) as builder:
+    output = os.fspath(output_prefix)
+    _refuse_output_over_inputs(output, prefixes)
+    _warn_about_repeats(prefixes)
+    settings = [_settings_of(prefix) for prefix in prefixes]
+    unverified = [p for p, s in zip(prefixes, settings) if "vocab_fingerprint" not in s]
+    if unverified and not allow_missing_metadata:
+        missing = unverified[0]
+        raise DataFormatError(
+            f"{metadata_file_path(missing)} is missing or names no vocab fingerprint, so nothing shows "
+            f"{missing} was tokenized like the other inputs; pass --allow-missing-metadata to merge it anyway "
+            "(the output then carries no vocab fingerprint)"
+        )
+    merged = _agreed_settings(prefixes, settings)
+    if unverified:
+        logger.warning(
+            "%d input(s) without metadata (%s): the merged dataset carries no vocab fingerprint",
+            len(unverified),
+            ", ".join(unverified),
+        )
+        # Nothing is known of those inputs but their dtype: claim no setting for the whole.
+        merged = {"dtype": merged["dtype"], "vocab_fingerprint": None, "unverified_inputs": unverified}
+    with IndexedDatasetBuilder(output, dtype=np.dtype(merged["dtype"])) as builder:
         for prefix in prefixes:
             builder.add_index(prefix)
         merged.update(documents=builder.num_documents, tokens=builder.num_tokens, merged_from=prefixes)
@@ -54,14 +99,58 @@ def merge_datasets(
     return merged
 
 
-def _merge_metadata(prefixes: list[str], metas: list[dict[str, Any] | None]) -> dict[str, Any]:
-    """Keys that describe how the tokens were made must agree; counts are recomputed by the caller."""
-    merged: dict[str, Any] = {}
-    for key in ("vocab_fingerprint", "vocab_size", "append_eod", "prepend_cls", "eod", "cls", "dtype"):
-        values = {json.dumps(m[key]) for m in metas if m is not None and key in m}
-        if len(values) > 1:
-            found = ", ".join(f"{p}: {m.get(key)!r}" for p, m in zip(prefixes, metas) if m is not None)
-            raise DataFormatError(f"cannot merge datasets with different {key!r} ({found})")
-        if values:
-            merged[key] = json.loads(values.pop())
+def _files_of(prefix: str) -> list[str]:
+    return [data_file_path(prefix), index_file_path(prefix), metadata_file_path(prefix)]
+
+
+def _refuse_output_over_inputs(output: str, prefixes: list[str]) -> None:
+    """The output's .bin/.idx/.meta.json may not be any input's (`dir//name`, `a/../dir/name`, links)."""
+    for prefix in prefixes:
+        for mine in _files_of(output):
+            for theirs in _files_of(prefix):
+                if overlap(mine, theirs) == "is":
+                    raise DataFormatError(
+                        f"output prefix {output} would write {mine}, which is {theirs} of input {prefix}; "
+                        "choose a new output prefix"
+                    )
+
+
+def _warn_about_repeats(prefixes: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for prefix in prefixes:
+        real = os.path.realpath(index_file_path(prefix))
+        if real in seen:
+            logger.warning(
+                "%s is merged more than once (also as %s): its documents appear that many times in the output",
+                prefix,
+                seen[real],
+            )
+        seen.setdefault(real, prefix)
+
+
+def _settings_of(prefix: str) -> dict[str, Any]:
+    """The tokenizer settings `prefix` states: its metadata's, and the token dtype its .idx stores."""
+    meta = read_metadata(prefix) or {}
+    settings = {key: meta[key] for key in TOKENIZER_SETTINGS if meta.get(key) is not None}
+    if "lower_case" not in settings and meta.get("tokenizer") in _LOWER_CASE:
+        settings["lower_case"] = _LOWER_CASE[meta["tokenizer"]]
+    dataset = IndexedDataset(prefix)
+    settings["dtype"] = dataset.dtype.name  # what the .idx says wins over any claim
+    del dataset
+    return settings
+
+
+def _agreed_settings(prefixes: list[str], settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The settings every input states alike; a setting two inputs state differently is an error."""
+    for key, what in TOKENIZER_SETTINGS.items():
+        stated = [(p, s[key]) for p, s in zip(prefixes, settings) if key in s]
+        for prefix, value in stated[1:]:
+            if value != stated[0][1]:
+                raise DataFormatError(
+                    f"cannot merge {stated[0][0]} and {prefix}: their {what} differs "
+                    f"({key} {stated[0][1]!r} vs {value!r}); merge only datasets tokenized the same way"
+                )
+    merged = {key: settings[0][key] for key in TOKENIZER_SETTINGS if all(key in s for s in settings)}
+    if "lower_case" in merged:
+        merged["tokenizer"] = "BertWordPieceLowerCase" if merged["lower_case"] else "BertWordPieceCase"
     return merged

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed_dataset import best_token_dtype, data_file_path, index_file_path
+from megatron_zh.data.indexed_dataset import best_token_dtype, data_file_path, index_file_path, metadata_file_path
 from megatron_zh.data.preprocess_config import (
     PreprocessConfig,
     PreprocessStats,
@@ -49,8 +49,10 @@ from megatron_zh.data.preprocess_encode import (
     init_worker,
     read_chunks,
 )
+from megatron_zh.data.workers import plan_workers
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
+from megatron_zh.paths import refuse_overlap
 from megatron_zh.progress import Progress, format_duration
 from megatron_zh.tokenizer import BertChineseTokenizer
 
@@ -107,12 +109,16 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
     tokenizer = BertChineseTokenizer(config.vocab_file, lower_case=config.lower_case)
     dtype = best_token_dtype(tokenizer.vocab_size)
     prefixes = {key: output_prefix_for(config.output_prefix, key) for key in config.json_keys}
+    for prefix in prefixes.values():
+        for output in (data_file_path(prefix), index_file_path(prefix), metadata_file_path(prefix)):
+            refuse_overlap(output, [("--input", path) for path in files], flag="--output-prefix")
     total_bytes = sum(p.stat().st_size for p in files)
+    workers = plan_workers(config.workers, files, config.chunk_bytes)
     logger.info(
         "tokenizing %d file(s), %.1f MB, with %d worker(s) into %s",
         len(files),
         total_bytes / 1e6,
-        config.workers,
+        workers,
         ", ".join(f"{p}.bin/.idx" for p in prefixes.values()),
     )
     stats = PreprocessStats(
@@ -139,15 +145,18 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
         with _sigterm_as_interrupt():
             for key, prefix in prefixes.items():
                 builders[key] = IndexedDatasetBuilder(prefix, dtype=dtype)
-            if config.workers > 1:
+            if workers > 1:
                 pool = concurrent.futures.ProcessPoolExecutor(
-                    config.workers, mp_context=_pool_context(), initializer=init_worker, initargs=(config, json_files)
+                    workers,
+                    mp_context=_pool_context(),
+                    initializer=init_worker,
+                    initargs=(config, json_files, os.getpid()),
                 )
                 encode = encode_in_worker
             else:
                 encode = ChunkEncoder(config, json_files, tokenizer)
             chunks = read_chunks(files, config.chunk_bytes)
-            for result in _ordered_results(encode, chunks, config.workers, pool):
+            for result in _ordered_results(encode, chunks, workers, pool):
                 _report_bad_lines(result.bad, files, stats, config)
                 for key, builder in builders.items():
                     builder.add_documents(result.tokens[key], result.lengths[key])

@@ -18,6 +18,7 @@ import numpy as np
 
 from megatron_zh.data.indexed_dataset import best_token_dtype
 from megatron_zh.data.preprocess_config import PreprocessConfig
+from megatron_zh.data.workers import die_with_parent
 from megatron_zh.tokenizer import BertChineseTokenizer
 
 
@@ -154,8 +155,10 @@ def _json_type(value: object) -> str:
 _worker_encoder: ChunkEncoder | None = None
 
 
-def init_worker(config: PreprocessConfig, json_files: list[bool]) -> None:
+def init_worker(config: PreprocessConfig, json_files: list[bool], parent_pid: int | None = None) -> None:
     global _worker_encoder
+    if parent_pid is not None:
+        die_with_parent(parent_pid)  # no orphans when the main process is killed (even by SIGKILL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process handles Ctrl-C and stops the pool
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker: no Rayon threads on top
     _worker_encoder = ChunkEncoder(config, json_files)
