@@ -1,4 +1,4 @@
-# Sourced by the single-node launch scripts.
+# Sourced by the single-node launch scripts (and launch/multinode.sh without ssh).
 #
 # run_deepspeed ARGS...: `deepspeed ARGS...`, so that a SIGTERM or SIGINT sent to the calling script
 # reaches every rank. DeepSpeed's single-node runner does not forward SIGTERM: killing the `deepspeed`

@@ -6,6 +6,7 @@ One job per module, in the order a run uses them:
   arguments.py        Megatron-style command-line flags over the JSON file
   validation.py       file and hardware checks before anything heavy starts
   distributed.py      rendezvous (launcher, srun, or a plain process) and the process group
+                      (slurm.py: srun's node list; fail_fast.py: timeouts, NCCL error handling)
   engine.py           the model inside deepspeed.initialize
   data.py             datasets and resumable loaders
   loop.py             the training loop; evaluation.py, metrics.py, signals.py what it calls

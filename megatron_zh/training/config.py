@@ -138,6 +138,13 @@ class TrainConfig:
     max_nonfinite_steps: int = knob(
         3, help="stop when more than this many non-finite losses come in a row", check=NON_NEGATIVE_INT, group=LOGGING
     )
+    # Distributed. Megatron's flag and default; a float so that tests (and impatient users) can go below a minute.
+    distributed_timeout_minutes: float = knob(
+        10.0,
+        help="how long a collective (or the rendezvous) may wait for a missing rank before this rank fails",
+        check=POSITIVE_NUMBER,
+        group="distributed",
+    )
 
     def __post_init__(self) -> None:
         problems = field_problems(self)

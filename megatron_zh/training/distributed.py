@@ -2,7 +2,8 @@
 
 Three ways a rank gets started, all ending in the torch.distributed `env://` variables:
 - the `deepspeed` launcher (or torchrun) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT;
-- `srun` under SLURM sets SLURM_PROCID/NTASKS/LOCALID, mapped here (the batch script sets MASTER_ADDR);
+- `srun` under SLURM sets SLURM_PROCID/NTASKS/LOCALID, mapped here (MASTER_ADDR: the batch script's, else
+  the first node of SLURM_STEP_NODELIST / SLURM_JOB_NODELIST);
 - a plain `python pretrain_gpt.py` is a world of one: we fill in the rendezvous ourselves, on a
   free local port so that concurrent runs on one machine do not collide.
 """
@@ -19,6 +20,7 @@ from typing import Literal
 import torch
 
 from megatron_zh.errors import ConfigError
+from megatron_zh.training import fail_fast, slurm
 
 LaunchedBy = Literal["launcher", "slurm", "single"]
 
@@ -62,10 +64,13 @@ def setup_rendezvous_env(local_rank_arg: int | None = None, environ: MutableMapp
         environ["WORLD_SIZE"] = environ["SLURM_NTASKS"]
         environ["LOCAL_RANK"] = environ.get("SLURM_LOCALID", "0")
         if "MASTER_ADDR" not in environ:
-            raise ConfigError(
-                "running under srun without MASTER_ADDR: export MASTER_ADDR=<first node's hostname> "
-                "in the batch script (see launch/slurm.sbatch)"
-            )
+            address = slurm.master_addr(environ)  # the step's first node, where srun puts task 0
+            if address is None:
+                raise ConfigError(
+                    "running under srun without MASTER_ADDR or SLURM_JOB_NODELIST: export "
+                    "MASTER_ADDR=<first node's hostname> in the batch script (see launch/slurm.sbatch)"
+                )
+            environ["MASTER_ADDR"] = address
         environ.setdefault("MASTER_PORT", "29500")
         # SLURM_NTASKS_PER_NODE may read "8" or "8(x2)"; the local world size is its leading number.
         per_node = environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
@@ -104,8 +109,12 @@ def set_cpu_threads(env: DistEnv, environ: MutableMapping[str, str] = os.environ
     return threads
 
 
-def init_process_group(env: DistEnv, timeout_minutes: float = 30.0) -> str:
-    """Initialise torch.distributed through DeepSpeed (which also sets up its comm layer). Returns the backend."""
+def init_process_group(env: DistEnv, timeout_minutes: float = 10.0) -> str:
+    """Initialise torch.distributed through DeepSpeed (which also sets up its comm layer). Returns the backend.
+
+    `timeout_minutes` (--distributed-timeout-minutes) bounds the rendezvous and every collective of
+    every group, so that the survivors of a dead or hung rank fail instead of waiting (see fail_fast).
+    """
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
@@ -116,9 +125,10 @@ def init_process_group(env: DistEnv, timeout_minutes: float = 30.0) -> str:
     else:
         # DeepSpeed's CPU accelerator prefers oneCCL when installed; plain torch has gloo everywhere.
         backend = "gloo"
-    deepspeed.init_distributed(
-        dist_backend=backend, auto_mpi_discovery=False, timeout=timedelta(minutes=timeout_minutes)
-    )
+    timeout = timedelta(minutes=timeout_minutes)
+    fail_fast.set_nccl_fail_fast_env()
+    fail_fast.set_default_group_timeout(timeout)
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
     return backend
 
 

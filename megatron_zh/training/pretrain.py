@@ -48,7 +48,7 @@ def _quiet_other_ranks(env: DistEnv) -> None:
 
 def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
     threads = torch.get_num_threads() if torch.cuda.is_available() else set_cpu_threads(env)
-    backend = init_process_group(env)
+    backend = init_process_group(env, run.train.distributed_timeout_minutes)
     logger.info(
         "rank %d/%d (local %d), backend %s, %s",
         env.rank,
