@@ -22,19 +22,20 @@ from megatron_zh.errors import ConfigError
 from megatron_zh.inference.decoder import CachedDecoder
 from megatron_zh.inference.sampling import SamplingConfig, choose_tokens, row_generators
 from megatron_zh.inference.streaming import TextStream
+from megatron_zh.knobs import knob
 from megatron_zh.model import GPT2Model
 from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.validators import POSITIVE_INT, validate_fields
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = 64
+    max_new_tokens: int = knob(64, help="tokens to generate per prompt", check=POSITIVE_INT)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    stop_at_eod: bool = True  # end a prompt's generation at [SEP] (not included in its output)
+    stop_at_eod: bool = knob(True, help="end a prompt's generation at [SEP] (not included in its output)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        validate_fields(self, "generation config")
 
 
 @dataclass(frozen=True)
