@@ -248,7 +248,7 @@ def test_forward_with_a_kv_cache_matches_the_full_forward():
     model = GPT2Model(config).eval()
     input_ids, labels = random_batch(config, batch=2, seq=20)
     full = model(input_ids).logits
-    torch.testing.assert_close(model(input_ids, last_only=True).logits, full[:, -1:], atol=0, rtol=0)
+    torch.testing.assert_close(model(input_ids, last_only=True).logits, full[:, -1:], atol=1e-6, rtol=1e-5)
     cache = KVCache.allocate(config, rows=2, capacity=24, dtype=torch.float32, device="cpu")
     cache.real[:] = True
     pieces = []
