@@ -184,7 +184,7 @@ def test_activation_checkpointing_gives_identical_gradients():
             small_config(hidden_dropout=0.1, attention_dropout=0.1, activation_checkpointing=checkpointing)
         ).train()
         calls = []
-        model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+        model.layers[0].register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         torch.manual_seed(1)  # the same dropout masks in both runs (and in the recompute)
         loss = model(input_ids, labels=labels).loss
         loss.backward()

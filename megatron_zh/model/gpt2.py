@@ -38,7 +38,7 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
 
-    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, backend: KernelBackend) -> torch.Tensor:
         return ops.layer_norm(x, self.weight, self.bias, self.eps, backend=backend)
 
 
@@ -52,7 +52,9 @@ class SelfAttention(nn.Module):
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, backend: str, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, backend: KernelBackend, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         batch, seq, hidden = x.shape
         # [b, s, 3, heads, d] -> three strided [b, heads, s, d] views: no copies on the way in.
         qkv = self.query_key_value(x).view(batch, seq, 3, self.num_heads, self.head_dim)
@@ -96,7 +98,9 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(config)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, backend: str, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, backend: KernelBackend, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x, backend), backend, cache, layer))
         return x + self.hidden_dropout(self.mlp(self.post_attention_layernorm(x, backend)))
 
@@ -150,9 +154,11 @@ class GPT2Model(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         residual_std = std / math.sqrt(2 * self.config.num_layers)
-        for layer in self.layers:
-            nn.init.normal_(layer.self_attention.dense.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(layer.mlp.dense_4h_to_h.weight, mean=0.0, std=residual_std)
+        for module in self.modules():  # in layer order, attention before MLP: the same draws as ever
+            if isinstance(module, SelfAttention):
+                nn.init.normal_(module.dense.weight, mean=0.0, std=residual_std)
+            elif isinstance(module, MLP):
+                nn.init.normal_(module.dense_4h_to_h.weight, mean=0.0, std=residual_std)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied LM head is counted once
@@ -185,7 +191,7 @@ class GPT2Model(nn.Module):
         if last_only and labels is not None:
             raise ValueError("the loss needs the logits of every position: pass labels without last_only")
         # A decoding pass is a few tokens per row, too short for the fused kernels to pay off.
-        backend = "torch" if cache is not None else self._resolve_kernel_backend(input_ids)
+        backend: KernelBackend = "torch" if cache is not None else self._resolve_kernel_backend(input_ids)
         hidden = self.embedding(input_ids, positions)
         recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         if cache is not None:
@@ -204,7 +210,7 @@ class GPT2Model(nn.Module):
         loss = None if labels is None else masked_lm_loss(logits, labels, loss_mask)
         return GPT2Output(logits, loss)
 
-    def _resolve_kernel_backend(self, input_ids: torch.Tensor) -> str:
+    def _resolve_kernel_backend(self, input_ids: torch.Tensor) -> KernelBackend:
         if self.kernel_backend != "auto":
             return self.kernel_backend
         if input_ids.is_cuda and ops.triton_installed():
