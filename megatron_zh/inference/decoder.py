@@ -70,7 +70,6 @@ class CachedDecoder:
             raise RuntimeError("the key/value cache is full: prefill again with more extra_columns")
         if int(self._next_position.max()) >= self.max_positions:
             raise RuntimeError(f"a row reached position {self.max_positions}: slide its window and prefill again")
-        self.cache.real[:, self.cache.length] = True
         logits = self._forward(next_ids.to(torch.long)[:, None], self._next_position[:, None])
         self._next_position += 1
         return logits

@@ -1,7 +1,7 @@
 """Keys and values kept between forward passes, so that decoding feeds only the new tokens.
 
     cache = KVCache.allocate(model.config, rows, capacity, dtype=torch.float32, device="cpu")
-    cache.real[:, :t] = True  # which of the new columns hold tokens (False: left padding)
+    cache.real[:, :t] = ids != pad  # mark left padding (every column is real until marked)
     logits = model(ids, positions=positions, cache=cache, last_only=True).logits
 
 Column j of a row holds the key/value of the j-th token that row was fed, padding included:
@@ -22,7 +22,7 @@ from megatron_zh.model.config import GPT2Config
 class KVCache:
     keys: list[torch.Tensor]  # per layer [rows, heads, capacity, head_dim]
     values: list[torch.Tensor]  # per layer [rows, heads, capacity, head_dim]
-    real: torch.Tensor  # [rows, capacity] bool: columns holding a token rather than padding
+    real: torch.Tensor  # [rows, capacity] bool: False for the columns of left padding
     length: int = 0  # columns filled by earlier forward passes
     mask: torch.Tensor | None = None  # the current pass's [rows, 1, new, length + new] attention mask
 
@@ -34,7 +34,7 @@ class KVCache:
         shape = (rows, config.num_attention_heads, capacity, config.head_dim)
         keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
         values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        return cls(keys, values, torch.zeros(rows, capacity, dtype=torch.bool, device=device))
+        return cls(keys, values, torch.ones(rows, capacity, dtype=torch.bool, device=device))
 
     @property
     def capacity(self) -> int:
@@ -45,6 +45,11 @@ class KVCache:
         start, end = self.length, self.length + new
         if end > self.capacity:
             raise RuntimeError(f"the key/value cache holds {self.capacity} columns; {end} were needed")
+        if new == 1:
+            # One new token per row, the common decoding step: causality constrains nothing and,
+            # padding only ever preceding a row's tokens, the new column is real. A view: no work.
+            self.mask = self.real[:, None, None, :end]
+            return
         query = torch.arange(start, end, device=self.real.device)[:, None]
         key = torch.arange(end, device=self.real.device)
         # Causal over real keys; a padding query also sees itself so that its (unused) softmax
