@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_zh.errors import ConfigError
-from megatron_zh.model import PRESETS, GPT2Config, GPT2Model, model_flops_per_token
+from megatron_zh.model import PRESETS, GPT2Config, GPT2Model, KVCache, model_flops_per_token
 
 
 def small_config(**overrides) -> GPT2Config:
@@ -238,6 +238,28 @@ def test_dropout_only_in_training():
     assert torch.equal(model(input_ids).logits, model(input_ids).logits)
     model.train()
     assert not torch.equal(model(input_ids).logits, model(input_ids).logits)
+
+
+@torch.no_grad()
+def test_forward_with_a_kv_cache_matches_the_full_forward():
+    """Feeding a sequence in pieces through a KVCache gives the logits of one full forward, and
+    last_only gives the last of them."""
+    config = small_config()
+    model = GPT2Model(config).eval()
+    input_ids, labels = random_batch(config, batch=2, seq=20)
+    full = model(input_ids).logits
+    torch.testing.assert_close(model(input_ids, last_only=True).logits, full[:, -1:], atol=1e-6, rtol=1e-5)
+    cache = KVCache.allocate(config, rows=2, capacity=24, dtype=torch.float32, device="cpu")
+    pieces = []
+    for start, end in ((0, 12), (12, 13), (13, 20)):
+        positions = torch.arange(start, end).expand(2, -1)
+        pieces.append(model(input_ids[:, start:end], positions=positions, cache=cache).logits)
+    assert cache.length == 20
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="holds 24 columns"):
+        model(input_ids[:, :5], positions=torch.arange(20, 25).expand(2, -1), cache=cache)
+    with pytest.raises(ValueError, match="last_only"):
+        model(input_ids, labels=labels, last_only=True)
 
 
 def test_cpu_fallback_is_logged_once(caplog):

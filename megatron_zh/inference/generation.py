@@ -22,19 +22,20 @@ from megatron_zh.errors import ConfigError
 from megatron_zh.inference.decoder import CachedDecoder
 from megatron_zh.inference.sampling import SamplingConfig, choose_tokens, row_generators
 from megatron_zh.inference.streaming import TextStream
+from megatron_zh.knobs import knob
 from megatron_zh.model import GPT2Model
 from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.validators import POSITIVE_INT, validate_fields
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = 64
+    max_new_tokens: int = knob(64, help="tokens to generate per prompt", check=POSITIVE_INT)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    stop_at_eod: bool = True  # end a prompt's generation at [SEP] (not included in its output)
+    stop_at_eod: bool = knob(True, help="end a prompt's generation at [SEP] (not included in its output)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        validate_fields(self, "generation config")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Generation:
 
 def encode_prompt(tokenizer: BertChineseTokenizer, text: str) -> list[int]:
     """[CLS] + the text's tokens: the start of a document as preprocessing frames one."""
-    return [tokenizer.cls] + tokenizer.encode(text)
+    return [tokenizer.cls] + tokenizer.encode(text)  # type: ignore[return-value]  # int | None to mypy; read_vocab guarantees the special tokens
 
 
 def generate_token_ids(
@@ -165,8 +166,8 @@ def _generate_text(
         model,
         prompt_ids,
         config,
-        eod_id=tokenizer.eod,
-        pad_id=tokenizer.pad,
+        eod_id=tokenizer.eod,  # type: ignore[arg-type]  # int | None to mypy; read_vocab guarantees the special tokens
+        pad_id=tokenizer.pad,  # type: ignore[arg-type]  # int | None to mypy; read_vocab guarantees the special tokens
         row_ids=row_ids,
         vocab_size=tokenizer.vocab_size,
     ):

@@ -10,14 +10,14 @@ seed and its own logits only: not on the other prompts of its batch, nor on the 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from megatron_zh.errors import ConfigError
+from megatron_zh.knobs import knob
+from megatron_zh.validators import NON_NEGATIVE_INT, POSITIVE_NUMBER, PROBABILITY, int_below, validate_fields
 
 
 @dataclass(frozen=True)
@@ -25,25 +25,16 @@ class SamplingConfig:
     """greedy: always the most likely token (temperature, top_k, top_p are then ignored).
     top_k 0 and top_p 1.0 switch those filters off; the defaults are Hugging Face's."""
 
-    greedy: bool = False
-    temperature: float = 1.0
-    top_k: int = 50
-    top_p: float = 1.0
-    seed: int = 1234
+    greedy: bool = knob(False, help="always take the most likely token (no sampling)")
+    temperature: float = knob(1.0, help="divides the logits before sampling", check=POSITIVE_NUMBER)
+    top_k: int = knob(50, help="sample from the k most likely tokens (0 = off)", check=NON_NEGATIVE_INT)
+    top_p: float = knob(
+        1.0, help="sample from the most likely tokens of this total probability (1 = off)", check=PROBABILITY
+    )
+    seed: int = knob(1234, help="seeds each prompt's random stream", check=int_below(2**63, "2**63"))
 
     def __post_init__(self) -> None:
-        temperature = self.temperature
-        if not isinstance(temperature, (int, float)) or not (temperature > 0 and math.isfinite(temperature)):
-            raise ConfigError(
-                f"temperature must be a positive number, got {self.temperature!r} (use greedy decoding "
-                "for the deterministic most-likely token)"
-            )
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ConfigError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-            raise ConfigError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise ConfigError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+        validate_fields(self, "sampling config")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from megatron_zh import ops
 from megatron_zh.log import get_logger
 from megatron_zh.model.config import GPT2Config
+from megatron_zh.model.kv_cache import KVCache
 
 logger = get_logger(__name__)
 
@@ -26,7 +27,7 @@ KernelBackend = Literal["auto", "triton", "torch"]
 
 
 class GPT2Output(NamedTuple):
-    logits: torch.Tensor  # [batch, seq, vocab], the model's dtype
+    logits: torch.Tensor  # [batch, seq, vocab] (seq 1 with last_only), the model's dtype
     loss: torch.Tensor | None  # float32 scalar when labels were given
 
 
@@ -37,7 +38,7 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
 
-    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, backend: KernelBackend) -> torch.Tensor:
         return ops.layer_norm(x, self.weight, self.bias, self.eps, backend=backend)
 
 
@@ -51,13 +52,21 @@ class SelfAttention(nn.Module):
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, backend: KernelBackend, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
         batch, seq, hidden = x.shape
         # [b, s, 3, heads, d] -> three strided [b, heads, s, d] views: no copies on the way in.
         qkv = self.query_key_value(x).view(batch, seq, 3, self.num_heads, self.head_dim)
         q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))
         dropout_p = self.dropout_p if self.training else 0.0
-        if self.impl == "flash":
+        if cache is not None:
+            # Decoding: the queries are the newest tokens, the keys every filled column, and the
+            # mask (causal, minus left padding) is no longer a plain triangle: the fused causal
+            # kernels do not apply.
+            keys, values = cache.update(layer, k, v)
+            context = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask)
+        elif self.impl == "flash":
             context = ops.causal_attention(q, k, v, dropout_p=dropout_p, backend=backend)
         elif self.impl == "softmax":
             scores = torch.matmul(q, k.transpose(-1, -2))
@@ -89,8 +98,10 @@ class TransformerBlock(nn.Module):
         self.mlp = MLP(config)
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, backend: str) -> torch.Tensor:
-        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x, backend), backend))
+    def forward(
+        self, x: torch.Tensor, backend: KernelBackend, cache: KVCache | None = None, layer: int = 0
+    ) -> torch.Tensor:
+        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x, backend), backend, cache, layer))
         return x + self.hidden_dropout(self.mlp(self.post_attention_layernorm(x, backend)))
 
 
@@ -103,8 +114,9 @@ class Embedding(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        if positions is None:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         return self.dropout(self.word_embeddings(input_ids) + self.position_embeddings(positions))
 
 
@@ -142,19 +154,33 @@ class GPT2Model(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         residual_std = std / math.sqrt(2 * self.config.num_layers)
-        for layer in self.layers:
-            nn.init.normal_(layer.self_attention.dense.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(layer.mlp.dense_4h_to_h.weight, mean=0.0, std=residual_std)
+        for module in self.modules():  # in layer order, attention before MLP: the same draws as ever
+            if isinstance(module, SelfAttention):
+                nn.init.normal_(module.dense.weight, mean=0.0, std=residual_std)
+            elif isinstance(module, MLP):
+                nn.init.normal_(module.dense_4h_to_h.weight, mean=0.0, std=residual_std)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())  # the tied LM head is counted once
 
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+        *,
+        positions: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> GPT2Output:
         """input_ids [batch, seq] -> logits [batch, seq, vocab]; with labels (already shifted:
         labels[:, i] is the token after input_ids[:, i]) also the loss
-        sum(ce * loss_mask) / sum(loss_mask), or the plain mean without a mask."""
+        sum(ce * loss_mask) / sum(loss_mask), or the plain mean without a mask.
+
+        For decoding: `positions` [batch, seq] (default 0..seq-1) places the tokens, `cache`
+        supplies the keys and values of earlier passes and keeps this pass's, and `last_only`
+        computes the logits of the last position only ([batch, 1, vocab]).
+        """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_position_embeddings:
@@ -162,20 +188,29 @@ class GPT2Model(nn.Module):
                 f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings "
                 f"{self.config.max_position_embeddings}"
             )
-        backend = self._resolve_kernel_backend(input_ids)
-        hidden = self.embedding(input_ids)
-        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
+        if last_only and labels is not None:
+            raise ValueError("the loss needs the logits of every position: pass labels without last_only")
+        # A decoding pass is a few tokens per row, too short for the fused kernels to pay off.
+        backend: KernelBackend = "torch" if cache is not None else self._resolve_kernel_backend(input_ids)
+        hidden = self.embedding(input_ids, positions)
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
+        if cache is not None:
+            cache.begin(input_ids.shape[1])
+        for index, layer in enumerate(self.layers):
             if recompute:
                 hidden = checkpoint(layer, hidden, backend, use_reentrant=False)
             else:
-                hidden = layer(hidden, backend)
+                hidden = layer(hidden, backend, cache, index)
+        if cache is not None:
+            cache.end(input_ids.shape[1])
+        if last_only:
+            hidden = hidden[:, -1:]
         hidden = self.final_layernorm(hidden, backend)
         logits = F.linear(hidden, self.embedding.word_embeddings.weight)
         loss = None if labels is None else masked_lm_loss(logits, labels, loss_mask)
         return GPT2Output(logits, loss)
 
-    def _resolve_kernel_backend(self, input_ids: torch.Tensor) -> str:
+    def _resolve_kernel_backend(self, input_ids: torch.Tensor) -> KernelBackend:
         if self.kernel_backend != "auto":
             return self.kernel_backend
         if input_ids.is_cuda and ops.triton_installed():
