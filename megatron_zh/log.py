@@ -15,6 +15,10 @@ class _RankFilter(logging.Filter):
         return True
 
 
+class _OurHandler(logging.StreamHandler):
+    """Ours, so that a second setup_logging finds it and adds no duplicate."""
+
+
 def get_logger(name: str) -> logging.Logger:
     """A logger under the `megatron_zh` hierarchy; configure output once with `setup_logging`."""
     return logging.getLogger(name if name.startswith("megatron_zh") else f"megatron_zh.{name}")
@@ -24,10 +28,9 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     """Send megatron_zh logs to stderr with the rank prefix. Idempotent."""
     root = logging.getLogger("megatron_zh")
     root.setLevel(level)
-    if not any(getattr(h, "_megatron_zh", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _OurHandler) for h in root.handlers):
+        handler = _OurHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
         handler.addFilter(_RankFilter())
-        handler._megatron_zh = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.propagate = False

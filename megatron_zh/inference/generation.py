@@ -49,7 +49,7 @@ class Generation:
 
 def encode_prompt(tokenizer: BertChineseTokenizer, text: str) -> list[int]:
     """[CLS] + the text's tokens: the start of a document as preprocessing frames one."""
-    return [tokenizer.cls] + tokenizer.encode(text)  # type: ignore[return-value]  # int | None to mypy; read_vocab guarantees the special tokens
+    return [tokenizer.cls] + tokenizer.encode(text)
 
 
 def generate_token_ids(
@@ -166,8 +166,8 @@ def _generate_text(
         model,
         prompt_ids,
         config,
-        eod_id=tokenizer.eod,  # type: ignore[arg-type]  # int | None to mypy; read_vocab guarantees the special tokens
-        pad_id=tokenizer.pad,  # type: ignore[arg-type]  # int | None to mypy; read_vocab guarantees the special tokens
+        eod_id=tokenizer.eod,
+        pad_id=tokenizer.pad,
         row_ids=row_ids,
         vocab_size=tokenizer.vocab_size,
     ):
