@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from megatron_zh.errors import ConfigError
+from megatron_zh.validators import (
+    BOOLEAN,
+    FRACTION,
+    POSITIVE_INT,
+    POSITIVE_NUMBER,
+    checked,
+    field_problems,
+    one_of,
+    raise_problems,
+)
 
-ATTENTION_IMPLS = ("flash", "softmax", "torch")
+AttentionImpl = Literal["flash", "softmax", "torch"]
+ATTENTION_IMPLS: tuple[AttentionImpl, ...] = get_args(AttentionImpl)
 
 
 @dataclass
@@ -21,51 +31,27 @@ class GPT2Config:
     (`F.scaled_dot_product_attention`). Without CUDA the Triton choices run PyTorch code.
     """
 
-    vocab_size: int = 21128
-    max_position_embeddings: int = 1024
-    num_layers: int = 6
-    hidden_size: int = 768
-    num_attention_heads: int = 12
-    ffn_hidden_size: int = 3072
-    hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    layernorm_epsilon: float = 1e-5
-    init_std: float = 0.02
-    attention_impl: str = "flash"
-    activation_checkpointing: bool = False
+    vocab_size: int = checked(POSITIVE_INT, 21128)
+    max_position_embeddings: int = checked(POSITIVE_INT, 1024)
+    num_layers: int = checked(POSITIVE_INT, 6)
+    hidden_size: int = checked(POSITIVE_INT, 768)
+    num_attention_heads: int = checked(POSITIVE_INT, 12)
+    ffn_hidden_size: int = checked(POSITIVE_INT, 3072)
+    hidden_dropout: float = checked(FRACTION, 0.1)
+    attention_dropout: float = checked(FRACTION, 0.1)
+    layernorm_epsilon: float = checked(POSITIVE_NUMBER, 1e-5)
+    init_std: float = checked(POSITIVE_NUMBER, 0.02)
+    attention_impl: AttentionImpl = checked(one_of(ATTENTION_IMPLS), "flash")
+    activation_checkpointing: bool = checked(BOOLEAN, False)
 
     def __post_init__(self) -> None:
-        problems = []
-        for name in (
-            "vocab_size",
-            "max_position_embeddings",
-            "num_layers",
-            "hidden_size",
-            "num_attention_heads",
-            "ffn_hidden_size",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        for name in ("hidden_dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                problems.append(f"{name} must be in [0, 1), got {value!r}")
-        for name in ("layernorm_epsilon", "init_std"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (value > 0 and math.isfinite(value)):
-                problems.append(f"{name} must be a positive number, got {value!r}")
-        if self.attention_impl not in ATTENTION_IMPLS:
-            problems.append(f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
-        if not isinstance(self.activation_checkpointing, bool):
-            problems.append(f"activation_checkpointing must be true or false, got {self.activation_checkpointing!r}")
+        problems = field_problems(self)
         if not problems and self.hidden_size % self.num_attention_heads:
             problems.append(
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads})"
             )
-        if problems:
-            raise ConfigError("invalid model config: " + "; ".join(problems))
+        raise_problems("model config", problems)
 
     @property
     def head_dim(self) -> int:

@@ -164,7 +164,7 @@ def _resolve_optimizer(ds: dict, flags: DeepSpeedOverrides, source: str) -> floa
     if flags.adam_eps is not None:
         params["eps"] = flags.adam_eps
     lr = params.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+    if not POSITIVE_NUMBER.accepts(lr):
         raise ConfigError(f"{source}: optimizer.params.lr must be a positive number (or pass --lr), got {lr!r}")
     if flags.clip_grad is not None:
         ds["gradient_clipping"] = flags.clip_grad
