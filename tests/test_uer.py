@@ -197,7 +197,7 @@ def test_import_refuses_what_does_not_fit(tmp_path, zh_vocab_file):
     with pytest.raises(ConfigError, match="exists and is not empty; pass --overwrite"):
         convert()
     convert(overwrite=True)
-    with pytest.raises(ConfigError, match="holds the input"):  # --overwrite never deletes an input
+    with pytest.raises(ConfigError, match="contains the UER-py model"):  # --overwrite never deletes an input
         import_from_uer(model_file, model_file.parent, vocab_file=zh_vocab_file, uer_config=config_file, overwrite=True)
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "latest").is_file()
 

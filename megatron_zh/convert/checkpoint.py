@@ -181,4 +181,12 @@ def write_checkpoint(
         (folder / CLIENT_STATE_FILE).write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
         (staging / LATEST_FILE).write_text(tag, encoding="utf-8")
         commit_directory(staging, directory)
+    logger.info(
+        "wrote %s (%d layers, hidden %d, %.1f M parameters, vocab %s)",
+        directory / tag,
+        model_config.num_layers,
+        model_config.hidden_size,
+        sum(t.numel() for t in module.values()) / 1e6,
+        vocab_fingerprint[:19],
+    )
     return directory / tag

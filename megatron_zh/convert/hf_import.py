@@ -148,12 +148,4 @@ def import_from_hf(
         source=f"Hugging Face folder {hf.folder.resolve()}",
         overwrite=overwrite,
     )
-    logger.info(
-        "wrote %s (%d layers, hidden %d, %.1f M parameters, vocab %s)",
-        folder,
-        hf.model_config.num_layers,
-        hf.model_config.hidden_size,
-        sum(t.numel() for t in hf.state_dict.values()) / 1e6,
-        tokenizer.fingerprint[:19],
-    )
     return folder

@@ -28,6 +28,7 @@ from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config
+from megatron_zh.paths import refuse_overlap
 from megatron_zh.tokenizer import BertChineseTokenizer
 
 logger = get_logger(__name__)
@@ -115,10 +116,7 @@ def import_from_uer(
     overwrite: bool = False,
 ) -> Path:
     """Convert a UER-py GPT-2 into a checkpoint directory pretrain_gpt.py --load ... --finetune starts from."""
-    target = Path(output).resolve()
-    for source in (path, vocab_file, uer_config):
-        if source is not None and target in (Path(source).resolve(), *Path(source).resolve().parents):
-            raise ConfigError(f"--output {output} holds the input {source}; choose a new folder")
+    refuse_overlap(output, [("the UER-py model", path), ("--vocab-file", vocab_file), ("--uer-config", uer_config)])
     model = read_uer_model(path, uer_config=uer_config, num_attention_heads=num_attention_heads)
     tokenizer = BertChineseTokenizer(vocab_file)  # UER-py's BertTokenizer lower-cases, as ours
     if tokenizer.vocab_size != model.model_config.vocab_size:
@@ -134,14 +132,6 @@ def import_from_uer(
         vocab_size=tokenizer.vocab_size,
         source=f"UER-py model {Path(path).resolve()}",
         overwrite=overwrite,
-    )
-    logger.info(
-        "wrote %s (%d layers, hidden %d, %.1f M parameters, vocab %s)",
-        folder,
-        model.model_config.num_layers,
-        model.model_config.hidden_size,
-        sum(t.numel() for t in model.state_dict.values()) / 1e6,
-        tokenizer.fingerprint[:19],
     )
     return folder
 
