@@ -38,7 +38,11 @@ client_state.json):
     world_size          data-parallel ranks that wrote the checkpoint
     precision           "fp32" | "bf16" | "fp16"
     rng_states          list indexed by global rank of {"python", "numpy", "torch", "cuda"} RNG
-                        states (dropout masks continue exactly on resume)
+                        states (dropout masks continue exactly on resume; on another number of
+                        ranks, rank r continues saved rank r mod N: see universal.py)
+
+Resuming on another number of data-parallel ranks goes through a DeepSpeed universal copy of the
+checkpoint, cached beside it as global_step<N>_universal/ (universal.py).
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from megatron_zh.tokenizer import check_fingerprint
 from megatron_zh.training.config import RunConfig, TrainConfig
 from megatron_zh.training.distributed import DistEnv, barrier
 from megatron_zh.training.master_weights import MODEL_STATES_FILE, read_fp32_weights, set_fp32_masters
+from megatron_zh.training.universal import remove_orphan_caches, rng_state_for_rank, universal_loading
 
 logger = get_logger(__name__)
 
@@ -98,6 +103,9 @@ class StartPoint:
     directory: str | None = None
     tag: str | None = None
     info: dict[str, Any] | None = None  # the checkpoint's client state (without RNG states)
+    # Tag of a DeepSpeed universal copy of `tag` to load instead (set by universal.prepare_resume when the
+    # data-parallel size changed since the save).
+    universal: str | None = None
 
 
 def tag_for(iteration: int) -> str:
@@ -155,8 +163,7 @@ def resolve_start(train: TrainConfig) -> StartPoint:
     that one instead of starting over from the stage-1 weights, so a pre-empted job can simply be
     resubmitted with the same command.
     """
-    if train.finetune and train.save and read_latest_tag(train.save) is not None:
-        tag = read_latest_tag(train.save)
+    if train.finetune and train.save and (tag := read_latest_tag(train.save)) is not None:
         logger.info(
             "%s already holds checkpoint %s: resuming it instead of starting again from %s", train.save, tag, train.load
         )
@@ -297,9 +304,10 @@ def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` complete checkpoints, and any abandoned partial ones older
     than `latest`. Never touches what `latest` names."""
     latest = read_latest_tag(save_dir)
-    if latest is None or not TAG_PATTERN.match(latest):
+    latest_match = TAG_PATTERN.match(latest) if latest is not None else None
+    if latest is None or latest_match is None:
         return []
-    latest_step = int(TAG_PATTERN.match(latest).group(1))
+    latest_step = int(latest_match.group(1))
     found = sorted(
         ((int(m.group(1)), p) for p in save_dir.iterdir() if p.is_dir() and (m := TAG_PATTERN.match(p.name))),
         reverse=True,
@@ -313,6 +321,7 @@ def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
             removed.append(path)
     if removed:
         logger.info("removed old checkpoint(s) %s (keep_last=%d)", ", ".join(p.name for p in removed), keep_last)
+        removed += remove_orphan_caches(save_dir)  # universal copies of the removed ones
     return removed
 
 
@@ -321,17 +330,18 @@ def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
 
 def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState, dict[str, Any] | None]:
     """Load what `start` says into the engine. Returns the counters and this rank's RNG state to restore
-    (None when the run starts fresh: finetune, or a checkpoint from another world size)."""
-    if start.mode == "scratch":
+    (None when the run starts fresh: finetune, or a checkpoint without random states)."""
+    if start.mode == "scratch" or start.directory is None or start.tag is None:
         return TrainState(), None
     finetune = start.mode == "finetune"
-    path, client = engine.load_checkpoint(
-        start.directory,
-        tag=start.tag,
-        load_module_only=finetune,
-        load_optimizer_states=not finetune,
-        load_lr_scheduler_states=not finetune,
-    )
+    with universal_loading(engine, start):
+        path, client = engine.load_checkpoint(
+            start.directory,
+            tag=start.universal or start.tag,
+            load_module_only=finetune,
+            load_optimizer_states=not finetune,
+            load_lr_scheduler_states=not finetune,
+        )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {start.directory}/{start.tag}")
     if finetune:
@@ -349,14 +359,17 @@ def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState
     if scheduler is not None and hasattr(scheduler, "last_batch_iteration"):
         scheduler.step(scheduler.last_batch_iteration)
     rng_states = client.get("rng_states") or []
-    rng = rng_states[env.rank] if len(rng_states) == env.world_size else None
+    rng = rng_state_for_rank(rng_states, env.rank)  # rank r continues rank r mod N's stream (universal.py)
     if rng is None:
-        logger.warning(
-            "checkpoint %s was written by %d rank(s), this run has %d: random states are re-seeded, "
-            "so dropout masks will differ from an uninterrupted run",
+        logger.warning("checkpoint %s holds no random states: they stay as seeded", path)
+    elif len(rng_states) != env.world_size:
+        logger.info(
+            "checkpoint %s holds the random states of %d rank(s), this run has %d: rank r continues "
+            "the stream of saved rank r mod %d",
             path,
             len(rng_states),
             env.world_size,
+            len(rng_states),
         )
     logger.info("resumed %s at iteration %d, %d samples consumed", path, state.iteration, state.consumed_samples)
     return state, rng
