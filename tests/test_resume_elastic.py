@@ -56,7 +56,7 @@ def consolidate(folder: Path) -> dict[str, dict[str, torch.Tensor]]:
     slices are the parameters of param_shapes back to back, then the group's end padding.
     """
     shapes = torch.load(folder / MODEL_STATES_FILE, map_location="cpu", weights_only=False)["param_shapes"]
-    files = sorted(folder.glob("*zero_pp_rank_*_optim_states.pt"), key=lambda p: int(p.name.split("_")[-5]))
+    files = sorted(folder.glob("*zero_pp_rank_*_optim_states.pt"), key=lambda p: int(p.name.split("_")[-6]))
     optims = [torch.load(p, map_location="cpu", weights_only=False)["optimizer_state_dict"] for p in files]
     result: dict[str, dict[str, torch.Tensor]] = {"fp32": {}, "exp_avg": {}, "exp_avg_sq": {}}
     for group, group_shapes in enumerate(shapes):
@@ -81,7 +81,9 @@ def adam_steps(folder: Path) -> set[int]:
 
 
 def universal_state(cache: Path, name: str, key: str) -> torch.Tensor:
-    return torch.load(cache / "zero" / name / f"{key}.pt", map_location="cpu", weights_only=False)["param"]
+    """zero/<name>/<key>.pt of a universal checkpoint: {"param": tensor, "cat_dim": ...}; the step is bare."""
+    value = torch.load(cache / "zero" / name / f"{key}.pt", map_location="cpu", weights_only=True)
+    return value["param"] if isinstance(value, dict) else value
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
