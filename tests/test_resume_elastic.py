@@ -177,6 +177,8 @@ def test_universal_checkpoint_holds_the_saved_moments_and_masters(elastic):
         steps = {float(universal_state(cache, name, "step")) for name in shards["fp32"]}
         assert steps == {float(step)}
         assert json.loads((cache / CACHE_MARKER).read_text())["source"] == f"global_step{step}"
+        # The unchanged model-states file is the checkpoint's own, hard-linked rather than copied.
+        assert (cache / MODEL_STATES_FILE).samefile(save / f"global_step{step}" / MODEL_STATES_FILE)
     assert (save / LATEST_UNIVERSAL_FILE).read_text() == "global_step4_universal"
     assert not list(save.glob(".*.tmp")), "a staging folder was left behind"
 

@@ -34,8 +34,9 @@ masks cannot match the uninterrupted run once samples move to other ranks; with 
 (--hidden-dropout 0 --attention-dropout 0) nothing in a step draws from them.
 
 Storage: the cache's zero/ folder holds what the N optimizer files held (fp32 masters + moments,
-without padding) plus a copy of the model-states file; it lives beside the checkpoint, so the load
-directory must be writable and, on several nodes, shared (every rank reads the cache).
+without padding); its model-states file is a hard link to the checkpoint's where the filesystem allows
+(a copy otherwise). It lives beside the checkpoint, so the load directory must be writable and, on
+several nodes, shared (every rank reads the cache).
 
 Trust: DeepSpeed's converter unpickles the checkpoint's files with weights_only=False, as its
 engine.load_checkpoint does on every resume; the files are this run's own checkpoint (`--load` of a
@@ -234,6 +235,7 @@ def convert_to_universal(folder: Path, cache: Path) -> float:
         except BaseException:
             logger.debug("ds_to_universal output:\n%s", chatter.getvalue())
             raise
+        _link_model_states(folder, output)
         seconds = time.perf_counter() - began
         marker = {"source": folder.name, "files": files, "seconds": round(seconds, 3), **_versions()}
         (output / CACHE_MARKER).write_text(json.dumps(marker, indent=2), encoding="utf-8")
@@ -247,6 +249,21 @@ def convert_to_universal(folder: Path, cache: Path) -> float:
     with atomic_write(cache.parent / LATEST_UNIVERSAL_FILE) as f:
         f.write(cache.name)
     return time.perf_counter() - began
+
+
+def _link_model_states(folder: Path, output: Path) -> None:
+    """ds_to_universal copies the model-states file (a quarter of an fp32 checkpoint) unchanged; a hard link
+    to the source holds the same bytes without the disk. Kept as a copy where links are not possible."""
+    for copy in output.glob("*model_states.pt"):
+        source = folder / copy.name
+        if not source.is_file() or source.stat().st_size != copy.stat().st_size:
+            continue
+        link = copy.with_name(copy.name + ".link")
+        try:
+            os.link(source, link)
+        except OSError:
+            continue  # another filesystem, or one without hard links
+        os.replace(link, copy)
 
 
 def _convert_or_reuse(folder: Path, cache: Path, saved: int, ranks: int, advice: str) -> dict[str, Any] | str:
@@ -263,7 +280,7 @@ def _convert_or_reuse(folder: Path, cache: Path, saved: int, ranks: int, advice:
             f"{what}; DeepSpeed could not convert it to a universal checkpoint ({type(exc).__name__}: {exc}); {advice}"
         )
     remove_orphan_caches(folder.parent)
-    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file()) / 2**20
+    size = sum(p.stat().st_size for p in cache.rglob("*") if p.is_file() and p.stat().st_nlink == 1) / 2**20
     return {
         "message": f"{what}: converted it to a universal checkpoint (DeepSpeed) in {seconds:.1f} s, "
         f"{size:.1f} MB cached at {cache}"
