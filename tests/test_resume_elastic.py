@@ -116,7 +116,7 @@ def single_rank() -> DistEnv:
 def uninterrupted(zh_text_document, tmp_path_factory) -> Path:
     """The same 6 steps on one rank without a stop (global batch 12 = 6 micro-batches of 2)."""
     save = tmp_path_factory.mktemp("uninterrupted")
-    run(pretrain_args(zh_text_document, save, **FLAGS), ranks=None)
+    run(pretrain_args(zh_text_document, save, **FLAGS), ranks=None, timeout=600)
     return save
 
 
@@ -127,7 +127,7 @@ def elastic(zh_text_document, tmp_path_factory) -> dict:
     outputs = {}
     for ranks, stop in ((3, 2), (2, 4), (1, 6)):
         args = pretrain_args(zh_text_document, save, **FLAGS, **({"exit_interval": stop} if stop < ITERS else {}))
-        outputs[ranks] = run(args, ranks=ranks if ranks > 1 else None)
+        outputs[ranks] = run(args, ranks=ranks if ranks > 1 else None, timeout=600)
         assert latest(save) == f"global_step{stop}"
     return {"save": save, "outputs": outputs}
 
@@ -255,7 +255,7 @@ def test_bf16_checkpoint_resumes_on_fewer_ranks(bf16_checkpoint, zh_text_documen
         global_batch_size=12,
         micro_batch_size=2,
     )
-    output = run(args, ranks=2)
+    output = run(args, ranks=2, timeout=600)
     assert re.search(r"written by 3 rank\(s\), this run has 2: converted it to a universal checkpoint", output)
     masters, source = read_fp32_weights(save / "global_step3")
     assert source == "zero-fp32-master (bf16 optimizer, 3 ranks)"
