@@ -52,7 +52,7 @@ def build_run_config(args: argparse.Namespace, world_size: int) -> RunConfig:
     train = TrainConfig.from_dict({**pretrain, **given_values(args, TrainConfig)}, source=f'{source} "pretrain"')
     flags = DeepSpeedOverrides(**given_values(args, DeepSpeedOverrides))
     deepspeed = resolve_deepspeed_config(ds, train, flags, world_size, source)
-    model = GPT2Config.from_preset(train.model, **train.model_overrides)
+    model = GPT2Config.from_preset(train.model, **train.model_config_overrides)
     if train.seq_length > model.max_position_embeddings:
         raise ConfigError(
             f"seq_length {train.seq_length} is longer than model {train.model!r}'s "

@@ -25,7 +25,11 @@ Layout of a save directory (what tools/convert_to_hf.py and `--load` read)::
         client_state.json          the client state without "rng_states", readable without torch
                                    (validation reads it before anything heavy starts)
 
-The client state and its keys: megatron_zh/training/client_state.py (ClientState).
+The client state and its keys: megatron_zh/training/client_state.py (ClientState); on another
+number of ranks, rank r continues the RNG states of saved rank r mod N (see universal.py).
+
+Resuming on another number of data-parallel ranks goes through a DeepSpeed universal copy of the
+checkpoint, cached beside it as global_step<N>_universal/ (universal.py).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from megatron_zh.training.client_state import ClientState
 from megatron_zh.training.config import RunConfig, TrainConfig
 from megatron_zh.training.distributed import DistEnv, barrier
 from megatron_zh.training.master_weights import MODEL_STATES_FILE, read_fp32_weights, set_fp32_masters
+from megatron_zh.training.universal import remove_orphan_caches, rng_state_for_rank, universal_loading
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine
@@ -92,6 +97,9 @@ class StartPoint:
     directory: str | None = None  # set, with tag and info, unless mode is "scratch"
     tag: str | None = None
     info: ClientState | None = None  # the checkpoint's client state (without RNG states)
+    # Tag of a DeepSpeed universal copy of `tag` to load instead (set by universal.prepare_resume when the
+    # data-parallel size changed since the save).
+    universal: str | None = None
 
     @property
     def folder(self) -> Path:
@@ -305,6 +313,7 @@ def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
             removed.append(path)
     if removed:
         logger.info("removed old checkpoint(s) %s (keep_last=%d)", ", ".join(p.name for p in removed), keep_last)
+        removed += remove_orphan_caches(save_dir)  # universal copies of the removed ones
     return removed
 
 
@@ -313,17 +322,18 @@ def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
 
 def load_checkpoint(engine: DeepSpeedEngine, start: StartPoint, env: DistEnv) -> tuple[TrainState, RngState | None]:
     """Load what `start` says into the engine. Returns the counters and this rank's RNG state to restore
-    (None when the run starts fresh: finetune, or a checkpoint from another world size)."""
-    if start.mode == "scratch":
+    (None when the run starts fresh: finetune, or a checkpoint without random states)."""
+    if start.mode == "scratch" or start.directory is None or start.tag is None:
         return TrainState(), None
     finetune = start.mode == "finetune"
-    path, client = engine.load_checkpoint(
-        start.directory,
-        tag=start.tag,
-        load_module_only=finetune,
-        load_optimizer_states=not finetune,
-        load_lr_scheduler_states=not finetune,
-    )
+    with universal_loading(engine, start):
+        path, client = engine.load_checkpoint(
+            start.directory,
+            tag=start.universal or start.tag,
+            load_module_only=finetune,
+            load_optimizer_states=not finetune,
+            load_lr_scheduler_states=not finetune,
+        )
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load checkpoint {start.directory}/{start.tag}")
     if finetune:
@@ -342,14 +352,17 @@ def load_checkpoint(engine: DeepSpeedEngine, start: StartPoint, env: DistEnv) ->
     if scheduler is not None and hasattr(scheduler, "last_batch_iteration"):
         scheduler.step(scheduler.last_batch_iteration)
     rng_states = saved.rng_states or []
-    rng = rng_states[env.rank] if len(rng_states) == env.world_size else None
+    rng = rng_state_for_rank(rng_states, env.rank)  # rank r continues rank r mod N's stream (universal.py)
     if rng is None:
-        logger.warning(
-            "checkpoint %s was written by %d rank(s), this run has %d: random states are re-seeded, "
-            "so dropout masks will differ from an uninterrupted run",
+        logger.warning("checkpoint %s holds no random states: they stay as seeded", path)
+    elif len(rng_states) != env.world_size:
+        logger.info(
+            "checkpoint %s holds the random states of %d rank(s), this run has %d: rank r continues "
+            "the stream of saved rank r mod %d",
             path,
             len(rng_states),
             env.world_size,
+            len(rng_states),
         )
     logger.info("resumed %s at iteration %d, %d samples consumed", path, state.iteration, state.consumed_samples)
     return state, rng

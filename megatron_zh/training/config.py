@@ -78,6 +78,20 @@ class TrainConfig:
     model_overrides: dict[str, Any] = knob(
         help="GPT2Config fields to change", check=GPT2_FIELDS, default_factory=dict, flag=False
     )
+    # Megatron's dropout flags. None keeps the preset's (or model_overrides') rate; set, they win over
+    # both, so `--hidden-dropout 0 --attention-dropout 0` makes any preset deterministic.
+    hidden_dropout: float | None = knob(
+        None,
+        help="dropout on embeddings and residual branches (default: the preset's, 0.1 for gpt2-distil; 0: off)",
+        check=optional(FRACTION),
+        group=MODEL,
+    )
+    attention_dropout: float | None = knob(
+        None,
+        help="dropout on attention probabilities (default: the preset's, 0.1 for gpt2-distil; 0: off)",
+        check=optional(FRACTION),
+        group=MODEL,
+    )
     # Schedule. Warm-up is linear over lr_warmup_iters, or lr_warmup_fraction of train_iters.
     lr_warmup_fraction: float = knob(
         0.1, help="warm-up length as a fraction of train_iters", check=FRACTION, group=SCHEDULE
@@ -155,6 +169,12 @@ class TrainConfig:
         if self.finetune and self.load is None:
             problems.append("finetune needs the checkpoint to start from: set pretrain.load or --load")
         raise_problems("pretrain config", problems)
+
+    @property
+    def model_config_overrides(self) -> dict[str, Any]:
+        """GPT2Config fields to change from the preset: model_overrides, then the dropout knobs that are set."""
+        dropouts = {"hidden_dropout": self.hidden_dropout, "attention_dropout": self.attention_dropout}
+        return {**self.model_overrides, **{k: v for k, v in dropouts.items() if v is not None}}
 
     @property
     def lr_warmup_steps(self) -> int:

@@ -27,6 +27,7 @@ from megatron_zh.training.engine import init_model, initialize_engine, start_lr_
 from megatron_zh.training.loop import Outcome, TrainContext, train
 from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
 from megatron_zh.training.signals import StopRequest
+from megatron_zh.training.universal import prepare_resume
 from megatron_zh.training.validation import Preflight, validate
 
 logger = get_logger(__name__)
@@ -58,10 +59,11 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
         f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU, {threads} thread(s)",
     )
     seed_everything(run.train.seed)
+    start = prepare_resume(preflight.start, run, env)  # a universal copy when the data-parallel size changed
     train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint)
     model = init_model(run.model, run.train.seed)
     engine = initialize_engine(run, model)
-    state, rng_state = load_checkpoint(engine, preflight.start, env)
+    state, rng_state = load_checkpoint(engine, start, env)
     if preflight.start.mode != "resume":
         start_lr_schedule(engine)
     if state.iteration >= run.train.train_iters:
