@@ -55,13 +55,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from megatron_zh.checkpoint_safety import guard_engine_loads, safe_load
 from megatron_zh.errors import CheckpointError, ConfigError
-from megatron_zh.fileio import atomic_write, fsync_tree
+from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import check_fingerprint
 from megatron_zh.training.config import RunConfig, TrainConfig
 from megatron_zh.training.distributed import DistEnv, barrier
 from megatron_zh.training.master_weights import MODEL_STATES_FILE, read_fp32_weights, set_fp32_masters
+from megatron_zh.training.save_guard import commit_checkpoint, write_checkpoint_files
 
 logger = get_logger(__name__)
 
@@ -130,7 +132,7 @@ def read_client_state(directory: str | os.PathLike, tag: str) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise CheckpointError(f"{sidecar} is not valid JSON ({exc.msg}); the checkpoint is damaged") from None
     # A checkpoint written by another tool: read the client state from DeepSpeed's file (heavier).
-    states = torch.load(folder / MODEL_STATES_FILE, map_location="cpu", weights_only=False)
+    states = safe_load(folder / MODEL_STATES_FILE)
     return {k: v for k, v in states.items() if k in _CLIENT_KEYS and k != "rng_states"}
 
 
@@ -277,16 +279,18 @@ def save_checkpoint(
         "precision": run.precision,
     }
     rng_states = _gather_rng_states(env)
-    engine.save_checkpoint(
-        str(save_dir), tag=tag, client_state={**client_state, "rng_states": rng_states}, save_latest=False
-    )
-    fsync_tree(folder)  # each rank: its own files are on disk before anyone says the checkpoint is whole
-    barrier()
-    if env.is_main:
+    # Every rank writes and fsyncs its files; a failure on any rank (full disk, read-only) fails all of them
+    # together and removes the unfinished folder (save_guard), so `latest` keeps naming a whole checkpoint.
+    write_checkpoint_files(engine, save_dir, tag, {**client_state, "rng_states": rng_states}, env)
+
+    def commit() -> None:
         with atomic_write(folder / CLIENT_STATE_FILE) as f:
             json.dump(client_state, f, indent=2)
         with atomic_write(save_dir / LATEST_FILE) as f:
             f.write(tag)
+
+    commit_checkpoint(env, save_dir, tag, commit)
+    if env.is_main:
         if run.train.keep_last is not None:
             prune_checkpoints(save_dir, run.train.keep_last)
     barrier()
@@ -325,6 +329,7 @@ def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState
     if start.mode == "scratch":
         return TrainState(), None
     finetune = start.mode == "finetune"
+    guard_engine_loads(engine)  # DeepSpeed unpickles with weights_only=False: give it the restricted loader
     path, client = engine.load_checkpoint(
         start.directory,
         tag=start.tag,
