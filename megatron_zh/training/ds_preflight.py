@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +47,14 @@ _SECTION_OF_MODEL = {
 def _close(name: str, choices: list[str]) -> str:
     match = difflib.get_close_matches(name, choices, n=1)
     return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _qualified(cls: type) -> str:
+    """torch.optim.AdamW rather than torch.optim.adamw.AdamW: the name users write."""
+    for public in ("torch.optim.lr_scheduler", "torch.optim"):
+        if cls.__module__.startswith(public) and getattr(importlib.import_module(public), cls.__name__, None) is cls:
+            return f"{public}.{cls.__name__}"
+    return f"{cls.__module__}.{cls.__name__}"
 
 
 def _keywords(fn: Callable[..., Any], skip: int) -> tuple[list[str], list[str], bool]:
@@ -80,7 +90,7 @@ def _pydantic_error(exc: Exception, source: str) -> ConfigError:
     first = errors[0]
     path = ".".join(str(part) for part in (_SECTION_OF_MODEL.get(title, title), *first.get("loc", ())))
     value = f" (got {first['input']!r})" if "input" in first and first.get("type") != "missing" else ""
-    return ConfigError(f"{source}: {path}: {first.get('msg', 'invalid')}{value}; DeepSpeed {title} rejects it")
+    return ConfigError(f"{source}: {path}: {first.get('msg', 'invalid')}{value}; DeepSpeed's {title} rejects it")
 
 
 def check_sections(ds: dict[str, Any], source: str) -> None:
@@ -188,14 +198,14 @@ def check_optimizer(ds: dict[str, Any], source: str) -> None:
         params = {k: v for k, v in params.items() if k not in _ADAM_ENGINE_KEYS}
         if cls.__module__.startswith("torch.optim"):
             params.pop("foreach", None)
-    what = f"{cls.__module__}.{cls.__name__}"
-    _check_params(params, cls.__init__, 2, what, "optimizer.params", source, engine_kwargs)
+    what = _qualified(cls)
     stage = (ds.get("zero_optimization") or {}).get("stage", 0)
     if stage and cls not in ZERO_SUPPORTED_OPTIMIZERS and not ds.get("zero_allow_untested_optimizer"):
         raise ConfigError(
             f"{source}: optimizer.type {kind!r} ({what}) is not one DeepSpeed has tested with ZeRO; set "
             '"zero_allow_untested_optimizer": true to use it anyway, or choose AdamW'
         )
+    _check_params(params, cls.__init__, 2, what, "optimizer.params", source, engine_kwargs)
     if cls.__module__.startswith("torch.optim"):
         try:
             cls([torch.nn.Parameter(torch.zeros(1))], **params)
@@ -227,7 +237,7 @@ def check_scheduler(ds: dict[str, Any], source: str) -> None:
             f"{source}: scheduler.type {kind!r} is not a schedule DeepSpeed knows{_close(kind, known + torch_names)} "
             f"(DeepSpeed's: {', '.join(known)}; or a torch.optim.lr_scheduler class)"
         )
-    what = f"{cls.__module__}.{cls.__name__}"
+    what = _qualified(cls)
     _check_params(params, cls.__init__, 2, what, "scheduler.params", source)
     warmup_type = params.get("warmup_type")
     if "warmup_type" in _keywords(cls.__init__, 2)[0] and warmup_type not in (None, "log", "linear"):
@@ -236,10 +246,15 @@ def check_scheduler(ds: dict[str, Any], source: str) -> None:
             "(DeepSpeed would silently use log)"
         )
     dummy = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=float(ds["optimizer"]["params"]["lr"]))
+    quiet = logging.getLogger("DeepSpeed")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # a schedule built before its first step warns that it has not started
     try:
         cls(dummy, **params)
     except (ValueError, TypeError, AssertionError, ZeroDivisionError) as exc:
         raise ConfigError(f"{source}: scheduler.params: {what} rejects them: {exc}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def check_deepspeed_config(ds: dict[str, Any], source: str) -> None:
