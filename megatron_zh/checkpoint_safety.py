@@ -167,9 +167,12 @@ def safe_load(path: str | Path, *, map_location: Any = "cpu", mmap: bool = True)
         with torch.serialization.safe_globals(_allowed_objects(named)):
             return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        offending = _offending_global(str(exc))
+        # A zip checkpoint the restricted unpickler stops is refused; a non-zip file it stops without naming
+        # a global is garbage (a text file, a torn write), not an attack.
+        if "Weights only load failed" not in str(exc) or (offending is None and not zipfile.is_zipfile(path)):
             raise CheckpointError(_describe_failure(path, exc)) from None
-        raise _refuse(path, _offending_global(str(exc))) from None
+        raise _refuse(path, offending) from None
     except Exception as exc:  # truncated or foreign files raise many different types
         raise CheckpointError(_describe_failure(path, exc)) from None
 
