@@ -157,8 +157,7 @@ def resolve_start(train: TrainConfig) -> StartPoint:
     that one instead of starting over from the stage-1 weights, so a pre-empted job can simply be
     resubmitted with the same command.
     """
-    if train.finetune and train.save and read_latest_tag(train.save) is not None:
-        tag = read_latest_tag(train.save)
+    if train.finetune and train.save and (tag := read_latest_tag(train.save)) is not None:
         logger.info(
             "%s already holds checkpoint %s: resuming it instead of starting again from %s", train.save, tag, train.load
         )
@@ -261,6 +260,7 @@ def save_checkpoint(
     engine, run: RunConfig, state: TrainState, env: DistEnv, vocab_fingerprint: str, vocab_size: int
 ) -> Path:
     """Write global_step<iteration> on every rank, then commit `latest` once all ranks are done."""
+    assert run.train.save is not None, "save_checkpoint needs a save directory"  # the loop saves only with one
     save_dir = Path(run.train.save)
     tag = tag_for(state.iteration)
     folder = save_dir / tag
@@ -301,15 +301,16 @@ def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` complete checkpoints, and any abandoned partial ones older
     than `latest`. Never touches what `latest` names."""
     latest = read_latest_tag(save_dir)
-    if latest is None or not TAG_PATTERN.match(latest):
+    latest_match = TAG_PATTERN.match(latest) if latest is not None else None
+    if latest_match is None:
         return []
-    latest_step = int(TAG_PATTERN.match(latest).group(1))
+    latest_step = int(latest_match.group(1))
     found = sorted(
         ((int(m.group(1)), p) for p in save_dir.iterdir() if p.is_dir() and (m := TAG_PATTERN.match(p.name))),
         reverse=True,
     )
     complete = [(step, p) for step, p in found if (p / CLIENT_STATE_FILE).is_file() and step <= latest_step]
-    keep = {p for _, p in complete[:keep_last]} | {save_dir / latest}
+    keep = {p for _, p in complete[:keep_last]} | {save_dir / latest_match.group(0)}
     removed = []
     for step, path in found:
         if path not in keep and step <= latest_step:
@@ -342,7 +343,7 @@ def load_checkpoint(engine, start: StartPoint, env: DistEnv) -> tuple[TrainState
     if finetune:
         if any(p.dtype != torch.float32 for p in engine.module.parameters()):
             # DeepSpeed refreshed the fp32 masters from the bf16/fp16 module: take the checkpoint's own.
-            weights, source = read_fp32_weights(Path(start.directory) / start.tag)
+            weights, source = read_fp32_weights(Path(str(start.directory)) / str(start.tag))
             count = set_fp32_masters(engine, weights)
             logger.info("fp32 master weights of %d parameters set from %s (%s)", count, path, source)
         logger.info("initialised the weights from %s (fresh optimizer, schedule and sample counter)", path)
