@@ -69,10 +69,6 @@ def allow_untrusted_checkpoints(enabled: bool) -> None:
     _trust_all = enabled
 
 
-def trusting() -> bool:
-    return _trust_all
-
-
 def _resolve(name: str) -> Any | None:
     """The object an allowlisted qualified name stands for (None where this install lacks it)."""
     if name not in ALLOWED_GLOBALS:
@@ -93,8 +89,8 @@ def _globals_named(path: Path) -> list[str]:
     """The globals the pickle references that PyTorch does not allow by default (zip files only)."""
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # not a zip checkpoint: torch.load below says what it is
-        return list(ALLOWED_GLOBALS)
+    except Exception:  # not a zip checkpoint: allow the list (numpy's part is always in) and let torch.load judge
+        return [name for name in ALLOWED_GLOBALS if not name.startswith("numpy")]
 
 
 _GLOBAL_PATTERNS = (
@@ -102,6 +98,7 @@ _GLOBAL_PATTERNS = (
     re.compile(r"but got <class '([\w.]+)'>"),
     re.compile(r"Unsupported global: GLOBAL ([\w.]+)"),
     re.compile(r"Trying to call reduce for callable ([\w.<>]+)"),
+    re.compile(r"unsupported GLOBAL ([\w.]+) whose module"),
 )
 
 

@@ -281,6 +281,18 @@ def test_deepspeed_fp16_loss_scaler_is_on_the_allowlist(tmp_path):
     assert safe_load(tmp_path / "fp16.pt")["optimizer_state_dict"]["loss_scaler"].cur_scale == 2**16
 
 
+def test_legacy_format_pickles_are_checked_too(tmp_path):
+    """pytorch_model.bin files from before torch's zip format (convert_from_hf.py reads them) go through the
+    same restricted unpickler: tensors load, a payload is refused by name."""
+    marker = tmp_path / "pwned"
+    torch.save({"w": torch.ones(2)}, tmp_path / "plain.bin", _use_new_zipfile_serialization=False)
+    torch.save({"w": _Payload(marker)}, tmp_path / "hostile.bin", _use_new_zipfile_serialization=False)
+    assert torch.equal(safe_load(tmp_path / "plain.bin")["w"], torch.ones(2))
+    with pytest.raises(CheckpointError, match="hostile.bin needs global posix.system"):
+        safe_load(tmp_path / "hostile.bin")
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("poisoned", [MODEL_STATES, SHARD_1])
 def test_a_hostile_checkpoint_is_refused_in_process(tiny_checkpoint, tmp_path, poisoned):
     save = copy_checkpoint(tiny_checkpoint["save"], tmp_path / "hostile")
