@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from megatron_zh.checkpoint_safety import add_trust_flag, apply_trust_flag
 from megatron_zh.cli import run_cli
 from megatron_zh.convert.hf_export import LOGIT_TOLERANCE, export_to_hf
 
@@ -28,7 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --output if it exists (after the new one passes)"
     )
+    add_trust_flag(parser)
     args = parser.parse_args(argv)
+    apply_trust_flag(args)
     result = export_to_hf(
         args.checkpoint, args.output, tag=args.tag, vocab_file=args.vocab_file, overwrite=args.overwrite
     )

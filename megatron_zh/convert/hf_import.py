@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from megatron_zh.checkpoint_safety import safe_load
 from megatron_zh.convert.checkpoint import write_checkpoint
 from megatron_zh.convert.hf_gpt2 import from_hf_config, from_hf_state_dict
 from megatron_zh.errors import CheckpointError, ConfigError
@@ -49,12 +50,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix != ".safetensors":
+        return safe_load(path, mmap=False)  # pytorch_model.bin: a pickle, so the restricted unpickler
+    from safetensors.torch import load_file
 
-            return load_file(path)
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return load_file(path)
     except Exception as exc:  # damaged files raise many different types
         raise CheckpointError(f"cannot read weights {path}: {type(exc).__name__}: {exc}") from None
 

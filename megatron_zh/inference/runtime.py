@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from megatron_zh.checkpoint_safety import TRUST_FLAG_HELP, apply_trust_flag
 from megatron_zh.convert.loading import LoadedModel, load_model
 from megatron_zh.errors import ConfigError
 from megatron_zh.log import get_logger
@@ -26,6 +27,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 folder (tools/convert_to_hf.py output)")
     group.add_argument("--tag", help="checkpoint tag, e.g. global_step1000 (default: the one named in `latest`)")
     group.add_argument("--vocab-file", help="vocab.txt (default: the checkpoint's training vocab, or the HF folder's)")
+    group.add_argument("--trust-checkpoint", action="store_true", help=TRUST_FLAG_HELP)
     group.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when available (default)")
 
 
@@ -44,6 +46,7 @@ def load_from_args(args: argparse.Namespace) -> tuple[LoadedModel, torch.device]
     if args.tag is not None and args.checkpoint is None:
         raise ConfigError("--tag selects a checkpoint of --checkpoint DIR; an --hf folder has no tags")
     device = resolve_device(args.device)
+    apply_trust_flag(args)
     # Reading a DeepSpeed checkpoint imports deepspeed, whose logger prints to stdout; stdout is
     # the tools' output (text, one JSON line), so anything said while loading goes to stderr.
     with contextlib.redirect_stdout(sys.stderr):

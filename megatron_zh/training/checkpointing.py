@@ -46,14 +46,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
+from megatron_zh.checkpoint_safety import guard_engine_loads, safe_load
 from megatron_zh.errors import CheckpointError, ConfigError
-from megatron_zh.fileio import atomic_write, fsync_tree
+from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import check_fingerprint
 from megatron_zh.training.client_state import ClientState
 from megatron_zh.training.config import RunConfig, TrainConfig
 from megatron_zh.training.distributed import DistEnv, barrier
 from megatron_zh.training.master_weights import MODEL_STATES_FILE, read_fp32_weights, set_fp32_masters
+from megatron_zh.training.save_guard import commit_checkpoint, write_checkpoint_files
 from megatron_zh.training.universal import remove_orphan_caches, rng_state_for_rank, universal_loading
 
 if TYPE_CHECKING:
@@ -142,7 +144,7 @@ def read_client_state(directory: str | os.PathLike[str], tag: str) -> ClientStat
             raise CheckpointError(f"{sidecar} does not hold a JSON object; the checkpoint is damaged")
         return ClientState.from_dict(data, str(sidecar)).without_rng_states()
     # A checkpoint written by another tool: read the client state from DeepSpeed's file (heavier).
-    states = torch.load(folder / MODEL_STATES_FILE, map_location="cpu", weights_only=False)
+    states = safe_load(folder / MODEL_STATES_FILE)
     return ClientState.from_dict(states, str(folder / MODEL_STATES_FILE)).without_rng_states()
 
 
@@ -278,14 +280,18 @@ def save_checkpoint(
         precision=run.precision,
         rng_states=_gather_rng_states(env),
     )
-    engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state.to_dict(), save_latest=False)
-    fsync_tree(folder)  # each rank: its own files are on disk before anyone says the checkpoint is whole
-    barrier()
-    if env.is_main:
+    # Every rank writes and fsyncs its files; a failure on any rank (full disk, read-only) fails all of them
+    # together and removes the unfinished folder (save_guard), so `latest` keeps naming a whole checkpoint.
+    write_checkpoint_files(engine, save_dir, tag, client_state.to_dict(), env)
+
+    def commit() -> None:
         with atomic_write(folder / CLIENT_STATE_FILE) as f:
             json.dump(client_state.without_rng_states().to_dict(), f, indent=2)
         with atomic_write(save_dir / LATEST_FILE) as f:
             f.write(tag)
+
+    commit_checkpoint(env, save_dir, tag, commit)
+    if env.is_main:
         if run.train.keep_last is not None:
             prune_checkpoints(save_dir, run.train.keep_last)
     barrier()
@@ -326,6 +332,7 @@ def load_checkpoint(engine: DeepSpeedEngine, start: StartPoint, env: DistEnv) ->
     if start.mode == "scratch" or start.directory is None or start.tag is None:
         return TrainState(), None
     finetune = start.mode == "finetune"
+    guard_engine_loads(engine)  # DeepSpeed unpickles with weights_only=False: give it the restricted loader
     with universal_loading(engine, start):
         path, client = engine.load_checkpoint(
             start.directory,

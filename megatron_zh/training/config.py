@@ -123,6 +123,18 @@ class TrainConfig:
         check=BOOLEAN,
         group=CHECKPOINTS,
     )
+    override_existing_save: bool = knob(
+        False,
+        help="start from scratch even though --save already holds a checkpoint (its checkpoints get replaced)",
+        check=BOOLEAN,
+        group=CHECKPOINTS,
+    )
+    trust_checkpoint: bool = knob(
+        False,
+        help="unpickle checkpoint files without PyTorch's restricted unpickler (they can run code)",
+        check=BOOLEAN,
+        group=CHECKPOINTS,
+    )
     exit_interval: int | None = knob(
         None,
         help="save and exit once the iteration is a multiple of this",

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from megatron_zh.checkpoint_safety import safe_load
 from megatron_zh.errors import CheckpointError
 from megatron_zh.log import get_logger
 
@@ -39,11 +40,8 @@ _SHARD_PATTERN = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_state
 
 
 def torch_load(path: Path) -> dict[str, Any]:
-    # DeepSpeed pickles its own objects (loss scaler, enums) beside the tensors: weights_only cannot read them.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as exc:  # truncated or foreign files raise many different types
-        raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    """A checkpoint file through the restricted unpickler (checkpoint_safety); CheckpointError if refused or damaged."""
+    return safe_load(path, mmap=True)
 
 
 def read_fp32_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], str]:

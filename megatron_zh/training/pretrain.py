@@ -27,6 +27,7 @@ from megatron_zh.training.engine import init_model, initialize_engine, start_lr_
 from megatron_zh.training.loop import Outcome, TrainContext, train
 from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
 from megatron_zh.training.signals import StopRequest
+from megatron_zh.training.start_guard import remove_uncommitted
 from megatron_zh.training.universal import prepare_resume
 from megatron_zh.training.validation import Preflight, validate
 
@@ -121,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("effective configuration:\n" + json.dumps(effective, indent=2, default=str), flush=True)
         if run.train.save:
             write_run_config(run.train.save, effective)
+            remove_uncommitted(run.train)  # folders of a save that was killed before `latest` named them
     outcome = run_training(run, env, preflight)
     logger.info("finished at iteration %d (%s)", outcome.state.iteration, outcome.reason)
     return 0

@@ -38,9 +38,10 @@ without padding); its model-states file is a hard link to the checkpoint's where
 (a copy otherwise). It lives beside the checkpoint, so the load directory must be writable and, on
 several nodes, shared (every rank reads the cache).
 
-Trust: DeepSpeed's converter unpickles the checkpoint's files with weights_only=False, as its
-engine.load_checkpoint does on every resume; the files are this run's own checkpoint (`--load` of a
-resume). A pre-check of untrusted pickles belongs at `convert_to_universal`'s first line.
+Trust: DeepSpeed's converter unpickles the checkpoint's files with weights_only=False, so
+`convert_to_universal` first passes every file through the restricted unpickler
+(checkpoint_safety.check_checkpoint_files; skipped under --trust-checkpoint). The cache it writes is
+ours, and the model-states file in it is the checked one.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from megatron_zh.checkpoint_safety import check_checkpoint_files
 from megatron_zh.errors import CheckpointError
 from megatron_zh.fileio import atomic_write, fsync_path, fsync_tree
 from megatron_zh.log import get_logger
@@ -209,6 +211,7 @@ def convert_to_universal(folder: Path, cache: Path) -> float:
     atomically; returns the seconds it took. Raises whatever DeepSpeed raises."""
     from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
+    check_checkpoint_files(folder)  # before DeepSpeed's converter unpickles them with weights_only=False
     began = time.perf_counter()
     files = source_files(folder)
     for stale in folder.parent.glob(f".{cache.name}.*.tmp"):

@@ -1,9 +1,12 @@
 """Checks against files and hardware, run once before anything heavy (process group, model, data indices).
 
 Pure consistency checks (batch arithmetic, sequence length vs positions, schedule) already ran
-while the config was built (arguments.py, deepspeed_config.py). Here: the vocab and its
-fingerprint, the datasets and theirs, the checkpoint to start from and its, and whether the
-device can run the requested precision and optimizer.
+while the config was built (arguments.py, deepspeed_config.py). Here: whether the device can run
+the requested precision and optimizer, everything DeepSpeed would reject in its config
+(ds_preflight.py), the vocab and its fingerprint, the datasets and theirs, the checkpoint
+directories (start_guard.py: --load exists, --save is writable and is not overwritten by a fresh
+start) and the checkpoint to start from (complete, its vocab and shapes, every file passing the
+restricted unpickler).
 """
 
 from __future__ import annotations
@@ -13,10 +16,18 @@ from pathlib import Path
 
 import torch
 
+from megatron_zh.checkpoint_safety import allow_untrusted_checkpoints
 from megatron_zh.errors import ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.training.checkpointing import StartPoint, check_compatible, resolve_start
 from megatron_zh.training.config import RunConfig
+from megatron_zh.training.ds_preflight import check_deepspeed_config
+from megatron_zh.training.start_guard import (
+    check_checkpoint_complete,
+    check_load_exists,
+    check_not_overwriting,
+    check_save_writable,
+)
 
 logger = get_logger(__name__)
 
@@ -82,9 +93,15 @@ def check_device(run: RunConfig) -> None:
 
 def validate(run: RunConfig) -> Preflight:
     """All file and hardware checks; raises ConfigError / DataFormatError / CheckpointError."""
+    allow_untrusted_checkpoints(run.train.trust_checkpoint)
     check_device(run)
+    check_deepspeed_config(run.deepspeed, run.config_file)
     fingerprint, vocab_size = check_vocab(run)
     check_data(run, fingerprint)
+    check_load_exists(run.train)
+    check_save_writable(run.train.save)
     start = resolve_start(run.train)
+    check_not_overwriting(run.train, start)
     check_compatible(start, run, fingerprint)
+    check_checkpoint_complete(start)
     return Preflight(vocab_fingerprint=fingerprint, vocab_size=vocab_size, start=start)
