@@ -58,7 +58,7 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
         f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU, {threads} thread(s)",
     )
     seed_everything(run.train.seed)
-    train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint)
+    train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint, preflight.pad_id)
     model = init_model(run.model, run.train.seed)
     engine = initialize_engine(run, model)
     state, rng_state = load_checkpoint(engine, preflight.start, env)

@@ -27,10 +27,11 @@ class Preflight:
 
     vocab_fingerprint: str
     vocab_size: int
+    pad_id: int  # the vocab's [PAD], which pads document-mode samples
     start: StartPoint
 
 
-def check_vocab(run: RunConfig) -> tuple[str, int]:
+def check_vocab(run: RunConfig) -> tuple[str, int, int]:
     from megatron_zh.tokenizer import BertChineseTokenizer
 
     path = Path(run.train.vocab_file)
@@ -48,7 +49,7 @@ def check_vocab(run: RunConfig) -> tuple[str, int]:
             run.model.vocab_size,
             tokenizer.vocab_size,
         )
-    return tokenizer.fingerprint, tokenizer.vocab_size
+    return tokenizer.fingerprint, tokenizer.vocab_size, tokenizer.pad
 
 
 def check_data(run: RunConfig, vocab_fingerprint: str) -> None:
@@ -83,8 +84,8 @@ def check_device(run: RunConfig) -> None:
 def validate(run: RunConfig) -> Preflight:
     """All file and hardware checks; raises ConfigError / DataFormatError / CheckpointError."""
     check_device(run)
-    fingerprint, vocab_size = check_vocab(run)
+    fingerprint, vocab_size, pad_id = check_vocab(run)
     check_data(run, fingerprint)
     start = resolve_start(run.train)
     check_compatible(start, run, fingerprint)
-    return Preflight(vocab_fingerprint=fingerprint, vocab_size=vocab_size, start=start)
+    return Preflight(vocab_fingerprint=fingerprint, vocab_size=vocab_size, pad_id=pad_id, start=start)
