@@ -191,3 +191,19 @@ def test_eod_mask_loss_applies_in_document_mode(tmp_path):
     sample = train[0]
     assert sample["tokens"].tolist() == [101, 200, 102, 300, 102, 0, 0, 0, 0]
     assert sample["loss_mask"].tolist() == [1, 1, 0, 1, 0, 0, 0, 0]
+
+
+def test_training_flag_reaches_the_datasets(zh_text_document, tmp_path):
+    from training_runs import CPU_CONFIG
+
+    from megatron_zh.training.arguments import build_parser, build_run_config
+    from megatron_zh.training.data import build_datasets
+
+    tokenizer = BertChineseTokenizer(zh_text_document["vocab"])
+    argv = ["--ds_config", str(CPU_CONFIG), "--data-path", zh_text_document["prefix"]]
+    argv += ["--vocab-file", zh_text_document["vocab"], "--data-cache-path", str(tmp_path), "--train-iters", "5"]
+    for mode, kind in (("document", DocumentDataset), ("packed", GPTDataset)):
+        run = build_run_config(build_parser().parse_args([*argv, "--sample-mode", mode]), world_size=2)
+        train, valid = build_datasets(run, tokenizer.fingerprint, tokenizer.pad)
+        assert isinstance(train, kind) and isinstance(valid, kind)
+        assert len(train) >= 5 * run.global_batch_size
