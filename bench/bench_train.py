@@ -286,14 +286,15 @@ def rank_main(args) -> None:
     check_device(run)
     if args.synthetic:
         fingerprint = None
+        pad_id = None
         samples = run.train.train_iters * run.global_batch_size
         train_dataset = RandomTokens(samples, run.train.seq_length, run.model.vocab_size)
     else:
-        fingerprint, _ = check_vocab(run)
+        fingerprint, _, pad_id = check_vocab(run)
         check_data(run, fingerprint)
     init_process_group(env)
     if not args.synthetic:
-        train_dataset, _ = build_datasets(run, fingerprint)
+        train_dataset, _ = build_datasets(run, fingerprint, pad_id)
 
     # Two loaders over the same samples, one per path.
     plain_loader, _ = build_loaders(run, env, train_dataset, None, 0)

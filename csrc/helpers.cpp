@@ -281,6 +281,77 @@ py::array_t<T> build_sample_idx(const py::object &sizes_obj, const py::object &d
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Document chunks (sample_mode "document", as UER-py's LmDataset cuts documents).
+//
+// Document d of [begin, end), of length n, is cut into ceil(n / chunk_length) consecutive,
+// non-overlapping chunks: chunk j covers tokens [j * chunk_length, min((j + 1) * chunk_length, n)).
+// Nothing crosses a document boundary; the last chunk may be short (the dataset pads it); an empty
+// document has no chunk. Row r of the output is (document id, token offset) of chunk r, documents
+// in increasing id order. Not in megatron-core: this is megatron_zh's own.
+
+enum class ChunkStatus { ok, negative_size };
+
+// Counts the chunks, or reports the first document of negative length in `where`.
+ChunkStatus count_chunks(const int32_t *sizes, int64_t begin, int64_t end, int64_t chunk_length, int64_t &count,
+                         int64_t &where) {
+    count = 0;
+    for (int64_t d = begin; d < end; ++d) {
+        if (sizes[d] < 0) {
+            where = d;
+            return ChunkStatus::negative_size;
+        }
+        count += (static_cast<int64_t>(sizes[d]) + chunk_length - 1) / chunk_length;
+    }
+    return ChunkStatus::ok;
+}
+
+void fill_chunks(int32_t *out, const int32_t *sizes, int64_t begin, int64_t end, int64_t chunk_length) {
+    int64_t row = 0;
+    for (int64_t d = begin; d < end; ++d) {
+        for (int64_t offset = 0; offset < sizes[d]; offset += chunk_length) {
+            out[2 * row] = static_cast<int32_t>(d);
+            out[2 * row + 1] = static_cast<int32_t>(offset);
+            ++row;
+        }
+    }
+}
+
+py::array_t<int32_t> build_document_chunk_idx(const py::object &sizes_obj, int64_t begin, int64_t end,
+                                              int32_t chunk_length) {
+    const auto sizes = exact_vector<int32_t>(sizes_obj, "sizes", false);
+    if (chunk_length < 1) {
+        throw py::value_error("chunk_length must be at least 1, got " + std::to_string(chunk_length));
+    }
+    if (begin < 0 || begin > end || end > sizes.size()) {
+        throw py::index_error("document range [" + std::to_string(begin) + ", " + std::to_string(end) +
+                              ") is outside the " + std::to_string(sizes.size()) + " documents of sizes");
+    }
+    // Document ids are stored as int32, like the packed mode's document index.
+    if (end > static_cast<int64_t>(std::numeric_limits<int32_t>::max()) + 1) {
+        throw py::value_error("document ids above 2**31 - 1 do not fit the int32 chunk index");
+    }
+    const auto *sizes_ptr = static_cast<const int32_t *>(sizes.data());
+    int64_t count = 0;
+    int64_t where = 0;
+    ChunkStatus status;
+    {
+        py::gil_scoped_release release;
+        status = count_chunks(sizes_ptr, begin, end, chunk_length, count, where);
+    }
+    if (status == ChunkStatus::negative_size) {
+        throw py::value_error("sizes[" + std::to_string(where) + "] is negative (" +
+                              std::to_string(sizes_ptr[where]) + ")");
+    }
+    py::array_t<int32_t> out({static_cast<py::ssize_t>(count), static_cast<py::ssize_t>(2)});
+    int32_t *out_ptr = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        fill_chunks(out_ptr, sizes_ptr, begin, end, chunk_length);
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Blending. Sample i goes to the dataset whose share so far lags its weight the most
 // (error = weight * max(i, 1) - samples taken; the first, lowest index, wins ties); the same
 // floating-point expressions as megatron-core, so the choice is identical bit for bit.
@@ -453,6 +524,11 @@ PYBIND11_MODULE(_helpers, m) {
     m.def("build_sample_idx_int64", &build_sample_idx<int64_t>, sample_idx_doc, py::arg("sizes"),
           py::arg("document_idx"), py::arg("seq_length"), py::arg("num_epochs"), py::arg("tokens_per_epoch"),
           py::arg("drop_last_partial_sequence") = true, py::arg("add_extra_token_to_sequence") = 1);
+    m.def("build_document_chunk_idx", &build_document_chunk_idx,
+          "Chunk index [chunks, 2] (int32 document id, token offset): each document of sizes[begin:end]\n"
+          "cut into consecutive chunks of chunk_length tokens, the last one possibly short; nothing\n"
+          "crosses a document. megatron_zh's own (UER-py's LmDataset rule), not in megatron-core.",
+          py::arg("sizes"), py::arg("begin"), py::arg("end"), py::arg("chunk_length"));
     m.def("build_blending_indices", &build_blending_indices,
           "Fill dataset_index (int16) and dataset_sample_index (int64) for `size` samples blended by\n"
           "`weights` (float64, one per dataset).",

@@ -66,6 +66,8 @@ def candidate_argvs(action: argparse.Action, base_value: object) -> list[tuple[l
         return [([flag, str(v)], v) for v in INT_CANDIDATES if v != base_value]
     if action.type is float:
         return [([flag, str(v)], v) for v in FLOAT_CANDIDATES if v != base_value]
+    if action.choices is not None:  # a Literal knob: every other allowed value
+        return [([flag, str(v)], v) for v in action.choices if v != base_value]
     if action.dest == "model":
         return [([flag, "gpt2-base"], "gpt2-base")]
     if action.dest == "split":

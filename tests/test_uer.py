@@ -367,6 +367,7 @@ def test_uer_recipe_configs_resolve_on_8_gpus():
             batch,
         )
         assert run_config.precision == "fp32"
+        assert run_config.train.sample_mode == "document"  # UER-py's per-document chunks, padded tail
         # UER-py's AdamW: correct_bias=False is DeepSpeed's FusedAdam / CPUAdam bias_correction=false
         # (no torch_adam: torch.optim.AdamW always corrects the bias).
         assert ds["optimizer"] == {

@@ -10,7 +10,9 @@ modules, never load torch. Import names from their modules:
     preprocess_encode  the per-chunk work of the preprocessing workers
     preprocess         preprocess(): corpus -> .bin/.idx
     index_cache        build-once cache of index arrays (torch.distributed)
-    gpt_dataset        GPTDatasetConfig, GPTDataset (torch)
+    splits             split_ranges, document_range: the train/valid/test documents
+    document_samples   DocumentDataset: each document's own padded chunks, UER-py's way (torch)
+    gpt_dataset        GPTDatasetConfig, GPTDataset: Megatron's packed windows (torch)
     blended_dataset    BlendedDataset, build_train_valid_test_datasets (torch)
     samplers           PretrainingSampler, build_pretraining_data_loader (torch)
 """

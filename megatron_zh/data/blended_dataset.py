@@ -19,8 +19,8 @@ import torch
 from megatron_zh.data import helpers
 from megatron_zh.data.gpt_dataset import (
     SPLIT_NAMES,
-    GPTDataset,
     GPTDatasetConfig,
+    SplitDataset,
     build_gpt_split_datasets,
     open_indexed_dataset,
 )
@@ -87,14 +87,14 @@ def samples_per_dataset(weights: list[float], wanted: int, surplus: float = 0.0)
 
 
 class BlendedDataset(MappedIndices, torch.utils.data.Dataset):
-    """`size` samples drawn from `datasets` in the ratio `weights` (normalised)."""
+    """`size` samples drawn from `datasets` (packed or document mode) in the ratio `weights` (normalised)."""
 
     dataset_index: np.ndarray  # int16 [size]: which dataset serves sample i
     dataset_sample_index: np.ndarray  # int64 [size]: which of its samples
 
     def __init__(
         self,
-        datasets: list[GPTDataset],
+        datasets: list[SplitDataset],
         weights: list[float],
         size: int,
         split: str,

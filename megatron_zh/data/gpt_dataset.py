@@ -13,16 +13,17 @@ file is opened but not read until samples are drawn.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from megatron_zh.data import helpers
+from megatron_zh.data.document_samples import SAMPLE_MODES, DocumentDataset
 from megatron_zh.data.index_cache import (
     INDEX_FORMAT_VERSION,
     IndexCache,
@@ -38,6 +39,7 @@ from megatron_zh.data.indexed_dataset import (
     metadata_file_path,
     read_metadata,
 )
+from megatron_zh.data.splits import document_range, split_ranges
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.knobs import knob
 from megatron_zh.log import get_logger
@@ -83,41 +85,18 @@ class GPTDatasetConfig:
     eod_token: int | None = knob(
         None, help="the id eod_mask_loss masks (default: metadata's)", check=optional(NON_NEGATIVE_INT)
     )
+    sample_mode: Literal["packed", "document"] = knob(
+        "packed",
+        help="packed: Megatron's windows across documents; document: each document's own chunks, padded (UER-py)",
+        check=one_of(SAMPLE_MODES),
+    )
+    pad_token: int | None = knob(
+        None, help="the id that pads document chunks (default: metadata's 'pad')", check=optional(NON_NEGATIVE_INT)
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self, "GPT dataset config")
         split_ranges(self.split)  # raises ConfigError when malformed
-
-
-def split_ranges(split: str) -> list[tuple[float, float] | None]:
-    """Megatron's split string ("949,50,1", "98,2", "1") -> [start, end) fractions per split.
-
-    Missing trailing weights are 0; a split of weight 0 is None. The arithmetic (float64
-    normalisation, running sum) is Megatron's, so the document boundaries agree with it.
-    """
-    parts = [p.strip() for p in re.split(r"[,/]", str(split))]
-    try:
-        weights = [float(p) for p in parts]
-    except ValueError:
-        raise ConfigError(f"split must be up to 3 comma-separated numbers like '949,50,1', got {split!r}") from None
-    if not 1 <= len(weights) <= 3 or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(
-            f"split must be 1 to 3 non-negative numbers with a positive sum (train,valid,test), got {split!r}"
-        )
-    weights += [0.0] * (3 - len(weights))
-    fractions = (np.asarray(weights, dtype=np.float64) / np.sum(weights, dtype=np.float64)).tolist()
-    ranges: list[tuple[float, float] | None] = []
-    start = 0.0
-    for fraction in fractions:
-        end = start + fraction
-        ranges.append((start, end) if end > start else None)
-        start = end
-    return ranges
-
-
-def document_range(fractions: tuple[float, float], num_documents: int) -> tuple[int, int]:
-    """The [begin, end) documents a split covers, rounded as Megatron rounds them."""
-    return int(round(fractions[0] * float(num_documents))), int(round(fractions[1] * float(num_documents)))
 
 
 def open_indexed_dataset(prefix: str, vocab_fingerprint: str | None = None) -> IndexedDataset:
@@ -169,6 +148,18 @@ def _eod_token(config: GPTDatasetConfig, prefix: str) -> int | None:
             f"({metadata_file_path(prefix)} has no 'eod' entry)"
         )
     return int(meta["eod"])
+
+
+def _pad_token(config: GPTDatasetConfig, prefix: str) -> int:
+    if config.pad_token is not None:
+        return config.pad_token
+    meta = read_metadata(prefix) or {}
+    if "pad" not in meta:
+        raise ConfigError(
+            f"sample_mode 'document' pads with [PAD]: set GPTDatasetConfig.pad_token "
+            f"({metadata_file_path(prefix)} has no 'pad' entry)"
+        )
+    return int(meta["pad"])
 
 
 def _num_epochs(tokens_per_epoch: int, num_samples: int | None, seq_length: int) -> int:
@@ -376,14 +367,18 @@ class GPTDataset(MappedIndices, torch.utils.data.Dataset):
         return {"tokens": tokens, "input_ids": input_ids, "labels": tokens[1:], "loss_mask": loss_mask}
 
 
+SplitDataset = GPTDataset | DocumentDataset  # what one corpus's split is, by config.sample_mode
+
+
 def build_gpt_split_datasets(
     prefix: str, config: GPTDatasetConfig, num_samples: tuple[int | None, int | None, int | None]
-) -> list[GPTDataset | None]:
-    """One GPTDataset per split of one corpus; None where the split's weight or sample count is 0."""
+) -> list[SplitDataset | None]:
+    """One dataset per split of one corpus; None where the split's weight or sample count is 0."""
     indexed = open_indexed_dataset(prefix, config.vocab_fingerprint)
     eod_token = _eod_token(config, indexed.path_prefix)
+    pad_token = _pad_token(config, indexed.path_prefix) if config.sample_mode == "document" else None
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_index_cache_dir(indexed.path_prefix)
-    datasets: list[GPTDataset | None] = []
+    datasets: list[SplitDataset | None] = []
     for name, fractions, wanted in zip(SPLIT_NAMES, split_ranges(config.split), num_samples):
         if fractions is None or wanted == 0:
             if fractions is None and wanted:
@@ -391,5 +386,9 @@ def build_gpt_split_datasets(
             datasets.append(None)
             continue
         begin, end = document_range(fractions, len(indexed))
-        datasets.append(GPTDataset(indexed, name, (begin, end), wanted, config, cache_dir, eod_token))
+        if pad_token is not None:
+            args = (config.seq_length, config.seed, cache_dir, pad_token, eod_token)
+            datasets.append(DocumentDataset(indexed, name, (begin, end), wanted, *args))
+        else:
+            datasets.append(GPTDataset(indexed, name, (begin, end), wanted, config, cache_dir, eod_token))
     return datasets

@@ -14,6 +14,7 @@ from megatron_zh.errors import MegatronZhError
 try:
     from megatron_zh._helpers import (
         build_blending_indices,
+        build_document_chunk_idx,
         build_exhaustive_blending_indices,
         build_sample_idx_int32,
         build_sample_idx_int64,
@@ -26,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - depends on how the package was 
 
 __all__ = [
     "build_blending_indices",
+    "build_document_chunk_idx",
     "build_exhaustive_blending_indices",
     "build_sample_idx",
     "build_sample_idx_int32",

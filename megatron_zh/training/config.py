@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import knob
@@ -29,6 +29,7 @@ from megatron_zh.validators import (
     SEED,
     Check,
     field_problems,
+    one_of,
     optional,
     raise_problems,
 )
@@ -73,6 +74,13 @@ class TrainConfig:
     )
     num_workers: int = knob(2, help="DataLoader worker processes per rank", check=NON_NEGATIVE_INT, group=DATA)
     eod_mask_loss: bool = knob(False, help="no loss on [SEP] inputs", check=BOOLEAN, group=DATA)
+    sample_mode: Literal["packed", "document"] = knob(
+        "packed",
+        help="packed: Megatron's windows across documents; document: each document cut on its own "
+        "into padded chunks, as UER-py does",
+        check=one_of(("packed", "document")),
+        group=DATA,
+    )
     # Model.
     model: str = knob("gpt2-distil", help="GPT2Config preset: gpt2-distil, gpt2-tiny, ...", group=MODEL)
     model_overrides: dict[str, Any] = knob(

@@ -12,8 +12,10 @@ from megatron_zh.training.config import RunConfig
 from megatron_zh.training.distributed import DistEnv
 
 
-def build_datasets(run: RunConfig, vocab_fingerprint: str):
-    """(train, valid) datasets holding enough samples for train_iters steps and one evaluation."""
+def build_datasets(run: RunConfig, vocab_fingerprint: str, pad_token: int | None = None):
+    """(train, valid) datasets holding enough samples for train_iters steps and one evaluation.
+
+    pad_token (the vocab's [PAD]) pads document-mode chunks; None: the datasets' metadata says."""
     t = run.train
     config = GPTDatasetConfig(
         data_path=list(t.data_path),
@@ -23,6 +25,8 @@ def build_datasets(run: RunConfig, vocab_fingerprint: str):
         cache_dir=t.data_cache_path,
         eod_mask_loss=t.eod_mask_loss,
         vocab_fingerprint=vocab_fingerprint,
+        sample_mode=t.sample_mode,
+        pad_token=pad_token,
     )
     # Every evaluation reads the same first eval_iters global batches of the validation split, so the
     # validation curve compares like with like.

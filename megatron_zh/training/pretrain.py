@@ -61,7 +61,7 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
     )
     seed_everything(run.train.seed)
     start = prepare_resume(preflight.start, run, env)  # a universal copy when the data-parallel size changed
-    train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint)
+    train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint, preflight.pad_id)
     model = init_model(run.model, run.train.seed)
     engine = initialize_engine(run, model)
     state, rng_state = load_checkpoint(engine, start, env)

@@ -38,10 +38,11 @@ class Preflight:
 
     vocab_fingerprint: str
     vocab_size: int
+    pad_id: int  # the vocab's [PAD], which pads document-mode samples
     start: StartPoint
 
 
-def check_vocab(run: RunConfig) -> tuple[str, int]:
+def check_vocab(run: RunConfig) -> tuple[str, int, int]:
     from megatron_zh.tokenizer import BertChineseTokenizer
 
     path = Path(run.train.vocab_file)
@@ -59,7 +60,7 @@ def check_vocab(run: RunConfig) -> tuple[str, int]:
             run.model.vocab_size,
             tokenizer.vocab_size,
         )
-    return tokenizer.fingerprint, tokenizer.vocab_size
+    return tokenizer.fingerprint, tokenizer.vocab_size, tokenizer.pad
 
 
 def check_data(run: RunConfig, vocab_fingerprint: str) -> None:
@@ -96,7 +97,7 @@ def validate(run: RunConfig) -> Preflight:
     allow_untrusted_checkpoints(run.train.trust_checkpoint)
     check_device(run)
     check_deepspeed_config(run.deepspeed, run.config_file)
-    fingerprint, vocab_size = check_vocab(run)
+    fingerprint, vocab_size, pad_id = check_vocab(run)
     check_data(run, fingerprint)
     check_load_exists(run.train)
     check_save_writable(run.train.save)
@@ -104,4 +105,4 @@ def validate(run: RunConfig) -> Preflight:
     check_not_overwriting(run.train, start)
     check_compatible(start, run, fingerprint)
     check_checkpoint_complete(start)
-    return Preflight(vocab_fingerprint=fingerprint, vocab_size=vocab_size, start=start)
+    return Preflight(vocab_fingerprint=fingerprint, vocab_size=vocab_size, pad_id=pad_id, start=start)
