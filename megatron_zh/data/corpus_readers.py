@@ -65,7 +65,7 @@ def sniff_wide_encoding(head: bytes) -> tuple[str, str] | None:
         name = "UTF-32LE" if nuls_at[0] < nuls_at[3] else "UTF-32BE"
     else:
         name = "UTF-16LE" if nuls_at[1] + nuls_at[3] > nuls_at[0] + nuls_at[2] else "UTF-16BE"
-    return f"mostly NUL bytes, {name} without a byte-order mark by their positions", name
+    return f"{name} without a byte-order mark (mostly NUL bytes)", name
 
 
 def _check_encoding(head: bytes, unit: Unit) -> None:
