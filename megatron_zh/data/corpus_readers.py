@@ -49,8 +49,10 @@ Stream = IO[bytes] | io.BufferedIOBase  # a file, or a decompressor's reader (Gz
 _DECOMPRESS_COMMANDS = {"gzip": "gzip -dc", "bz2": "bzip2 -dc", "xz": "xz -dc", "zstd": "zstd -dc"}
 
 
-def sniff_wide_encoding(head: bytes) -> tuple[str, str] | None:
-    """(what was seen, iconv's name for it) if `head` is UTF-16/UTF-32 rather than UTF-8, else None."""
+def sniff_wide_encoding(head: bytes) -> tuple[str, str | None] | None:
+    """(what was seen, iconv's name for it) if `head` is UTF-16/UTF-32 rather than UTF-8, else None.
+
+    The name is None for NULs in no code-unit pattern: binary data, which no conversion makes text."""
     for bom, name in WIDE_BOMS:
         if head.startswith(bom):
             return f"{name} (it starts with that byte-order mark)", name[:6]  # iconv reads the mark: UTF-16, UTF-32
@@ -60,7 +62,7 @@ def sniff_wide_encoding(head: bytes) -> tuple[str, str] | None:
     # Mostly-ASCII text in a wide encoding: NULs fill the high bytes of each code unit.
     nuls_at = [sample[i::4].count(0) for i in range(4)]
     if min(nuls_at) * 2 > max(nuls_at):  # NULs everywhere, no code-unit pattern: binary, not text
-        return "mostly NUL bytes (binary data, not UTF-8 text)", "UTF-16"
+        return "mostly NUL bytes (binary data, not UTF-8 text)", None
     if sum(nuls_at) > 0.6 * len(sample):
         name = "UTF-32LE" if nuls_at[0] < nuls_at[3] else "UTF-32BE"
     else:
@@ -73,6 +75,8 @@ def _check_encoding(head: bytes, unit: Unit) -> None:
     if found is None:
         return
     seen, iconv_name = found
+    if iconv_name is None:
+        raise DataFormatError(f"{unit.label}: {seen}; leave it out of --input")
     raise DataFormatError(f"{unit.label}: {seen}, not UTF-8; convert it first: {_convert_command(unit, iconv_name)}")
 
 

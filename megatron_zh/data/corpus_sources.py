@@ -15,7 +15,6 @@ Torch-free: the driver imports it before it starts its workers.
 
 from __future__ import annotations
 
-import logging
 import os
 import tarfile
 import zipfile
@@ -25,8 +24,9 @@ from pathlib import Path, PurePosixPath
 
 from megatron_zh.data.preprocess_config import JSON_SUFFIXES, PreprocessConfig, expand_inputs
 from megatron_zh.errors import ConfigError, DataFormatError
+from megatron_zh.log import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 ZIP_SUFFIXES = (".zip",)
