@@ -56,8 +56,11 @@ def build_inputs(directory: Path, sample: Path, zip_mb: float) -> dict[str, list
         shutil.copyfileobj(src, dst, 1 << 20)
     import zstandard
 
+    # A 1 MB window (level 3's own is larger): no match reaches back to the previous copy of the sample, so the
+    # file is as large, and as much work to decompress, as a real corpus's.
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=20)
     with open(plain, "rb") as src, open(directory / "corpus.txt.zst", "wb") as raw:
-        zstandard.ZstdCompressor(level=3).copy_stream(src, raw)
+        zstandard.ZstdCompressor(compression_params=params).copy_stream(src, raw)
     # The four zips: the same text cut into members of about MEMBER_BYTES, dealt to the parts in turn.
     zips = [
         zipfile.ZipFile(directory / f"{part}.zip", "w", zipfile.ZIP_DEFLATED, compresslevel=6) for part in CLUE_PARTS
