@@ -4,7 +4,8 @@ The main process lists the inputs as units (files and archive members, `corpus_s
 them in chunks of whole lines or Parquet rows (about `chunk_bytes` each, decompressing as it goes,
 `corpus_readers`) and hands them to `workers` processes; at most two chunks per worker are in
 flight, so memory stays flat however large the corpus. Results are written in input order, so the
-output is byte-identical whatever the worker count. Each document becomes `[CLS] tokens [SEP]` (either end optional).
+output is byte-identical whatever the worker count. Each document becomes `[CLS] tokens [SEP]`
+(either end optional).
 
 Bad lines (invalid UTF-8, invalid JSON, a missing or non-string key) are reported with file and
 line number and skipped, or stop the run with `strict`. Outputs are written under temporary names
