@@ -122,8 +122,9 @@ def run_compressed(vocab: Path, sample: Path, zip_mb: float, workers: int, repea
                 rates[name].append(m["tokens"] / m["seconds"])
                 cpu_rates[name].append(m["tokens"] / m["cpu_seconds"])
                 row.append(
-                    f"{name} {m['tokens'] / m['seconds'] / 1e6:.2f} M tokens/s ({m['seconds']:.1f} s, {m['cpu_seconds']:.1f}"
-                    f" CPU s, peak RSS main {m['main_mb']:.0f} MB, worker {m['worker_mb']:.0f} MB)"
+                    f"{name} {m['tokens'] / m['seconds'] / 1e6:.2f} M tokens/s ({m['seconds']:.1f} s,"
+                    f" {m['cpu_seconds']:.1f} CPU s, peak RSS main {m['main_mb']:.0f} MB,"
+                    f" worker {m['worker_mb']:.0f} MB)"
                 )
             print(f"repeat {repeat}: " + " | ".join(row))
         assert len(documents) == 1, f"the inputs disagree on documents/tokens: {documents}"
