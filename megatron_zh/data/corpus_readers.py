@@ -154,7 +154,9 @@ def _open_outer(unit: Unit, archives: _OpenArchive, stack: contextlib.ExitStack)
     archive = archives.get(unit)
     if isinstance(archive, zipfile.ZipFile):
         assert isinstance(unit.entry, zipfile.ZipInfo)
-        return stack.enter_context(archive.open(unit.entry))
+        # ZipExtFile splits lines in Python; a C buffer over it halves the main process's work (measured).
+        member: Any = archive.open(unit.entry)  # a ZipExtFile: typeshed types it as a plain IO[bytes]
+        return stack.enter_context(io.BufferedReader(member, 1 << 20))
     assert isinstance(unit.entry, tarfile.TarInfo)
     member = archive.extractfile(unit.entry)
     assert member is not None  # regular files only (corpus_sources)
