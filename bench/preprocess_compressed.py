@@ -128,21 +128,19 @@ def run_compressed(vocab: Path, sample: Path, zip_mb: float, workers: int, repea
                 )
             print(f"repeat {repeat}: " + " | ".join(row))
         assert len(documents) == 1, f"the inputs disagree on documents/tokens: {documents}"
-        plain = statistics.median(rates["plain .txt"])
+        # Ratios within each repeat (the cases ran back to back), then their median: other jobs' load drifts.
+        plain, plain_cpu = rates.pop("plain .txt"), cpu_rates.pop("plain .txt")
         ratios = ", ".join(
-            f"{name} / plain tokens/s = {statistics.median(r) / plain:.2f}"
+            f"{name} / plain tokens/s = {statistics.median([c / p for c, p in zip(r, plain)]):.2f}"
             for name, r in rates.items()
-            if name != "plain .txt"
         )
-        print(f"median of {repeats}: plain {plain / 1e6:.2f} M tokens/s; {ratios} (target >= 0.75)")
-        # On a shared machine the wall-clock ratio carries other jobs' noise; the extra CPU a compressed input
-        # costs (decompression in the main process) is what slows it on an idle machine whose cores are all busy.
-        plain_cpu = statistics.median(cpu_rates["plain .txt"])
+        print(f"median of {repeats}: plain {statistics.median(plain) / 1e6:.2f} M tokens/s; {ratios} (target >= 0.75)")
+        # The extra CPU a compressed input costs (decompression in the main process) is what slows it on an
+        # idle machine whose cores are all busy; unlike wall-clock time it hardly depends on other jobs.
         print(
             "per CPU second (all processes): "
             + ", ".join(
-                f"{name} / plain = {statistics.median(r) / plain_cpu:.2f}"
+                f"{name} / plain = {statistics.median([c / p for c, p in zip(r, plain_cpu)]):.2f}"
                 for name, r in cpu_rates.items()
-                if name != "plain .txt"
             )
         )
