@@ -15,6 +15,15 @@ repeated to at least --min-mb in a temporary directory. Printed per repeat:
 and the ratios preprocess / each bound. For reference (not measured here): Megatron-LM's own
 preprocess_data.py with its BERT WordPiece tokenizer processes about 0.7 M tokens/s with 2 workers
 on a 2-core machine; the target is >= 85% of the `tokenizers` bound and >= 1.6 M tokens/s.
+
+  python bench/bench_preprocess.py --compressed --size-mb 200   # compressed inputs against plain text
+
+--compressed builds a CLUECorpusSmall-shaped corpus from the sample instead (documents of one sentence
+per line, separated by blank lines; read with --document-boundary blank-line) as plain text, .txt.gz,
+.txt.zst and CLUECorpusSmall's four zips of many member files (news2016zh_corpus.zip, ...), the zips
+--size-mb in all (the text is about twice that), and preprocesses each in a fresh process, in turn
+within each repeat. It prints tokens/s of each, the ratio compressed / plain tokens/s (target >= 0.75),
+and the peak RSS of the main process and of the largest worker.
 """
 
 from __future__ import annotations
@@ -114,8 +123,9 @@ def measure_preprocess(vocab: Path, corpus: Path, workers: int, out_dir: Path) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--min-mb", type=float, default=40.0)
+    parser.add_argument("--min-mb", "--size-mb", dest="min_mb", type=float, default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compressed", action="store_true", help="compressed inputs against the same plain text")
     args = parser.parse_args()
     vocab = DATA_DIR / "google_zh_vocab.txt"
     for path in (vocab, DATA_DIR / "CLUECorpusSmall_sampled.txt"):
@@ -124,6 +134,14 @@ def main() -> None:
     import logging
 
     logging.getLogger("megatron_zh").setLevel(logging.WARNING)
+    if args.compressed:
+        from preprocess_compressed import run_compressed  # bench/preprocess_compressed.py
+
+        run_compressed(
+            vocab, DATA_DIR / "CLUECorpusSmall_sampled.txt", args.min_mb or 200.0, args.workers, args.repeats
+        )
+        return
+    args.min_mb = args.min_mb or 40.0
     with tempfile.TemporaryDirectory() as tmp:
         corpus = build_corpus(Path(tmp), args.min_mb)
         megabytes = corpus.stat().st_size / 1e6

@@ -35,6 +35,8 @@ class Knob:
     zero_means_off: bool = False  # Megatron's convention: `--save-interval 0` means None ("off")
     switches: bool = False  # a Literal field whose values are flags of their own (--bf16, --fp16)
     metavar: str | None = None
+    option: str | None = None  # the flag's spelling when not the field's name (Megatron's --input for `inputs`)
+    required: bool = False  # the tool cannot run without it (fields a config file supplies are not required)
 
 
 def knob(
@@ -49,9 +51,11 @@ def knob(
     zero_means_off: bool = False,
     switches: bool = False,
     metavar: str | None = None,
+    option: str | None = None,
+    required: bool = False,
 ) -> Any:
     """A dataclass field carrying its help, its check and how its flag is spelled."""
-    spec = Knob(help, group, flag, tuple(aliases), zero_means_off, switches, metavar)
+    spec = Knob(help, group, flag, tuple(aliases), zero_means_off, switches, metavar, option, required)
     metadata = {KNOB_KEY: spec, CHECK_KEY: check}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
@@ -84,16 +88,19 @@ def _value_type(annotation: Any) -> Any:
 
 
 def _help_text(field: dataclasses.Field[Any], spec: Knob) -> str:
-    if field.default is dataclasses.MISSING or field.default is None or spec.switches:
+    if field.default is dataclasses.MISSING or field.default is None or spec.switches or "(default" in spec.help:
         return spec.help
     default = field.default
     if isinstance(default, bool):
         default = str(default).lower()
+    elif isinstance(default, tuple):  # as it is typed on the command line
+        default = " ".join(map(str, default))
     return f"{spec.help} (default: {default})"
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per knob of dataclass `cls` to `parser`, each in its knob's group."""
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> dict[str | None, Any]:
+    """Add one flag per knob of dataclass `cls` to `parser`, each in its knob's group; returns the groups by
+    title (None: the parser itself), so a tool can put flags of its own beside them."""
     groups: dict[str | None, Any] = {None: parser}
     hints = typing.get_type_hints(cls)
     for field, spec in knob_fields(cls):
@@ -112,10 +119,12 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                     help=spec.help.format(choice=choice),
                 )
             continue
-        names = [flag_name(field.name), *spec.aliases]
+        names = [spec.option or flag_name(field.name), *spec.aliases]
         options: dict[str, Any] = {"dest": field.name, "default": None, "help": _help_text(field, spec)}
         if spec.metavar is not None:
             options["metavar"] = spec.metavar
+        if spec.required:
+            options["required"] = True
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         elif kind is tuple:
@@ -125,6 +134,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             options["type"] = kind
         group.add_argument(*names, **options)
+    return groups
 
 
 def given_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:

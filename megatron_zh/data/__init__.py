@@ -7,7 +7,11 @@ modules, never load torch. Import names from their modules:
     indexed_builder    IndexedDatasetBuilder (crash-safe writer)
     merge              expand_prefixes, merge_datasets
     preprocess_config  PreprocessConfig, expand_inputs
+    corpus_sources     inputs as units (files, archive members) in a fixed order; shards
+    corpus_readers     units read as chunks: decompression, archives, Parquet, encoding checks
     preprocess_encode  the per-chunk work of the preprocessing workers
+    dedup              document hashes and the compact set of those seen
+    preprocess_results each result's documents into the datasets; counts, metadata, summary
     preprocess         preprocess(): corpus -> .bin/.idx
     index_cache        build-once cache of index arrays (torch.distributed)
     splits             split_ranges, document_range: the train/valid/test documents

@@ -8,54 +8,136 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from megatron_zh.errors import ConfigError
-from megatron_zh.knobs import flag_name, knob
-from megatron_zh.validators import POSITIVE_INT, Check, one_of, validate_fields
+from megatron_zh.knobs import flag_name, knob, knob_fields
+from megatron_zh.validators import NON_NEGATIVE_INT, POSITIVE_INT, Check, one_of, validate_fields
 
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 INPUT_FORMATS = ("auto", "text", "jsonl")
+DOCUMENT_BOUNDARIES = ("line", "blank-line")
 TOKENIZER_TYPES = {"BertWordPieceLowerCase": True, "BertWordPieceCase": False}  # Megatron's names -> lower_case
+MAX_SHARDS = 100_000  # shard numbers are written with 5 digits, so a sorted glob lists them in index order
 
-_SOME = Check(lambda v: bool(v), "one or more files or glob patterns")
+_SOME = Check(lambda v: bool(v), "one or more files, directories or glob patterns")
 _DISTINCT_KEYS = Check(lambda v: bool(v) and len(set(v)) == len(v), "one or more distinct keys")
-# Fields without a command-line flag of their own are named as fields in errors, the rest as flags.
-_NOT_FLAGS = frozenset({"chunk_bytes", "max_reported_bad_lines", "progress"})
+INPUT, TOKENIZER, OUTPUT, RUNTIME = "input", "tokenizer", "output", "runtime"
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    inputs: Sequence[str] = knob(help="files or glob patterns", check=_SOME)
-    output_prefix: str = knob(help="writes {output_prefix}_{key}_document.bin/.idx/.meta.json per JSON key")
-    vocab_file: str = knob(help="the BERT WordPiece vocab.txt")
-    json_keys: Sequence[str] = knob(("text",), help="JSON keys to tokenize, one dataset each", check=_DISTINCT_KEYS)
-    input_format: str = knob(
+    inputs: tuple[str, ...] = knob(
+        help="files, directories (walked recursively) or glob patterns (quote them), in any mix; "
+        "plain, .gz/.bz2/.xz/.zst, or inside .zip/.tar/.tar.gz archives; .parquet files",
+        check=_SOME,
+        group=INPUT,
+        option="--input",
+        metavar="PATH",
+        required=True,
+    )
+    output_prefix: str = knob(
+        help="writes {output_prefix}_{key}_document.bin/.idx/.meta.json per JSON key", group=OUTPUT, required=True
+    )
+    vocab_file: str = knob(
+        help="BERT vocab.txt (the default BERT-Chinese one: python tools/fetch_assets.py)",
+        group=TOKENIZER,
+        required=True,
+    )
+    input_format: Literal["auto", "text", "jsonl"] = knob(
         "auto",
-        help="auto (by extension: .json/.jsonl/.ndjson are JSON lines), text or jsonl",
+        help="auto: by extension, under any compression suffix (.json/.jsonl/.ndjson are JSON lines, .parquet "
+        "Parquet, anything else plain text); text or jsonl: every file and member that is not Parquet",
         check=one_of(INPUT_FORMATS),
+        group=INPUT,
     )
-    workers: int = knob(1, help="tokenizer processes", check=POSITIVE_INT)
-    prepend_cls: bool = knob(True, help="[CLS] starts each document")
-    append_eod: bool = knob(True, help="[SEP] ends each document")
-    lower_case: bool = knob(True, help="lower-case and strip accents (BertWordPieceLowerCase)")
-    strict: bool = knob(False, help="stop at the first bad line instead of skipping it")
-    chunk_bytes: int = knob(1 << 20, help="input read per task, in bytes (whole lines)", check=POSITIVE_INT)
+    json_keys: tuple[str, ...] = knob(
+        ("text",),
+        help="JSON keys (Parquet columns) to tokenize, one dataset each",
+        check=_DISTINCT_KEYS,
+        group=INPUT,
+    )
+    document_boundary: Literal["line", "blank-line"] = knob(
+        "line",
+        help="plain text: line (one document per line) or blank-line (a document is a run of non-blank lines, "
+        "joined with newlines; CLUECorpusSmall's layout)",
+        check=one_of(DOCUMENT_BOUNDARIES),
+        group=INPUT,
+    )
+    min_doc_chars: int = knob(
+        0, help="drop documents of fewer characters (counted and reported)", check=NON_NEGATIVE_INT, group=INPUT
+    )
+    dedup: bool = knob(
+        False,
+        help="drop exact duplicate documents (64-bit hash of the text; per shard when sharded; 8 bytes per "
+        "document kept in memory)",
+        group=INPUT,
+    )
+    num_shards: int = knob(
+        1,
+        help="split the inputs (files and archive members, in order) into this many contiguous shards, "
+        "one run each; writes PREFIX_shardIIIII-of-KKKKK_{key}_document, merged in index order by "
+        "tools/merge_datasets.py",
+        check=Check(lambda v: POSITIVE_INT.accepts(v) and v <= MAX_SHARDS, f"an integer in [1, {MAX_SHARDS}]"),
+        group=INPUT,
+    )
+    shard_index: int = knob(0, help="the shard this run tokenizes, 0-based", check=NON_NEGATIVE_INT, group=INPUT)
+    lower_case: bool = knob(
+        True, help="lower-case and strip accents (BertWordPieceLowerCase)", group=TOKENIZER, flag=False
+    )
+    prepend_cls: bool = knob(True, help="start every document with [CLS]", group=TOKENIZER)
+    append_eod: bool = knob(True, help="end every document with [SEP], the end-of-document token", group=TOKENIZER)
+    workers: int = knob(
+        1,
+        help="tokenizer processes (default: 1; in tools/preprocess_data.py, the CPUs this process may use)",
+        check=POSITIVE_INT,
+        group=RUNTIME,
+    )
+    strict: bool = knob(
+        False, help="stop with an error at the first bad line instead of reporting and skipping it", group=RUNTIME
+    )
+    chunk_bytes: int = knob(
+        1 << 20, help="input read per task, in bytes (whole lines)", check=POSITIVE_INT, group=RUNTIME, flag=False
+    )
     log_interval: int = knob(
-        100_000, help="documents between progress lines when stderr is not a terminal", check=POSITIVE_INT
+        100_000,
+        help="documents between progress lines when stderr is not a terminal",
+        check=POSITIVE_INT,
+        group=RUNTIME,
     )
-    max_reported_bad_lines: int = knob(100, help="bad lines reported one by one; the rest are counted")
-    progress: bool = knob(True, help="a progress bar on a terminal, progress lines otherwise")
+    max_reported_bad_lines: int = knob(
+        100, help="bad lines reported one by one; the rest are counted", check=NON_NEGATIVE_INT, group=RUNTIME
+    )
+    progress: bool = knob(True, help="a progress bar on a terminal, progress lines otherwise", group=RUNTIME)
 
     def __post_init__(self) -> None:
+        # Lists (or one string) from Python callers become tuples: the config is frozen and hashable.
+        for name in ("inputs", "json_keys"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         validate_fields(self, "preprocessing config", label=_label)
+        if self.shard_index >= self.num_shards:
+            raise ConfigError(
+                f"--shard-index {self.shard_index} is not below --num-shards {self.num_shards}; "
+                f"shards are numbered 0 to {self.num_shards - 1}"
+            )
+
+    @property
+    def run_prefix(self) -> str:
+        """The output prefix of this run: `output_prefix`, or its shard's when sharded."""
+        if self.num_shards == 1:
+            return self.output_prefix
+        return f"{self.output_prefix}_shard{self.shard_index:05d}-of-{self.num_shards:05d}"
 
 
 def _label(name: str) -> str:
-    if name in _NOT_FLAGS:
-        return name
-    return "--input" if name == "inputs" else flag_name(name)
+    """Fields with a flag are named as the flag in errors, the others as fields."""
+    for spec_field, spec in knob_fields(PreprocessConfig):
+        if spec_field.name == name:
+            return spec.option or flag_name(name)
+    return name
 
 
 @dataclass
@@ -64,8 +146,10 @@ class PreprocessStats:
     documents: dict[str, int]
     tokens: dict[str, int]
     dropped_empty: dict[str, int]
+    dropped_short: dict[str, int] = field(default_factory=dict)  # under --min-doc-chars
+    dropped_duplicate: dict[str, int] = field(default_factory=dict)  # --dedup
     bad_lines: int = 0
-    input_bytes: int = 0
+    input_bytes: int = 0  # after decompression
     seconds: float = 0.0
 
 
@@ -75,21 +159,37 @@ def output_prefix_for(output_prefix: str, key: str) -> str:
 
 
 def expand_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Files named or matched (each glob sorted, so runs are reproducible); errors for anything missing."""
+    """Files named, matched or found under directories, in order: arguments as given, each glob and each
+    directory walk sorted by path (so runs are reproducible); errors for anything missing."""
     files: list[Path] = []
     for pattern in patterns:
         if glob.has_magic(pattern):
-            matches = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
-            if not matches:
+            matches = sorted(glob.glob(pattern, recursive=True))
+            found = [f for p in matches for f in _files_under(Path(p))]
+            if not found:
                 raise ConfigError(f"--input {pattern!r} matches no files")
-            files.extend(Path(p) for p in matches)
+            files.extend(found)
+        elif os.path.isdir(pattern):
+            found = _files_under(Path(pattern))
+            if not found:
+                raise ConfigError(f"--input {pattern}: the directory holds no files")
+            files.extend(found)
         elif os.path.isfile(pattern):
             files.append(Path(pattern))
         else:
-            raise ConfigError(f"--input {pattern}: no such file")
+            raise ConfigError(f"--input {pattern}: no such file or directory")
     return files
 
 
-def is_json_lines(path: Path, input_format: str) -> bool:
-    """Whether `path` is read as JSON lines (else plain text, one document per line)."""
-    return input_format == "jsonl" or (input_format == "auto" and path.suffix.lower() in JSON_SUFFIXES)
+def _files_under(path: Path) -> list[Path]:
+    """A file itself, or a directory's files (recursively, sorted by path, dot files and dot directories left out)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    found: list[Path] = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found.extend(Path(root, n) for n in names if not n.startswith(".") and os.path.isfile(os.path.join(root, n)))
+    # By path components: a depth-first walk with each directory's entries sorted (`a/z.txt` before `a-b.txt`).
+    return sorted(found, key=lambda p: p.parts)

@@ -101,7 +101,7 @@ def evaluate_input(
         logger.info("tokenizing %s as preprocessing does ([CLS] text [SEP] per line)", path)
         stats = preprocess(
             PreprocessConfig(
-                inputs=[path],
+                inputs=(path,),
                 output_prefix=os.path.join(tmp, "eval"),
                 vocab_file=str(tokenizer.vocab_file),
                 json_keys=(config.json_key,),
