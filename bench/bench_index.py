@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megatron_zh import _helpers  # noqa: E402 (imported after the sys.path / environment set-up above)
+from megatron_zh import _helpers  # noqa: E402 (needs the sys.path set-up above)
 
 DATA_DIR = Path(os.environ.get("MEGATRON_ZH_DATA_DIR", REPO.parent / "shared" / "data"))
 

@@ -17,11 +17,12 @@ Damaged files (empty, truncated, not a PyTorch file) raise CheckpointError too, 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,18 @@ def _resolve(name: str) -> Any | None:
 def _allowed_objects(names: Iterable[str]) -> list[Any]:
     wanted = {*_ALWAYS, *(name for name in names if name in ALLOWED_GLOBALS)}
     return [obj for name in sorted(wanted) if (obj := _resolve(name)) is not None]
+
+
+@contextlib.contextmanager
+def _only_our_allowlist() -> Iterator[None]:
+    """Set aside what other libraries added to torch's process-wide allowlist (megatron-core adds
+    argparse.Namespace on import, for one): our check must not widen with whatever was imported."""
+    foreign = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        yield
+    finally:
+        torch.serialization.add_safe_globals(foreign)
 
 
 def _globals_named(path: Path) -> list[str]:
@@ -156,6 +169,11 @@ def safe_load(path: str | Path, *, map_location: Any = "cpu", mmap: bool = True)
             return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
         except Exception as exc:
             raise CheckpointError(_describe_failure(path, exc)) from None
+    with _only_our_allowlist():
+        return _restricted_load(path, map_location, mmap)
+
+
+def _restricted_load(path: Path, map_location: Any, mmap: bool) -> Any:
     named = _globals_named(path)
     refused = [name for name in named if name not in ALLOWED_GLOBALS]
     if refused:

@@ -196,15 +196,17 @@ def test_export_of_bf16_run_uses_fp32_masters(bf16_checkpoint, tmp_path):
 
 
 def test_refuses_what_is_not_a_checkpoint(tiny_checkpoint, tmp_path):
+    not_a_checkpoint = tmp_path / "not_a_checkpoint"  # beside the output: an output inside its input is refused
+    not_a_checkpoint.mkdir()
     with pytest.raises(CheckpointError, match="not a checkpoint directory: no `latest` file"):
-        export_to_hf(tmp_path, tmp_path / "out")
+        export_to_hf(not_a_checkpoint, tmp_path / "out")
     with pytest.raises(CheckpointError, match="is not a directory"):
         export_to_hf(tmp_path / "missing", tmp_path / "out")
     with pytest.raises(CheckpointError, match="is one checkpoint's folder; pass the directory above it"):
         export_to_hf(tiny_checkpoint["save"] / "global_step8", tmp_path / "out")
-    (tmp_path / "latest").write_text("global_step5")
+    (not_a_checkpoint / "latest").write_text("global_step5")
     with pytest.raises(CheckpointError, match="global_step5 does not exist"):
-        export_to_hf(tmp_path, tmp_path / "out")
+        export_to_hf(not_a_checkpoint, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -188,8 +188,9 @@ def test_token_ids_outside_the_vocab_are_refused(model, tokenizer, tmp_path):
     "content, message",
     [
         (None, "no such text file, and no dataset"),
-        ("\n  \n", "0 token"),
-        (b"\xff\xfe bad\n", "invalid UTF-8"),
+        ("\n  \n", "no documents"),
+        (b"\xff\xfe bad\n", "UTF-16LE .*iconv -f UTF-16 -t UTF-8"),  # a UTF-16 byte-order mark
+        (b"fine\nbad \xc3\x28 byte\n", "invalid UTF-8"),
     ],
 )
 def test_bad_inputs_get_clear_errors(model, tokenizer, tmp_path, content, message):

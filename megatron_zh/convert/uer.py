@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from megatron_zh.checkpoint_safety import safe_load
 from megatron_zh.convert.checkpoint import load_checkpoint_weights, write_checkpoint
 from megatron_zh.convert.uer_gpt2 import (
     config_from_tensors,
@@ -64,11 +65,9 @@ def load_uer_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"UER-py model {path} not found")
     try:
-        weights = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # damaged files and refused pickles raise many different types
-        raise CheckpointError(
-            f"cannot read UER-py model {path} as a state dict of tensors: {type(exc).__name__}: {exc}"
-        ) from None
+        weights = safe_load(path, mmap=False)  # the one restricted loader, with the checkpoint allowlist
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot read UER-py model {path} as a state dict of tensors: {exc}") from None
     if not isinstance(weights, dict) or not all(isinstance(k, str) for k in weights):
         raise CheckpointError(f"UER-py model {path} holds a {type(weights).__name__}, not a state dict")
     return weights
