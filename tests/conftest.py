@@ -38,6 +38,12 @@ def zh_corpus_file() -> Path:
 
 
 @pytest.fixture(scope="session")
+def uer_distil_config_file() -> Path:
+    """UER-py's own models/gpt2/distil_config.json, the config the published distil model was trained with."""
+    return _shared_file("uer_gpt2_distil_config.json")
+
+
+@pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
 

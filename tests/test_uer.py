@@ -23,8 +23,14 @@ from training_runs import REPO_ROOT, pretrain_args, run
 from megatron_zh.convert.checkpoint import load_checkpoint_weights
 from megatron_zh.convert.hf_export import export_to_hf
 from megatron_zh.convert.loading import load_model, model_from_state_dict
-from megatron_zh.convert.uer import export_to_uer, import_from_uer
-from megatron_zh.convert.uer_gpt2 import UER_LM_HEAD, UER_WORD_EMBEDDINGS, expected_shapes, to_uer_config
+from megatron_zh.convert.uer import export_to_uer, import_from_uer, read_uer_config
+from megatron_zh.convert.uer_gpt2 import (
+    UER_LM_HEAD,
+    UER_WORD_EMBEDDINGS,
+    config_from_uer,
+    expected_shapes,
+    to_uer_config,
+)
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.model import GPT2Config
 from megatron_zh.tokenizer import BertChineseTokenizer
@@ -388,3 +394,12 @@ def test_uer_recipe_configs_resolve_on_8_gpus():
         assert ds["zero_optimization"]["stage"] == 1
     assert not stage1.train.finetune
     assert stage2.train.finetune and stage2.train.load == stage1.train.save
+
+
+def test_the_published_distil_config_is_the_gpt2_distil_preset(uer_distil_config_file):
+    """UER-py's real models/gpt2/distil_config.json maps onto our preset, and our export writes it back."""
+    published = read_uer_config(uer_distil_config_file)
+    config = config_from_uer(published, vocab_size=21128)
+    assert config == GPT2Config.from_preset("gpt2-distil")
+    written = to_uer_config(config)
+    assert {k: written[k] for k in published} == published  # every key UER-py's file has, with its value

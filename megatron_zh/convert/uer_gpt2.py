@@ -55,6 +55,7 @@ _LAYER_NAMES: list[tuple[str, tuple[str, ...]]] = [
 # pretrain.py flags of its model card); written into an exported config, checked on import.
 UER_ARCHITECTURE: dict[str, Any] = {
     "hidden_act": "gelu_fast",
+    "data_processor": "lm",  # UER-py's LmDataset: what its preprocess.py / pretrain.py read for this model
     "embedding": ["word", "pos"],
     "remove_embedding_layernorm": True,
     "encoder": "transformer",
@@ -66,6 +67,7 @@ UER_ARCHITECTURE: dict[str, Any] = {
 # Values an imported config may hold for each architecture key: anything else is another model.
 _ACCEPTED: dict[str, tuple[Any, ...]] = {
     "hidden_act": ("gelu_fast",),
+    "data_processor": ("lm",),
     "embedding": (["word", "pos"], "word_pos"),
     "remove_embedding_layernorm": (True,),
     "encoder": ("transformer",),
