@@ -1,16 +1,18 @@
-"""Crash-safe file writing: nothing that looks complete is on disk until it is complete."""
+"""Crash-safe file writing (nothing that looks complete is on disk until it is complete), and JSON reading."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+from megatron_zh.errors import MegatronZhError
 from megatron_zh.storage import naming
 
 
@@ -129,3 +131,14 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def read_json_object(path: str | os.PathLike, error: type[MegatronZhError], what: str = "") -> dict[str, Any]:
+    """The JSON object in `path`; `error` (naming `what` and the path) if it is unreadable or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"cannot read {what}{path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what}{path} is not a JSON object")
+    return data

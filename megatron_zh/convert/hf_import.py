@@ -7,7 +7,6 @@ vocab.txt, and tokenizer_config.json for do_lower_case (absent: true, as BERT-Ch
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from megatron_zh.checkpoint_safety import safe_load
 from megatron_zh.convert.checkpoint import write_checkpoint
 from megatron_zh.convert.hf_gpt2 import from_hf_config, from_hf_state_dict
 from megatron_zh.errors import CheckpointError, ConfigError
+from megatron_zh.fileio import read_json_object
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config
 from megatron_zh.paths import refuse_overlap
@@ -40,13 +40,7 @@ class HFCheckpoint:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
-    return data
+    return read_json_object(path, CheckpointError)
 
 
 def _load_weight_file(path: Path) -> dict[str, torch.Tensor]:

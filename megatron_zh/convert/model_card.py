@@ -20,6 +20,7 @@ from megatron_zh.convert.checkpoint import LoadedCheckpoint, resolve_tag
 from megatron_zh.data.blended_dataset import parse_data_path
 from megatron_zh.data.indexed_dataset import read_metadata
 from megatron_zh.errors import MegatronZhError
+from megatron_zh.fileio import read_json_object
 from megatron_zh.training.checkpointing import read_client_state
 from megatron_zh.training.metrics import read_metrics
 
@@ -44,11 +45,11 @@ class Stage:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
+    """The card says "not recorded" for what a missing or damaged file would have told."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return read_json_object(path, MegatronZhError)
+    except MegatronZhError:
         return None
-    return data if isinstance(data, dict) else None
 
 
 def _stage(directory: Path, tag: str, client_state: dict[str, Any]) -> Stage:

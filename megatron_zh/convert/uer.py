@@ -26,7 +26,7 @@ from megatron_zh.convert.uer_gpt2 import (
     to_uer_state_dict,
 )
 from megatron_zh.errors import CheckpointError, ConfigError
-from megatron_zh.fileio import atomic_write
+from megatron_zh.fileio import atomic_write, read_json_object
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config
 from megatron_zh.paths import refuse_overlap
@@ -49,14 +49,7 @@ class UERModel:
 
 
 def read_uer_config(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read UER-py config {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"UER-py config {path} is not a JSON object")
-    return data
+    return read_json_object(path, ConfigError, what="UER-py config ")
 
 
 def load_uer_weights(path: str | Path) -> dict[str, torch.Tensor]:
