@@ -15,6 +15,7 @@ import socket
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -129,7 +130,35 @@ def init_process_group(env: DistEnv, timeout_minutes: float = 10.0) -> str:
     fail_fast.set_nccl_fail_fast_env()
     fail_fast.set_default_group_timeout(timeout)
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, timeout=timeout)
+    release_shm_allreduce_name(env)
     return backend
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+def shm_allreduce_path(env: DistEnv, environ: MutableMapping[str, str] = os.environ) -> Path:
+    """Where DeepSpeed's CPU comm op puts this rank's 66 MB all-reduce buffer (shm.cpp's naming)."""
+    address, port = environ.get("MASTER_ADDR", ""), environ.get("MASTER_PORT", "")
+    return SHM_DIR / f"deepspeed_allreduce_buffer_{os.getuid()}_{address}_{port}_{env.rank}"
+
+
+def release_shm_allreduce_name(env: DistEnv) -> bool:
+    """Unlink this rank's DeepSpeed shared-memory all-reduce buffer once every rank has mapped it.
+
+    On CPU, when all ranks share a machine, DeepSpeed creates one shm segment per rank and never
+    unlinks it: every run, even a clean one, leaves 66 MB per rank in /dev/shm (RAM) until reboot,
+    and a day of short runs fills memory. After the barrier every peer holds its mapping, so
+    dropping the name frees nothing in use now and lets the kernel reclaim it when the job ends,
+    however the job ends. Returns whether there was a name to drop.
+    """
+    barrier()  # each rank opens its peers' segments inside init_distributed; none may vanish before that
+    path = shm_allreduce_path(env)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False  # GPU accelerators, multi-node jobs, or a DeepSpeed without the op
+    return True
 
 
 def all_reduce_sum(values: list[float | torch.Tensor], device: torch.device) -> list[float]:
