@@ -4,8 +4,10 @@ A `.pt` file is a pickle: loaded with `weights_only=False` it may call any funct
 (`os.system`, `pathlib.Path.unlink`, ...). `safe_load` reads it with `weights_only=True`, which
 rebuilds only tensors, containers and primitive values, plus the few classes listed in
 `ALLOWED_GLOBALS` that real checkpoints of this project hold. Anything else is refused with one
-line naming the file and the offending global, unless the user trusts the file
-(`--trust-checkpoint`, `allow_untrusted_checkpoints(True)`).
+line naming the file and the offending global, unless the user trusts the file: `--trust-checkpoint`,
+which a tool's entry point turns into `with trusting_checkpoints(args.trust_checkpoint): ...`. The
+trust lasts for that block only (a context variable, like torch.no_grad), so nothing that runs after
+it, a test or a second tool in the same process, inherits it.
 
 DeepSpeed's own `engine.load_checkpoint` unpickles with `weights_only=False`; training scans a
 checkpoint's files with `check_checkpoint_files` before the process group starts and routes the
@@ -18,6 +20,7 @@ Damaged files (empty, truncated, not a PyTorch file) raise CheckpointError too, 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 import pickle
 import re
@@ -59,15 +62,24 @@ _ALWAYS = (
     "numpy._core.multiarray._reconstruct" if hasattr(np, "_core") else "numpy.core.multiarray._reconstruct",
 )
 
-_trust_all = False
+_TRUSTED: contextvars.ContextVar[bool] = contextvars.ContextVar("megatron_zh_trust_checkpoints", default=False)
 
 
-def allow_untrusted_checkpoints(enabled: bool) -> None:
-    """`--trust-checkpoint`: read checkpoint files with the full unpickler (they may run code)."""
-    global _trust_all
-    if enabled and not _trust_all:
+@contextlib.contextmanager
+def trusting_checkpoints(enabled: bool) -> Iterator[None]:
+    """`--trust-checkpoint`: inside this block, checkpoint files are read with the full unpickler (they may
+    run code). `enabled=False` is the restricted default, so entry points can pass the flag straight in."""
+    if enabled:
         logger.warning("--trust-checkpoint: checkpoint files are unpickled without restriction; they can run code")
-    _trust_all = enabled
+    token = _TRUSTED.set(enabled)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
+
+
+def _trusted() -> bool:
+    return _TRUSTED.get()
 
 
 def _resolve(name: str) -> Any | None:
@@ -164,7 +176,7 @@ def safe_load(path: str | Path, *, map_location: Any = "cpu", mmap: bool = True)
     if not path.is_file():
         raise CheckpointError(f"{path} not found: the checkpoint is missing a file")
     mmap = mmap and zipfile.is_zipfile(path)  # legacy (non-zip) torch.save files cannot be mapped
-    if _trust_all:
+    if _trusted():
         try:
             return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)
         except Exception as exc:
@@ -195,7 +207,7 @@ def _restricted_load(path: Path, map_location: Any, mmap: bool) -> Any:
 def check_checkpoint_files(folder: str | Path) -> list[Path]:
     """Open every .pt file below `folder` with `safe_load` (tensors mapped, not read). Returns the files."""
     files = sorted(Path(folder).rglob("*.pt"))
-    if not _trust_all:
+    if not _trusted():
         for path in files:
             safe_load(path, mmap=True)
     return files
@@ -205,7 +217,7 @@ def guard_engine_loads(engine: Any) -> None:
     """Make a DeepSpeed engine read checkpoint files through `safe_load` (DeepSpeed's own loader
     unpickles with weights_only=False). A no-op under --trust-checkpoint."""
     checkpoint_engine = getattr(engine, "checkpoint_engine", None)
-    if _trust_all or checkpoint_engine is None:
+    if _trusted() or checkpoint_engine is None:
         return
 
     def load(path: str, map_location: Any = None) -> Any:
@@ -220,9 +232,6 @@ TRUST_FLAG_HELP = (
 
 
 def add_trust_flag(parser: Any) -> None:
-    """`--trust-checkpoint` for a tool that reads checkpoints; call `apply_trust_flag(args)` after parsing."""
+    """`--trust-checkpoint` for a tool that reads checkpoints; the tool runs its work inside
+    `trusting_checkpoints(args.trust_checkpoint)`."""
     parser.add_argument("--trust-checkpoint", action="store_true", help=TRUST_FLAG_HELP)
-
-
-def apply_trust_flag(args: Any) -> None:
-    allow_untrusted_checkpoints(bool(getattr(args, "trust_checkpoint", False)))

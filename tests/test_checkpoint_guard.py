@@ -23,10 +23,10 @@ from training_runs import CPU_CONFIG, REPO_ROOT, environment, latest, pretrain_a
 
 from megatron_zh.checkpoint_safety import (
     ALLOWED_GLOBALS,
-    allow_untrusted_checkpoints,
     check_checkpoint_files,
     guard_engine_loads,
     safe_load,
+    trusting_checkpoints,
 )
 from megatron_zh.convert.checkpoint import load_checkpoint_weights
 from megatron_zh.errors import CheckpointError, ConfigError
@@ -97,13 +97,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     for fragment in fragments:
         assert fragment in last, (fragment, last)
     return last
-
-
-@pytest.fixture(autouse=True)
-def _restricted_unpickler():
-    allow_untrusted_checkpoints(False)
-    yield
-    allow_untrusted_checkpoints(False)
 
 
 # ----------------------------------------------------------------------------- item 7: DeepSpeed config
@@ -290,6 +283,24 @@ def test_legacy_format_pickles_are_checked_too(tmp_path):
     assert torch.equal(safe_load(tmp_path / "plain.bin")["w"], torch.ones(2))
     with pytest.raises(CheckpointError, match="hostile.bin needs global posix.system"):
         safe_load(tmp_path / "hostile.bin")
+    assert not marker.exists()
+
+
+def test_trust_lasts_for_its_block_only(tmp_path):
+    """--trust-checkpoint is scoped: inside `trusting_checkpoints(True)` the full unpickler runs the file (so the
+    payload does run), and after the block, even one that raised, the same file is refused again."""
+    marker = tmp_path / "pwned"
+    torch.save({"w": _Payload(marker)}, tmp_path / "hostile.pt")
+    with pytest.raises(RuntimeError, match="leaves the block"):
+        with trusting_checkpoints(True):
+            safe_load(tmp_path / "hostile.pt")
+            raise RuntimeError("leaves the block")
+    assert marker.exists(), "inside the block the file is trusted and unpickled without restriction"
+    marker.unlink()
+    with pytest.raises(CheckpointError, match="hostile.pt needs global posix.system"):
+        safe_load(tmp_path / "hostile.pt")
+    with trusting_checkpoints(False), pytest.raises(CheckpointError, match="needs global posix.system"):
+        safe_load(tmp_path / "hostile.pt")
     assert not marker.exists()
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from megatron_zh.checkpoint_safety import add_trust_flag, apply_trust_flag
+from megatron_zh.checkpoint_safety import add_trust_flag, trusting_checkpoints
 from megatron_zh.cli import run_cli
 from megatron_zh.convert.hf_import import import_from_hf
 
@@ -30,8 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_trust_flag(parser)
     args = parser.parse_args(argv)
-    apply_trust_flag(args)
-    folder = import_from_hf(args.hf, args.output, vocab_file=args.vocab_file, overwrite=args.overwrite)
+    with trusting_checkpoints(args.trust_checkpoint):
+        folder = import_from_hf(args.hf, args.output, vocab_file=args.vocab_file, overwrite=args.overwrite)
     print(f"wrote {folder}; continue training with: pretrain_gpt.py --load {args.output} --finetune ...")
     return 0
 

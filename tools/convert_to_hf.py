@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from megatron_zh.checkpoint_safety import add_trust_flag, apply_trust_flag
+from megatron_zh.checkpoint_safety import add_trust_flag, trusting_checkpoints
 from megatron_zh.cli import run_cli
 from megatron_zh.convert.hf_export import LOGIT_TOLERANCE, export_to_hf
 
@@ -31,10 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_trust_flag(parser)
     args = parser.parse_args(argv)
-    apply_trust_flag(args)
-    result = export_to_hf(
-        args.checkpoint, args.output, tag=args.tag, vocab_file=args.vocab_file, overwrite=args.overwrite
-    )
+    with trusting_checkpoints(args.trust_checkpoint):
+        result = export_to_hf(
+            args.checkpoint, args.output, tag=args.tag, vocab_file=args.vocab_file, overwrite=args.overwrite
+        )
     print(f"exported {result.checkpoint} (iteration {result.iteration}, weights: {result.weights_source})")
     print(
         f"self-check: max |logit diff| = {result.max_logit_diff:.3g} over {result.self_check_tokens} tokens "

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from megatron_zh.checkpoint_safety import TRUST_FLAG_HELP, apply_trust_flag
+from megatron_zh.checkpoint_safety import TRUST_FLAG_HELP, trusting_checkpoints
 from megatron_zh.convert.loading import LoadedModel, load_model
 from megatron_zh.errors import ConfigError
 from megatron_zh.log import get_logger
@@ -46,10 +46,9 @@ def load_from_args(args: argparse.Namespace) -> tuple[LoadedModel, torch.device]
     if args.tag is not None and args.checkpoint is None:
         raise ConfigError("--tag selects a checkpoint of --checkpoint DIR; an --hf folder has no tags")
     device = resolve_device(args.device)
-    apply_trust_flag(args)
     # Reading a DeepSpeed checkpoint imports deepspeed, whose logger prints to stdout; stdout is
     # the tools' output (text, one JSON line), so anything said while loading goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
+    with trusting_checkpoints(args.trust_checkpoint), contextlib.redirect_stdout(sys.stderr):
         loaded = load_model(checkpoint=args.checkpoint, tag=args.tag, hf=args.hf, vocab_file=args.vocab_file)
     loaded.model.to(device).eval()
     config = loaded.model.config

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from megatron_zh.checkpoint_safety import trusting_checkpoints
 from megatron_zh.log import get_logger
 from megatron_zh.model import model_flops_per_token
 from megatron_zh.training.arguments import build_parser, build_run_config
@@ -116,13 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = setup_rendezvous_env(args.local_rank)
     _quiet_other_ranks(env)
     run = build_run_config(args, env.world_size)
-    preflight = validate(run)
-    if env.is_main:
-        effective = {**run.to_dict(), "start": preflight.start.mode, "argv": list(sys.argv if argv is None else argv)}
-        print("effective configuration:\n" + json.dumps(effective, indent=2, default=str), flush=True)
-        if run.train.save:
-            write_run_config(run.train.save, effective)
-            remove_uncommitted(run.train)  # folders of a save that was killed before `latest` named them
-    outcome = run_training(run, env, preflight)
+    with trusting_checkpoints(run.train.trust_checkpoint):
+        preflight = validate(run)
+        if env.is_main:
+            argv_given = list(sys.argv if argv is None else argv)
+            effective = {**run.to_dict(), "start": preflight.start.mode, "argv": argv_given}
+            print("effective configuration:\n" + json.dumps(effective, indent=2, default=str), flush=True)
+            if run.train.save:
+                write_run_config(run.train.save, effective)
+                remove_uncommitted(run.train)  # folders of a save that was killed before `latest` named them
+        outcome = run_training(run, env, preflight)
     logger.info("finished at iteration %d (%s)", outcome.state.iteration, outcome.reason)
     return 0

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from megatron_zh.checkpoint_safety import allow_untrusted_checkpoints
 from megatron_zh.errors import ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.training.checkpointing import StartPoint, check_compatible, resolve_start
@@ -94,7 +93,6 @@ def check_device(run: RunConfig) -> None:
 
 def validate(run: RunConfig) -> Preflight:
     """All file and hardware checks; raises ConfigError / DataFormatError / CheckpointError."""
-    allow_untrusted_checkpoints(run.train.trust_checkpoint)
     check_device(run)
     check_deepspeed_config(run.deepspeed, run.config_file)
     fingerprint, vocab_size, pad_id = check_vocab(run)
