@@ -140,6 +140,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
             {"data_types": {"grad_accum_dtype": "fp31"}},
             "data_types.grad_accum_dtype 'fp31' is not a dtype DeepSpeed knows",
         ),
+        (
+            {"gradient_clippin": 1.0},
+            "unknown key 'gradient_clippin'; did you mean 'gradient_clipping'? (DeepSpeed does not read it",
+        ),
+        ({"activation_checkpointng": {}}, "did you mean 'activation_checkpointing'?"),
+        ({"my_notes": "x"}, "unknown key 'my_notes' (DeepSpeed does not read it and would ignore it)"),
     ],
 )
 def test_what_deepspeed_would_reject_is_named_before_the_process_group(tmp_path, zh_text_document, deepspeed, message):

@@ -92,11 +92,14 @@ def write_zip(path: Path, members: dict[str, bytes]) -> None:
 
 
 def write_tar(path: Path, members: dict[str, bytes], mode: str = "w") -> None:
-    with tarfile.open(path, mode) as archive:
+    """mode "w", "w:gz", ... as tarfile takes it, or "w:zst" (Python 3.11's tarfile has no zstd: compressed here)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w" if mode == "w:zst" else mode) as archive:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
+    path.write_bytes(COMPRESS[".zst"](buffer.getvalue()) if mode == "w:zst" else buffer.getvalue())
 
 
 def archive_members(docs: list[str]) -> tuple[dict[str, bytes], list[str]]:
@@ -125,14 +128,18 @@ def test_compressed_files(tmp_path, zh_vocab_file, bert, docs, suffix):
     assert stats.documents["text"] == len(docs) and stats.bad_lines == 0
 
 
-@pytest.mark.parametrize("kind", ["zip", "tar", "tar.gz", "tgz"])
+TAR_MODES = {"tar": "w", "tar.gz": "w:gz", "tgz": "w:gz", "tar.xz": "w:xz", "tar.zst": "w:zst", "tzst": "w:zst"}
+
+
+@pytest.mark.parametrize("kind", ["zip", *TAR_MODES])
 def test_archives_read_members_in_name_order(tmp_path, zh_vocab_file, bert, docs, kind):
+    """The members are stored out of name order, so a compressed tar is also read backwards (re-decompressed)."""
     members, expected = archive_members(docs)
     path = tmp_path / f"corpus.{kind}"
     if kind == "zip":
         write_zip(path, members)
     else:
-        write_tar(path, members, "w" if kind == "tar" else "w:gz")
+        write_tar(path, members, TAR_MODES[kind])
     preprocess(config(tmp_path, zh_vocab_file, [path], workers=2, chunk_bytes=2048, document_boundary="blank-line"))
     check_dataset(tmp_path / "out_text_document", bert, expected)
     inputs = read_metadata(tmp_path / "out_text_document")["inputs"]
@@ -373,15 +380,62 @@ def wide_bytes(encoding: str) -> bytes:
 def test_wide_encodings_stop_the_run_with_the_fix(tmp_path, zh_vocab_file, encoding, seen, command):
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(wide_bytes(encoding))
-    result = run_tool(
-        "--input", corpus, "--output-prefix", tmp_path / "out", "--vocab-file", zh_vocab_file, check=False
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert error == [
+    assert refusal(tmp_path, zh_vocab_file, corpus) == (
         f"error: {corpus}: {seen}, not UTF-8; convert it first: {command} {corpus} > {tmp_path}/corpus.utf8.txt"
-    ]
+    )
+
+
+def refusal(tmp_path: Path, vocab: Path, source: Path) -> str:
+    """tools/preprocess_data.py on `source`: exit 2, no traceback, nothing written; its one error line."""
+    result = run_tool("--input", source, "--output-prefix", tmp_path / "out", "--vocab-file", vocab, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
     assert outputs_in(tmp_path) == []
+    return errors[0]
+
+
+def patch_zip_entries(path: Path, *, flag: int = 0, method: int | None = None) -> None:
+    """Set general-purpose flag bits / the compression method in every local and central header of a zip, as
+    tools Python's zipfile cannot imitate would write them (WinZip encryption, Windows' Deflate64)."""
+    data = bytearray(path.read_bytes())
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        start = data.find(signature)
+        while start != -1:
+            data[start + flag_at] |= flag
+            if method is not None:
+                data[start + method_at : start + method_at + 2] = method.to_bytes(2, "little")
+            start = data.find(signature, start + 4)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "flag, method, message",
+    [
+        (0x1, None, "docs/b.txt is encrypted: this tool takes no passwords; extract the archive (unzip -P ...)"),
+        (0, 9, "docs/b.txt is compressed with Deflate64, which Python's zipfile cannot read; extract the archive"),
+    ],
+)
+def test_zip_members_that_cannot_be_read_are_refused_before_any_output(tmp_path, zh_vocab_file, flag, method, message):
+    write_zip(tmp_path / "a.zip", {"docs/b.txt": b"one\ntwo\n"})
+    patch_zip_entries(tmp_path / "a.zip", flag=flag, method=method)
+    assert refusal(tmp_path, zh_vocab_file, tmp_path / "a.zip").startswith(f"error: {tmp_path / 'a.zip'}:{message}")
+
+
+@pytest.mark.parametrize("name", ["corpus.txt.gz", "corpus.txt.bz2", "corpus.txt.xz", "corpus.jsonl.zst", "c.tar.zst"])
+def test_a_truncated_compressed_input_stops_the_run(tmp_path, zh_vocab_file, docs, name):
+    """A download cut short fails with one line and writes nothing, whatever the compression: zstandard's own
+    reader would return the first part of a truncated .zst as if it were the whole file (exit 0, less data)."""
+    data = json_lines(docs * 50) if name.endswith(".jsonl.zst") else blank_line_text(docs * 50)
+    path = tmp_path / name
+    if name.endswith(".tar.zst"):
+        write_tar(path, {"corpus.txt": data}, "w:zst")
+    else:
+        path.write_bytes(COMPRESS["." + name.rsplit(".", 1)[-1]](data))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    error = refusal(tmp_path, zh_vocab_file, path)
+    assert error.startswith(f"error: {path}"), error
+    assert "truncated" in error or "end-of-stream" in error or "end of data" in error, error
 
 
 def test_wide_encodings_inside_archives_and_compressed_files(tmp_path, zh_vocab_file):

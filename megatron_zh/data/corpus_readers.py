@@ -23,15 +23,16 @@ import gzip
 import io
 import lzma
 import shlex
-import sys
 import tarfile
 import zipfile
 from collections.abc import Iterator
 from typing import IO, Any
 
+from megatron_zh.data.archives import open_tar, read_errors
 from megatron_zh.data.corpus_sources import Unit
 from megatron_zh.data.preprocess_config import PreprocessConfig
 from megatron_zh.data.preprocess_encode import Chunk
+from megatron_zh.data.zstd_stream import ZstdReader
 from megatron_zh.errors import DataFormatError
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -112,19 +113,7 @@ def _decompressed(raw: IO[bytes], compression: str | None) -> Stream:
         return bz2.BZ2File(raw)
     if compression == "xz":
         return lzma.LZMAFile(raw)
-    import zstandard  # only when a .zst input is read
-
-    reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=False)
-    return io.BufferedReader(reader, 1 << 20)
-
-
-def _read_errors() -> tuple[type[BaseException], ...]:
-    """What a damaged or truncated file raises while it is decompressed (zstandard's own error if loaded)."""
-    errors: list[type[BaseException]] = [OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError]
-    zstandard = sys.modules.get("zstandard")
-    if zstandard is not None:
-        errors.append(zstandard.ZstdError)
-    return tuple(errors)
+    return io.BufferedReader(ZstdReader(raw), 1 << 20)
 
 
 class _OpenArchive:
@@ -137,7 +126,7 @@ class _OpenArchive:
     def get(self, unit: Unit) -> zipfile.ZipFile | tarfile.TarFile:
         if self.handle is None or self.path != unit.path:
             self.close()
-            self.handle = zipfile.ZipFile(unit.path) if unit.archive == "zip" else tarfile.open(unit.path, "r:*")
+            self.handle = zipfile.ZipFile(unit.path) if unit.archive == "zip" else open_tar(unit.path)
             self.path = unit.path
         return self.handle
 
@@ -251,7 +240,7 @@ def read_units(units: list[Unit], config: PreprocessConfig) -> Iterator[Chunk]:
                 stack.callback(stream.close)  # a decompressor leaves the file under it open: the stack closes both
                 try:
                     yield from _line_chunks(index, unit, stream, outer, config)
-                except _read_errors() as exc:
+                except read_errors() as exc:
                     raise DataFormatError(f"{unit.label}: cannot be read to the end ({exc}); check the file") from exc
     finally:
         archives.close()

@@ -1,6 +1,6 @@
 """What a preprocessing run reads: its inputs as an ordered list of units, and a shard's share of them.
 
-A unit is one stream of documents: a file, or one member of a `.zip`/`.tar` archive. What a unit
+A unit is one stream of documents: a file, or one member of a `.zip`/`.tar` archive (archives.py). What a unit
 holds is read from its name: an optional compression suffix (`.gz`, `.bz2`, `.xz`, `.zst`) on top
 of plain text, JSON lines (`.json`/`.jsonl`/`.ndjson`) or Parquet (`.parquet`, files only).
 
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from megatron_zh.data.archives import ZSTD_TAR_SUFFIXES, check_zip_member, open_tar, read_errors
 from megatron_zh.data.preprocess_config import JSON_SUFFIXES, PreprocessConfig, expand_inputs
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
@@ -30,8 +31,7 @@ logger = get_logger(__name__)
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd"}
 ZIP_SUFFIXES = (".zip",)
-# tarfile opens all of these itself ("r:*"); a .tar.zst would need a streaming tar reader: not supported.
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", *ZSTD_TAR_SUFFIXES)
 PARQUET_SUFFIX = ".parquet"
 
 
@@ -86,7 +86,7 @@ def content_format(name: str, input_format: str, where: str) -> tuple[str, str |
     if archive_kind(stem) is not None:
         raise ConfigError(
             f"{where}: a compressed or nested archive ({name}) cannot be streamed; "
-            "use .zip, .tar, .tar.gz, .tar.bz2 or .tar.xz, or extract it first"
+            "use .zip, .tar, .tar.gz, .tar.bz2, .tar.xz or .tar.zst, or extract it first"
         )
     if lower.endswith(PARQUET_SUFFIX):
         if compression is not None:
@@ -126,6 +126,8 @@ def _zip_units(path: Path, input_format: str) -> list[Unit]:
     except zipfile.BadZipFile as exc:
         raise DataFormatError(f"{path}: not a readable zip archive ({exc}); check the download") from exc
     infos.sort(key=lambda i: i.filename)
+    for info in infos:
+        check_zip_member(path, info)
     return [
         _member_unit(path, i.filename, "zip", i.file_size, i.compress_size, i, input_format)
         for i in infos
@@ -135,9 +137,9 @@ def _zip_units(path: Path, input_format: str) -> list[Unit]:
 
 def _tar_units(path: Path, input_format: str) -> list[Unit]:
     try:
-        with tarfile.open(path, "r:*") as archive:  # one pass over the archive (decompressing a .tar.gz once)
+        with open_tar(path) as archive:  # one pass over the archive (decompressing a .tar.gz once)
             members = [m for m in archive.getmembers() if m.isfile() and not _hidden(m.name) and m.size > 0]
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except read_errors() as exc:
         raise DataFormatError(f"{path}: not a readable tar archive ({exc}); check the download") from exc
     members.sort(key=lambda m: m.name)
     offsets = [m.offset_data for m in members]

@@ -17,6 +17,7 @@ engine. Here the same rules run up front, against DeepSpeed 0.19's own definitio
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import difflib
 import importlib
@@ -93,11 +94,36 @@ def _pydantic_error(exc: Exception, source: str) -> ConfigError:
     return ConfigError(f"{source}: {path}: {first.get('msg', 'invalid')}{value}; DeepSpeed's {title} rejects it")
 
 
+class _KeysRead(dict):
+    """A dict that records every key looked up in it, present or not: what DeepSpeedConfig reads is what it knows."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.read: set[Any] = set()
+
+    def __getitem__(self, key: Any) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def keys(self) -> Any:  # `KEY in param_dict.keys()` is how some DeepSpeed sections look
+        return collections.abc.KeysView(self)
+
+
 def check_sections(ds: dict[str, Any], source: str) -> None:
-    """Parse the config with DeepSpeed's DeepSpeedConfig, as deepspeed.initialize will."""
+    """Parse the config with DeepSpeed's DeepSpeedConfig, as deepspeed.initialize will, and refuse a top-level
+    key it never reads: DeepSpeed ignores those without a word, so a typo ("gradient_clippin") would quietly
+    train without what the user asked for."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    trial = copy.deepcopy(ds)
+    trial = _KeysRead(copy.deepcopy(ds))
     # Without a process group DeepSpeedConfig assumes 1 rank: give it the batch arithmetic of one rank
     # (the real world size was checked when the batch was resolved).
     trial["train_batch_size"] = trial["train_micro_batch_size_per_gpu"] * trial["gradient_accumulation_steps"]
@@ -107,6 +133,13 @@ def check_sections(ds: dict[str, Any], source: str) -> None:
         raise _pydantic_error(exc, source) from None
     except (AssertionError, KeyError, TypeError) as exc:
         raise ConfigError(f"{source}: DeepSpeed rejects the config: {exc}") from None
+    known = sorted(key for key in trial.read if isinstance(key, str))
+    for key in ds:
+        if key not in trial.read:
+            raise ConfigError(
+                f"{source}: unknown key {key!r}{_close(str(key), known)} (DeepSpeed does not read it and would "
+                "ignore it); correct or remove it"
+            )
 
 
 def check_data_types(ds: dict[str, Any], source: str) -> None:
