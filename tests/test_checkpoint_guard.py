@@ -461,7 +461,8 @@ def test_a_full_disk_or_a_kill_during_a_save_leaves_a_resumable_run(zh_text_docu
     marker = tmp_path / "paused"
     monkeypatch.setenv("FAULTY_SAVE", f"{shard}=pause:{marker}")
     process = start(faulty, log=tmp_path / "killed.log")
-    wait_for(marker.exists, process, timeout=240)
+    # Rank 1 stops at its shard; rank 0 writes the model states on its own time: wait for both, then kill.
+    wait_for(lambda: marker.exists() and (save / "global_step4" / MODEL_STATES).is_file(), process, timeout=240)
     os.killpg(process.pid, signal.SIGKILL)  # every rank and the launcher, mid-save
     process.wait()
     assert latest(save) == "global_step2"
