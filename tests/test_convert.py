@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_runs import latest, pretrain_args, run
+from training_runs import LR0_FIRST_STEP, finetune_args, latest, pretrain_args, run
 
 from megatron_zh.cli import run_cli
 from megatron_zh.convert import hf_export
@@ -326,19 +326,7 @@ def test_pretraining_continues_from_an_imported_checkpoint(tiny_checkpoint, hf_e
     imported = load_checkpoint_weights(tmp_path / "imported").state_dict
     dataset = {"prefix": tiny_checkpoint["prefix"], "vocab": tiny_checkpoint["vocab"]}
     save = tmp_path / "continued"
-    args = pretrain_args(
-        dataset,
-        save,
-        train_iters=3,
-        lr_warmup_iters=1,
-        save_interval=1,
-        keep_last=0,
-        eval_interval=0,
-        eval_iters=1,
-        log_interval=1,
-    )
-    args[args.index("--load") + 1] = str(tmp_path / "imported")
-    run(args + ["--finetune"], ranks=None)  # one process, no launcher
+    run(finetune_args(pretrain_args(dataset, save, **LR0_FIRST_STEP), tmp_path / "imported"), ranks=None)  # no launcher
 
     losses = [r["loss"] for r in read_metrics(save / "metrics.jsonl")]
     fresh = 9.96  # ln(21128): a randomly initialised model's loss

@@ -17,7 +17,16 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from training_runs import bf16_pretrain_args, latest, pretrain_args, run, start, wait_for
+from training_runs import (
+    LR0_FIRST_STEP,
+    bf16_pretrain_args,
+    finetune_args,
+    latest,
+    pretrain_args,
+    run,
+    start,
+    wait_for,
+)
 
 from megatron_zh.training.checkpointing import CLIENT_STATE_FILE, read_client_state, resolve_start
 from megatron_zh.training.client_state import ClientState
@@ -187,8 +196,7 @@ def test_stage2_starts_from_stage1_weights_with_fresh_state(reference, zh_text_d
         eval_interval=0,
         save_interval=0,
     )
-    args[args.index("--load") + 1] = str(reference)  # stage 2 reads stage 1's directory ...
-    output = run(args + ["--finetune"])  # ... for its weights only
+    output = run(finetune_args(args, reference))  # stage 2 reads stage 1's directory for its weights only
     assert "initialised the weights from" in output and "it has not finished" not in output
     train = read_metrics(save / "metrics.jsonl")
     assert [r["iteration"] for r in train] == [1, 2, 3, 4]
@@ -217,21 +225,8 @@ def test_bf16_stage2_starts_from_stage1_fp32_masters_not_their_bf16_copies(bf16_
     own fp32 masters (written by 3 ranks, read here by 2). Step 1 runs at lr 0, so its masters are exactly
     the ones it started from."""
     save = tmp_path / "stage2_bf16"
-    args = bf16_pretrain_args(
-        zh_text_document,
-        save,
-        train_iters=3,
-        lr_warmup_iters=1,
-        save_interval=1,
-        keep_last=0,
-        eval_interval=0,
-        eval_iters=1,
-        log_interval=1,
-        global_batch_size=8,
-        micro_batch_size=4,
-    )
-    args[args.index("--load") + 1] = str(bf16_checkpoint)
-    output = run(args + ["--finetune"])
+    args = bf16_pretrain_args(zh_text_document, save, **LR0_FIRST_STEP, global_batch_size=8, micro_batch_size=4)
+    output = run(finetune_args(args, bf16_checkpoint))
     assert re.search(r"fp32 master weights of \d+ parameters set from", output)
     assert read_metrics(save / "metrics.jsonl")[0]["lr"] == 0.0
 

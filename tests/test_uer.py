@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from test_convert import run_tool
-from training_runs import REPO_ROOT, pretrain_args, run
+from training_runs import LR0_FIRST_STEP, REPO_ROOT, finetune_args, pretrain_args, run
 
 from megatron_zh.convert.checkpoint import load_checkpoint_weights
 from megatron_zh.convert.hf_export import export_to_hf
@@ -285,19 +285,7 @@ def test_imported_uer_model_trains_exports_generates_and_evaluates(tmp_path, zh_
 
     # pretrain_gpt.py --load IMPORTED --finetune: step 1 runs at lr 0, so its checkpoint holds the UER-py weights.
     save = tmp_path / "continued"
-    args = pretrain_args(
-        zh_text_document,
-        save,
-        train_iters=3,
-        lr_warmup_iters=1,
-        save_interval=1,
-        keep_last=0,
-        eval_interval=0,
-        eval_iters=1,
-        log_interval=1,
-    )
-    args[args.index("--load") + 1] = str(imported)
-    run(args + ["--finetune"], ranks=None)
+    run(finetune_args(pretrain_args(zh_text_document, save, **LR0_FIRST_STEP), imported), ranks=None)
     assert len(read_metrics(save / "metrics.jsonl")) == 3
     step1 = load_checkpoint_weights(save, "global_step1")
     export_to_uer(save, tmp_path / "step1.bin", tag="global_step1")

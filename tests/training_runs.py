@@ -51,6 +51,20 @@ def pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
     return args
 
 
+# A short --finetune run whose step 1 runs at learning rate 0 (a one-step warm-up) and which saves every step:
+# its global_step1 holds exactly the weights it started from.
+LR0_FIRST_STEP = dict(
+    train_iters=3, lr_warmup_iters=1, save_interval=1, keep_last=0, eval_interval=0, eval_iters=1, log_interval=1
+)
+
+
+def finetune_args(args: list[str], load: Path | str) -> list[str]:
+    """`args` (from pretrain_args or bf16_pretrain_args) as a --finetune run that takes its weights from `load`."""
+    args = list(args)
+    args[args.index("--load") + 1] = str(load)
+    return [*args, "--finetune"]
+
+
 def bf16_pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
     """pretrain_args for tests/cpu_bf16_pretrain.py: bf16 with fp32 gradient accumulation under ZeRO-1 on
     CPU ranks, i.e. DeepSpeed's BF16_Optimizer and its checkpoint layout (as ds_configs/stage*.json on GPUs)."""
