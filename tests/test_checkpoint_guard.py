@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from training_runs import CPU_CONFIG, REPO_ROOT, environment, latest, pretrain_args, run, start, wait_for
+from training_runs import REPO_ROOT, environment, latest, pretrain_args, run, start, wait_for, write_config
 
 from megatron_zh.checkpoint_safety import (
     ALLOWED_GLOBALS,
@@ -36,36 +36,6 @@ from megatron_zh.training.validation import validate
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 SHARD_1 = "zero_pp_rank_1_mp_rank_00_optim_states.pt"
-
-
-def merge(into: dict, changes: dict) -> None:
-    """Deep update: {"optimizer": {"params": {"betas": ...}}} changes one parameter, keeping the others."""
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def write_config(tmp_path: Path, dataset: dict, deepspeed=None, **pretrain) -> Path:
-    """ds_configs/cpu_tiny.json on the shared corpus (save = load = tmp/ckpt unless given), with changes:
-    `deepspeed` is merged into the DeepSpeed part (a dict) or edits the whole config (a callable)."""
-    config = json.loads(CPU_CONFIG.read_text())
-    config["pretrain"].update(
-        data_path=[dataset["prefix"]],
-        vocab_file=dataset["vocab"],
-        save=str(tmp_path / "ckpt"),
-        load=str(tmp_path / "ckpt"),
-    )
-    if callable(deepspeed):
-        deepspeed(config)
-    else:
-        merge(config, deepspeed or {})
-    config["pretrain"].update(pretrain)
-    config["pretrain"] = {k: v for k, v in config["pretrain"].items() if v is not None}
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    return path
 
 
 def preflight(config: Path, *flags: str, world_size: int = 2):

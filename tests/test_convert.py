@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tool_runs import run_tool
 from training_runs import LR0_FIRST_STEP, finetune_args, latest, pretrain_args, run
 
-from megatron_zh.cli import run_cli
 from megatron_zh.convert import hf_export
 from megatron_zh.convert.checkpoint import load_checkpoint_weights, model_state_keys
 from megatron_zh.convert.hf_export import export_to_hf
@@ -40,23 +40,6 @@ def hf_export_dir(tiny_checkpoint, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("export") / "hf"
     assert run_tool("convert_to_hf", ["--checkpoint", str(tiny_checkpoint["save"]), "--output", str(output)]) == 0
     return output
-
-
-def tool_main(name: str):
-    """The `main` of tools/<name>.py (tools are scripts, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
-def run_tool(name: str, argv: list[str]) -> int:
-    """tools/<name>.py through run_cli, in this process, as the command line runs it: its exit status."""
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(tool_main(name), argv)
-    return exit_info.value.code
 
 
 # ------------------------------------------------------------------------------------ reading weights

@@ -7,28 +7,17 @@ the export reads is that folder imported by tools/convert_from_hf.py.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 from tiny_models import make_tiny_hf
+from tool_runs import run_tool
 
-from megatron_zh.cli import run_cli
 from megatron_zh.paths import overlap
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_tool(name: str, argv: list[str]) -> int:
-    """tools/<name>.py through run_cli, in this process: its exit status."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(module.main, argv)
-    return exit_info.value.code
 
 
 def last_line_only_error(err: str) -> str:

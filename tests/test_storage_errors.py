@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
 import os
 import subprocess
 import sys
@@ -21,22 +20,13 @@ from pathlib import Path
 
 import pytest
 from tiny_models import make_tiny_hf
+from tool_runs import run_tool
 
-from megatron_zh.cli import run_cli
 from megatron_zh.storage import describe_os_error, naming
 
 REPO = Path(__file__).resolve().parents[1]
 
 Argv = Callable[[Path], list[str]]
-
-
-def run_tool(name: str, argv: list[str]) -> int:
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(module.main, argv)
-    return exit_info.value.code
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from training_runs import CPU_CONFIG, REPO_ROOT, environment
+from training_runs import REPO_ROOT, environment, write_config
 
 from megatron_zh.errors import CheckpointError, ConfigError, DataFormatError, MegatronZhError
 from megatron_zh.training.arguments import build_parser, build_run_config
@@ -24,30 +24,6 @@ from megatron_zh.training.distributed import setup_rendezvous_env
 from megatron_zh.training.loop import NonFiniteGuard, NonFiniteLossError
 from megatron_zh.training.signals import StopRequest
 from megatron_zh.training.validation import validate
-
-
-def write_config(
-    tmp_path: Path,
-    dataset: dict,
-    deepspeed: dict | None = None,
-    pretrain: dict | None = None,
-    drop: tuple[str, ...] = (),
-) -> Path:
-    """ds_configs/cpu_tiny.json pointed at the shared corpus, with changes."""
-    config = json.loads(CPU_CONFIG.read_text())
-    config["pretrain"].update(
-        data_path=[dataset["prefix"]],
-        vocab_file=dataset["vocab"],
-        save=str(tmp_path / "ckpt"),
-        load=str(tmp_path / "ckpt"),
-    )
-    config.update(deepspeed or {})
-    config["pretrain"].update(pretrain or {})
-    for key in drop:
-        config.pop(key, None)
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(config))
-    return path
 
 
 def resolve(config: Path, *flags: str, world_size: int = 2):
@@ -195,7 +171,7 @@ def test_inconsistent_values_are_config_errors(config, flags, world_size, messag
     ],
 )
 def test_bad_files_are_config_errors(tmp_path, zh_text_document, deepspeed, pretrain, drop, message):
-    config = write_config(tmp_path, zh_text_document, deepspeed, pretrain, drop)
+    config = write_config(tmp_path, zh_text_document, deepspeed, drop=drop, **pretrain)
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve(config)
 
@@ -241,7 +217,7 @@ def test_published_bf16_config_is_refused_on_cpu_with_the_fix(zh_text_document):
 
 def test_deepspeed_adam_that_needs_a_compiled_op_is_refused_on_cpu(tmp_path, zh_text_document):
     optimizer = {"type": "AdamW", "params": {"lr": 1e-3}}
-    run = resolve(write_config(tmp_path, zh_text_document, deepspeed={"optimizer": optimizer}))
+    run = resolve(write_config(tmp_path, zh_text_document, lambda c: c.update(optimizer=optimizer)))
     with pytest.raises(ConfigError, match="torch_adam"):
         validate(run)
 
@@ -266,7 +242,7 @@ def test_vocab_that_does_not_match_the_dataset(config, zh_text_document, tmp_pat
 
 
 def test_model_smaller_than_the_vocab(tmp_path, zh_text_document):
-    config = write_config(tmp_path, zh_text_document, pretrain={"model_overrides": {"vocab_size": 1000}})
+    config = write_config(tmp_path, zh_text_document, model_overrides={"vocab_size": 1000})
     with pytest.raises(ConfigError, match="has only 1000 embeddings"):
         validate(resolve(config))
 

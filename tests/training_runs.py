@@ -51,6 +51,41 @@ def pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
     return args
 
 
+def merge(into: dict, changes: dict) -> None:
+    """Deep update: {"optimizer": {"params": {"betas": ...}}} changes one parameter, keeping the others."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def write_config(tmp_path: Path, dataset: dict, deepspeed=None, *, drop: tuple[str, ...] = (), **pretrain) -> Path:
+    """ds_configs/cpu_tiny.json on `dataset` (save = load = tmp/ckpt), written to tmp/config.json, with changes:
+    `deepspeed` merged into the config (a dict, deep) or editing it (a callable); the top-level keys in `drop`
+    removed; `pretrain` set in its "pretrain" section (a None value removes the key)."""
+    import json
+
+    config = json.loads(CPU_CONFIG.read_text())
+    config["pretrain"].update(
+        data_path=[dataset["prefix"]],
+        vocab_file=dataset["vocab"],
+        save=str(tmp_path / "ckpt"),
+        load=str(tmp_path / "ckpt"),
+    )
+    if callable(deepspeed):
+        deepspeed(config)
+    else:
+        merge(config, deepspeed or {})
+    for key in drop:
+        config.pop(key, None)
+    config["pretrain"].update(pretrain)
+    config["pretrain"] = {k: v for k, v in config["pretrain"].items() if v is not None}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
 # A short --finetune run whose step 1 runs at learning rate 0 (a one-step warm-up) and which saves every step:
 # its global_step1 holds exactly the weights it started from.
 LR0_FIRST_STEP = dict(
