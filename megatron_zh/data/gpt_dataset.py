@@ -136,30 +136,26 @@ def check_vocab_fingerprint(prefix: str, expected: str) -> None:
     )
 
 
+def _token_id(given: int | None, prefix: str, key: str, needed_for: str) -> int:
+    """A special token's id: as GPTDatasetConfig.<key>_token gives it, else from the dataset's .meta.json."""
+    if given is not None:
+        return given
+    meta = read_metadata(prefix) or {}
+    if key not in meta:
+        raise ConfigError(
+            f"{needed_for}: set GPTDatasetConfig.{key}_token ({metadata_file_path(prefix)} has no '{key}' entry)"
+        )
+    return int(meta[key])
+
+
 def _eod_token(config: GPTDatasetConfig, prefix: str) -> int | None:
     if not config.eod_mask_loss:
         return None
-    if config.eod_token is not None:
-        return config.eod_token
-    meta = read_metadata(prefix) or {}
-    if "eod" not in meta:
-        raise ConfigError(
-            f"eod_mask_loss needs the end-of-document id: set GPTDatasetConfig.eod_token "
-            f"({metadata_file_path(prefix)} has no 'eod' entry)"
-        )
-    return int(meta["eod"])
+    return _token_id(config.eod_token, prefix, "eod", "eod_mask_loss needs the end-of-document id")
 
 
 def _pad_token(config: GPTDatasetConfig, prefix: str) -> int:
-    if config.pad_token is not None:
-        return config.pad_token
-    meta = read_metadata(prefix) or {}
-    if "pad" not in meta:
-        raise ConfigError(
-            f"sample_mode 'document' pads with [PAD]: set GPTDatasetConfig.pad_token "
-            f"({metadata_file_path(prefix)} has no 'pad' entry)"
-        )
-    return int(meta["pad"])
+    return _token_id(config.pad_token, prefix, "pad", "sample_mode 'document' pads with [PAD]")
 
 
 def _num_epochs(tokens_per_epoch: int, num_samples: int | None, seq_length: int) -> int:
