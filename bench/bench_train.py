@@ -270,7 +270,7 @@ def rank_main(args) -> None:
     import torch
 
     from megatron_zh.model import model_flops_per_token
-    from megatron_zh.training.checkpointing import TrainState
+    from megatron_zh.training.checkpointing.start import TrainState
     from megatron_zh.training.data import build_datasets, build_loaders
     from megatron_zh.training.distributed import init_process_group, set_cpu_threads, setup_rendezvous_env
     from megatron_zh.training.engine import init_model, initialize_engine, start_lr_schedule

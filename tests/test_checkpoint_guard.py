@@ -21,14 +21,14 @@ import pytest
 import torch
 from training_runs import REPO_ROOT, environment, latest, pretrain_args, run, start, wait_for, write_config
 
-from megatron_zh.checkpoint_safety import (
+from megatron_zh.checkpoint.safety import (
     ALLOWED_GLOBALS,
     check_checkpoint_files,
     guard_engine_loads,
     safe_load,
     trusting_checkpoints,
 )
-from megatron_zh.convert.checkpoint import load_checkpoint_weights
+from megatron_zh.checkpoint.weights import load_checkpoint_weights
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.training.arguments import build_parser, build_run_config
 from megatron_zh.training.ds_preflight import check_deepspeed_config

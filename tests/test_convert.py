@@ -17,13 +17,13 @@ import torch
 from tool_runs import run_tool
 from training_runs import LR0_FIRST_STEP, finetune_args, latest, pretrain_args, run
 
+from megatron_zh.checkpoint.layout import MODEL_STATES_FILE
+from megatron_zh.checkpoint.weights import load_checkpoint_weights, model_state_keys
 from megatron_zh.convert import hf_export
-from megatron_zh.convert.checkpoint import load_checkpoint_weights, model_state_keys
 from megatron_zh.convert.hf_export import export_to_hf
 from megatron_zh.convert.hf_import import import_from_hf
 from megatron_zh.convert.loading import load_model
 from megatron_zh.errors import CheckpointError, ConfigError
-from megatron_zh.training.checkpointing import MODEL_STATES_FILE
 from megatron_zh.training.metrics import read_metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

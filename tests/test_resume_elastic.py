@@ -20,14 +20,18 @@ import pytest
 import torch
 from training_runs import bf16_pretrain_args, latest, pretrain_args, run
 
+from megatron_zh.checkpoint.client_state import read_client_state
+from megatron_zh.checkpoint.layout import LATEST_UNIVERSAL_FILE, MODEL_STATES_FILE
+from megatron_zh.checkpoint.master_weights import read_fp32_weights
+from megatron_zh.checkpoint.universal import CACHE_MARKER
 from megatron_zh.errors import CheckpointError
 from megatron_zh.model import GPT2Config
-from megatron_zh.training.checkpointing import StartPoint, prune_checkpoints, read_client_state
+from megatron_zh.training.checkpointing.resume import prepare_resume
+from megatron_zh.training.checkpointing.save import prune_checkpoints
+from megatron_zh.training.checkpointing.start import StartPoint
 from megatron_zh.training.config import RunConfig, TrainConfig
 from megatron_zh.training.distributed import DistEnv
-from megatron_zh.training.master_weights import MODEL_STATES_FILE, read_fp32_weights
 from megatron_zh.training.metrics import read_metrics
-from megatron_zh.training.universal import CACHE_MARKER, LATEST_UNIVERSAL_FILE, prepare_resume
 
 ITERS = 6
 # Deterministic steps (no dropout), a tiny global batch that 3, 2 and 1 ranks all divide into micro-batches of 2.

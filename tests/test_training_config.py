@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from training_runs import REPO_ROOT, environment, write_config
 
+from megatron_zh.checkpoint.client_state import CHECKPOINT_FORMAT, ClientState
 from megatron_zh.errors import CheckpointError, ConfigError, DataFormatError, MegatronZhError
 from megatron_zh.training.arguments import build_parser, build_run_config
-from megatron_zh.training.checkpointing import prune_checkpoints, resolve_start
-from megatron_zh.training.client_state import CHECKPOINT_FORMAT, ClientState
+from megatron_zh.training.checkpointing.save import prune_checkpoints
+from megatron_zh.training.checkpointing.start import resolve_start
 from megatron_zh.training.config import TrainConfig
 from megatron_zh.training.distributed import setup_rendezvous_env
 from megatron_zh.training.loop import NonFiniteGuard, NonFiniteLossError

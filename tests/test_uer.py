@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from test_convert import run_tool
 from training_runs import LR0_FIRST_STEP, REPO_ROOT, finetune_args, pretrain_args, run
 
-from megatron_zh.convert.checkpoint import load_checkpoint_weights
+from megatron_zh.checkpoint.weights import load_checkpoint_weights
 from megatron_zh.convert.hf_export import export_to_hf
 from megatron_zh.convert.loading import load_model, model_from_state_dict
 from megatron_zh.convert.uer import export_to_uer, import_from_uer, read_uer_config

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from megatron_zh.checkpoint_safety import add_trust_flag, trusting_checkpoints
+from megatron_zh.checkpoint.safety import add_trust_flag, trusting_checkpoints
 from megatron_zh.cli import run_cli
 from megatron_zh.convert.hf_export import LOGIT_TOLERANCE, export_to_hf
 

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, cast
 
 import torch
 
-from megatron_zh.convert.checkpoint import LoadedCheckpoint, load_checkpoint_weights
+from megatron_zh.checkpoint.weights import LoadedCheckpoint, load_checkpoint_weights
 from megatron_zh.convert.hf_gpt2 import HF_LM_HEAD, from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
 from megatron_zh.convert.loading import checkpoint_tokenizer, model_from_state_dict
 from megatron_zh.convert.model_card import write_model_card
-from megatron_zh.convert.output import commit_directory, staging_directory
 from megatron_zh.errors import CheckpointError, ConfigError
+from megatron_zh.fileio import commit_directory, staging_directory
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config
 from megatron_zh.paths import refuse_overlap

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from megatron_zh.checkpoint_safety import safe_load
-from megatron_zh.convert.checkpoint import write_checkpoint
+from megatron_zh.checkpoint.safety import safe_load
+from megatron_zh.checkpoint.weights import write_checkpoint
 from megatron_zh.convert.hf_gpt2 import from_hf_config, from_hf_state_dict
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import read_json_object

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from megatron_zh.convert.checkpoint import LoadedCheckpoint, load_checkpoint_weights
+from megatron_zh.checkpoint.weights import LoadedCheckpoint, load_checkpoint_weights
 from megatron_zh.convert.hf_import import read_hf_folder
 from megatron_zh.errors import ConfigError
 from megatron_zh.model import GPT2Config, GPT2Model

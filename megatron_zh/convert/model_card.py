@@ -16,17 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megatron_zh.convert.checkpoint import LoadedCheckpoint, resolve_tag
+from megatron_zh.checkpoint.client_state import read_client_state
+from megatron_zh.checkpoint.layout import METRICS_FILE, RUN_CONFIG_FILE
+from megatron_zh.checkpoint.weights import LoadedCheckpoint, resolve_tag
 from megatron_zh.data.blended_dataset import parse_data_path
 from megatron_zh.data.indexed_dataset import read_metadata
 from megatron_zh.errors import MegatronZhError
 from megatron_zh.fileio import read_json_object
-from megatron_zh.training.checkpointing import read_client_state
 from megatron_zh.training.metrics import read_metrics
 
 MODEL_CARD_FILE = "README.md"
-RUN_CONFIG_FILE = "config.json"  # written by pretrain_gpt.py into its --save directory
-METRICS_FILE = "metrics.jsonl"
 MAX_STAGES = 8  # a chain of --finetune starts longer than this is cut (and a cycle cannot loop)
 MISSING = "not recorded"
 USAGE_PROMPT = "这是很久之前的事情了"

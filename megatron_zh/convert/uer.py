@@ -2,7 +2,7 @@
 
 Import: a UER-py `.bin` (a state dict, read with PyTorch's restricted unpickler) plus its config
 JSON (or the head count, the rest read from the tensor shapes) becomes a save directory holding
-global_step0, written by the same code as the Hugging Face import (convert/checkpoint.py).
+global_step0, written by the same code as the Hugging Face import (checkpoint/weights.py).
 Export: a checkpoint's fp32 master weights become a UER-py state dict and config JSON that
 UER-py's scripts (`--load_model_path`, `--config_path`) load unchanged. Names and numerics: uer_gpt2.py.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from megatron_zh.checkpoint_safety import safe_load
-from megatron_zh.convert.checkpoint import load_checkpoint_weights, write_checkpoint
+from megatron_zh.checkpoint.safety import safe_load
+from megatron_zh.checkpoint.weights import load_checkpoint_weights, write_checkpoint
 from megatron_zh.convert.uer_gpt2 import (
     config_from_tensors,
     config_from_uer,

@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from megatron_zh.checkpoint_safety import TRUST_FLAG_HELP, trusting_checkpoints
+from megatron_zh.checkpoint.safety import TRUST_FLAG_HELP, trusting_checkpoints
 from megatron_zh.convert.loading import LoadedModel, load_model
 from megatron_zh.errors import ConfigError
 from megatron_zh.log import get_logger

@@ -20,6 +20,9 @@ from megatron_zh.validators import (
 
 AttentionImpl = Literal["flash", "softmax", "torch"]
 ATTENTION_IMPLS: tuple[AttentionImpl, ...] = get_args(AttentionImpl)
+# The dtype a model trains in (its weights and activations; optimizer masters stay fp32 under bf16/fp16).
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
 @dataclass

@@ -10,7 +10,6 @@ One job per module, in the order a run uses them:
   engine.py           the model inside deepspeed.initialize
   data.py             datasets and resumable loaders
   loop.py             the training loop; evaluation.py, metrics.py, signals.py what it calls
-  checkpointing.py    checkpoint layout, save/commit/resume (read by the HF export)
-  client_state.py     ClientState: what a checkpoint stores beside DeepSpeed's state, its keys
+  checkpointing/      where a run starts, the guards before it, save/commit, resume (its own map)
   pretrain.py         main(): all of the above in order
 """

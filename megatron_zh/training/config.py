@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from megatron_zh.checkpoint.layout import TENSORBOARD_DIR
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import knob
 from megatron_zh.validators import (
@@ -35,8 +36,7 @@ from megatron_zh.validators import (
 )
 
 if TYPE_CHECKING:  # the model layer (and torch) load only once a run is configured
-    from megatron_zh.model.config import GPT2Config
-    from megatron_zh.training.deepspeed_config import Precision  # which imports this module
+    from megatron_zh.model.config import GPT2Config, Precision
 
 PRETRAIN_KEY = "pretrain"
 
@@ -207,7 +207,7 @@ class TrainConfig:
     def tensorboard_path(self) -> str | None:
         if self.tensorboard_dir is not None:
             return self.tensorboard_dir
-        return None if self.save is None else os.path.join(self.save, "tensorboard")
+        return None if self.save is None else os.path.join(self.save, TENSORBOARD_DIR)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

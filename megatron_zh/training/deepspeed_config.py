@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import flag_name, knob
+from megatron_zh.model.config import PRECISIONS, Precision
 from megatron_zh.training.config import TrainConfig
 from megatron_zh.validators import (
     FRACTION,
@@ -35,9 +36,6 @@ from megatron_zh.validators import (
 DEEPSPEED_MIN_WARMUP_STEPS = 2
 SCHEDULERS_WITH_DERIVED_STEPS = ("WarmupDecayLR", "WarmupLR")
 
-
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 SCHEDULE = "training schedule"
 ADAM_BETA = optional(FRACTION)
 

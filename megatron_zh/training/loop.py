@@ -19,7 +19,8 @@ import torch
 from megatron_zh.errors import MegatronZhError
 from megatron_zh.log import get_logger
 from megatron_zh.training import engine as engine_utils
-from megatron_zh.training.checkpointing import TrainState, save_checkpoint
+from megatron_zh.training.checkpointing.save import save_checkpoint
+from megatron_zh.training.checkpointing.start import TrainState
 from megatron_zh.training.config import RunConfig
 from megatron_zh.training.data import to_device
 from megatron_zh.training.distributed import DistEnv, all_reduce_sum

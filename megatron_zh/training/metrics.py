@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 import torch
 
+from megatron_zh.checkpoint.layout import METRICS_FILE
 from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
 from megatron_zh.progress import format_duration
@@ -155,7 +156,7 @@ class MetricsLogger:
         if not enabled:
             return
         if save_dir is not None:
-            path = Path(save_dir) / "metrics.jsonl"
+            path = Path(save_dir) / METRICS_FILE
             path.parent.mkdir(parents=True, exist_ok=True)
             _keep_records_up_to(path, start_iteration)
             self.jsonl = open(path, "a", encoding="utf-8")

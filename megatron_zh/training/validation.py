@@ -18,15 +18,15 @@ import torch
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.log import get_logger
-from megatron_zh.training.checkpointing import StartPoint, check_compatible, resolve_start
-from megatron_zh.training.config import RunConfig
-from megatron_zh.training.ds_preflight import check_deepspeed_config
-from megatron_zh.training.start_guard import (
+from megatron_zh.training.checkpointing.start import StartPoint, check_compatible, resolve_start
+from megatron_zh.training.checkpointing.start_guard import (
     check_checkpoint_complete,
     check_load_exists,
     check_not_overwriting,
     check_save_writable,
 )
+from megatron_zh.training.config import RunConfig
+from megatron_zh.training.ds_preflight import check_deepspeed_config
 
 logger = get_logger(__name__)
 

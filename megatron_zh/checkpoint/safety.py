@@ -162,7 +162,7 @@ def _describe_failure(path: Path, exc: BaseException) -> str:
 def _refuse(path: Path, offending: str | None) -> CheckpointError:
     what = f"global {offending}" if offending else "an object the restricted unpickler refuses"
     return CheckpointError(
-        f"{path} needs {what}, which is not on the checkpoint allowlist (megatron_zh/checkpoint_safety.py): "
+        f"{path} needs {what}, which is not on the checkpoint allowlist (megatron_zh/checkpoint/safety.py): "
         "loading it could run code; if you trust where it came from, pass --trust-checkpoint"
     )
 

@@ -6,28 +6,32 @@
   start from scratch; `--override-existing-save` is the deliberate way to do it.
 - `--save` must be writable: found now, not at the first save an hour into the run.
 - The checkpoint to start from must be complete (its model-states file and one optimizer shard per
-  rank that wrote it) and every file in it must pass the restricted unpickler (checkpoint_safety).
+  rank that wrote it) and every file in it must pass the restricted unpickler (checkpoint/safety.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from megatron_zh.checkpoint_safety import check_checkpoint_files
+from megatron_zh.checkpoint.layout import (
+    LATEST_FILE,
+    MODEL_STATES_FILE,
+    SHARD_NAME_HELP,
+    TAG_PATTERN,
+    read_latest_tag,
+    shard_ranks,
+)
+from megatron_zh.checkpoint.safety import check_checkpoint_files
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
-from megatron_zh.training.checkpointing import TAG_PATTERN, StartPoint, read_latest_tag
+from megatron_zh.training.checkpointing.start import StartPoint
 from megatron_zh.training.config import TrainConfig
-from megatron_zh.training.master_weights import MODEL_STATES_FILE
 
 logger = get_logger(__name__)
-
-_SHARD = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
 
 
 def same_directory(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
@@ -104,12 +108,12 @@ def check_checkpoint_complete(start: StartPoint) -> None:
         return
     folder = Path(start.directory) / start.tag
     way_out = (
-        f"write the tag of an earlier complete checkpoint into {Path(start.directory) / 'latest'} "
+        f"write the tag of an earlier complete checkpoint into {Path(start.directory) / LATEST_FILE} "
         f"(ls {start.directory}) to resume from it"
     )
     if not (folder / MODEL_STATES_FILE).is_file():
         raise CheckpointError(f"{folder / MODEL_STATES_FILE} is missing: the checkpoint is incomplete; {way_out}")
-    ranks = {int(m.group(2)) for p in folder.iterdir() if (m := _SHARD.match(p.name))}
+    ranks = set(shard_ranks(folder))
     writers = start.info.world_size if start.info is not None else 0
     needs_shards = start.mode == "resume" and not (start.info is not None and start.info.weights_only)
     if needs_shards and writers > 0:
@@ -117,7 +121,7 @@ def check_checkpoint_complete(start: StartPoint) -> None:
         if missing:
             raise CheckpointError(
                 f"{folder} has no optimizer shard of rank(s) {', '.join(map(str, missing))} "
-                f"(written by {writers} ranks; zero_pp_rank_<r>_mp_rank_00_optim_states.pt): "
+                f"(written by {writers} ranks; {SHARD_NAME_HELP}): "
                 f"the checkpoint is incomplete; {way_out}"
             )
     check_checkpoint_files(folder)

@@ -1,8 +1,8 @@
 """The full-precision weights of a checkpoint pretrain_gpt.py wrote, and putting them back into an engine.
 
 Under bf16 (or fp16) DeepSpeed saves the module in the training dtype, while ZeRO keeps the fp32
-master weights partitioned over the data-parallel ranks in the optimizer files (layout in
-checkpointing.py). Facts about those files, as DeepSpeed 0.19 writes them for ZeRO stage 1/2:
+master weights partitioned over the data-parallel ranks in the optimizer files (layout.py). Facts
+about those files, as DeepSpeed 0.19 writes them for ZeRO stage 1/2:
 
 * mp_rank_00_model_states.pt holds "param_shapes": one ordered {name: shape} per optimizer
   parameter group, in the order the parameters were flattened into the group.
@@ -16,31 +16,28 @@ checkpointing.py). Facts about those files, as DeepSpeed 0.19 writes them for Ze
   accumulation under ZeRO-1) do not, and are named bf16_zero_pp_rank_...
 
 The result is checked against the module copy (it must be the masters rounded to the module's
-dtype), so a mis-read shard cannot go unnoticed. The export (convert/) and stage 2's start from
-stage 1 (checkpointing.load_checkpoint) both read weights through here.
+dtype), so a mis-read shard cannot go unnoticed. The export (weights.py, for convert/) and stage 2's
+start from stage 1 (training's resume) both read weights through here.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from megatron_zh.checkpoint_safety import safe_load
+from megatron_zh.checkpoint.layout import MODEL_STATES_FILE, find_shards
+from megatron_zh.checkpoint.safety import safe_load
 from megatron_zh.errors import CheckpointError
 from megatron_zh.log import get_logger
 
 logger = get_logger(__name__)
 
-MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
-_SHARD_PATTERN = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
-
 
 def torch_load(path: Path) -> dict[str, Any]:
-    """A checkpoint file through the restricted unpickler (checkpoint_safety); CheckpointError if refused or damaged."""
+    """A checkpoint file through the restricted unpickler (safety.py); CheckpointError if refused or damaged."""
     return safe_load(path, mmap=True)
 
 
@@ -55,7 +52,7 @@ def read_fp32_weights(folder: str | Path) -> tuple[dict[str, torch.Tensor], str]
     module = states.get("module")
     if not isinstance(module, dict):
         raise CheckpointError(f"{folder / MODEL_STATES_FILE} has no 'module' state dict; not a DeepSpeed checkpoint")
-    shards = _find_shards(folder)
+    shards = find_shards(folder)
     if not shards:
         dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in module.values()})
         if dtypes != ["float32"]:
@@ -93,26 +90,6 @@ def set_fp32_masters(engine, weights: dict[str, torch.Tensor]) -> int:
         param.data.copy_(value.to(param.dtype))
         count += 1
     return count
-
-
-def _find_shards(folder: Path) -> list[Path]:
-    """ZeRO optimizer files in rank order; CheckpointError if ranks are missing or layouts are mixed."""
-    found: dict[int, Path] = {}
-    kinds = set()
-    for path in folder.iterdir():
-        if match := _SHARD_PATTERN.match(path.name):
-            found[int(match.group(2))] = path
-            kinds.add(bool(match.group(1)))
-    if len(kinds) > 1:
-        raise CheckpointError(
-            f"{folder} holds both zero_pp_rank_* and bf16_zero_pp_rank_* optimizer files; it mixes two runs"
-        )
-    if found and sorted(found) != list(range(len(found))):
-        raise CheckpointError(
-            f"{folder}: optimizer files for ranks {sorted(found)}, expected 0..{max(found)}; "
-            "the checkpoint is incomplete"
-        )
-    return [found[r] for r in range(len(found))]
 
 
 def _consolidate_zero_shards(shards: list[Path], param_shapes: Any, where: Path) -> tuple[dict[str, torch.Tensor], str]:

@@ -23,12 +23,17 @@ without torch. `to_dict` writes, and `from_dict` reads, exactly these keys, in t
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, get_args
 
+from megatron_zh.checkpoint.layout import CLIENT_STATE_FILE, LATEST_FILE, MODEL_STATES_FILE
+from megatron_zh.checkpoint.safety import safe_load
 from megatron_zh.errors import CheckpointError
-from megatron_zh.training.deepspeed_config import Precision
+from megatron_zh.model.config import Precision
 from megatron_zh.validators import (
     BOOLEAN,
     NON_EMPTY_STRING,
@@ -94,3 +99,25 @@ class ClientState:
             return cls(**{name: data[name] for name in names if name in data})
         except CheckpointError as exc:
             raise CheckpointError(f"{where}: {exc}; the checkpoint is damaged") from None
+
+
+def read_client_state(directory: str | os.PathLike[str], tag: str) -> ClientState:
+    """A checkpoint's client state without RNG states: client_state.json, else from the model-states file."""
+    folder = Path(directory) / tag
+    if not (folder / MODEL_STATES_FILE).is_file():
+        raise CheckpointError(
+            f"{folder / MODEL_STATES_FILE} not found: {Path(directory) / LATEST_FILE} names "
+            f"{tag!r} but that checkpoint is missing or incomplete"
+        )
+    sidecar = folder / CLIENT_STATE_FILE
+    if sidecar.is_file():
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{sidecar} is not valid JSON ({exc.msg}); the checkpoint is damaged") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{sidecar} does not hold a JSON object; the checkpoint is damaged")
+        return ClientState.from_dict(data, str(sidecar)).without_rng_states()
+    # A checkpoint written by another tool: read the client state from DeepSpeed's file (heavier).
+    states = safe_load(folder / MODEL_STATES_FILE)
+    return ClientState.from_dict(states, str(folder / MODEL_STATES_FILE)).without_rng_states()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from megatron_zh.checkpoint.layout import read_latest_tag
 from megatron_zh.errors import CheckpointError
 from megatron_zh.fileio import fsync_tree
 from megatron_zh.log import get_logger
@@ -77,8 +78,7 @@ def _failures(env: DistEnv, error: str | None) -> list[tuple[int, str]]:
 
 def _fail_together(env: DistEnv, failures: list[tuple[int, str]], save_dir: Path, tag: str) -> None:
     """Rank 0 removes the unfinished folder; then every rank raises the same error."""
-    latest_path = save_dir / "latest"
-    latest = latest_path.read_text(encoding="utf-8").strip() if latest_path.is_file() else None
+    latest = read_latest_tag(save_dir)
     if env.is_main and latest != tag:  # never delete what `latest` names
         shutil.rmtree(save_dir / tag, ignore_errors=True)
     barrier()  # nobody exits (and has the launcher kill the rest) before the folder is gone

@@ -1,8 +1,8 @@
-"""Read the weights of a checkpoint pretrain_gpt.py wrote, and write one pretrain_gpt.py can start from.
+"""A whole model's weights: read from a checkpoint pretrain_gpt.py wrote, or written as one it can start from.
 
 Reading takes the full-precision master weights, not the bf16 copies in the model-states file
-(megatron_zh/training/master_weights.py reads the ZeRO shards), and checks them against the model
-config the checkpoint records.
+(master_weights.py reads the ZeRO shards), and checks them against the model config the checkpoint
+records. Every converter (convert/) and the inference tools read checkpoints through here.
 """
 
 from __future__ import annotations
@@ -14,20 +14,13 @@ from pathlib import Path
 
 import torch
 
-from megatron_zh.convert.output import commit_directory, staging_directory
+from megatron_zh.checkpoint.client_state import CHECKPOINT_FORMAT, ClientState, read_client_state
+from megatron_zh.checkpoint.layout import CLIENT_STATE_FILE, LATEST_FILE, MODEL_STATES_FILE, read_latest_tag, tag_for
+from megatron_zh.checkpoint.master_weights import read_fp32_weights
 from megatron_zh.errors import CheckpointError, ConfigError
+from megatron_zh.fileio import commit_directory, staging_directory
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
-from megatron_zh.training.checkpointing import (
-    CLIENT_STATE_FILE,
-    LATEST_FILE,
-    MODEL_STATES_FILE,
-    read_client_state,
-    read_latest_tag,
-    tag_for,
-)
-from megatron_zh.training.client_state import CHECKPOINT_FORMAT, ClientState
-from megatron_zh.training.master_weights import read_fp32_weights
 
 logger = get_logger(__name__)
 

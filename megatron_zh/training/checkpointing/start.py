@@ -1,0 +1,140 @@
+"""Where a run starts: from scratch, resuming a checkpoint, or from a checkpoint's weights only.
+
+`resolve_start` is cheap (it reads `latest` and client_state.json only), so the preflight can
+decide, and check the checkpoint against the run, before anything heavy starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from megatron_zh.checkpoint.client_state import ClientState, read_client_state
+from megatron_zh.checkpoint.layout import read_latest_tag
+from megatron_zh.errors import CheckpointError, ConfigError
+from megatron_zh.log import get_logger
+from megatron_zh.tokenizer import check_fingerprint
+from megatron_zh.training.config import RunConfig, TrainConfig
+
+logger = get_logger(__name__)
+
+# Model config fields that fix the weights' shapes: a checkpoint only loads into a model with the same.
+SHAPE_FIELDS = (
+    "vocab_size",
+    "max_position_embeddings",
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "ffn_hidden_size",
+)
+# Train config fields that decide which sample comes next: changing them on resume changes the data order.
+DATA_ORDER_FIELDS = ("data_path", "seq_length", "split", "seed")
+
+
+@dataclass
+class TrainState:
+    """The counters a checkpoint carries forward."""
+
+    iteration: int = 0
+    consumed_samples: int = 0
+
+
+StartMode = Literal["scratch", "resume", "finetune"]
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a run starts: from scratch, resuming a checkpoint, or from a checkpoint's weights only."""
+
+    mode: StartMode
+    directory: str | None = None  # set, with tag and info, unless mode is "scratch"
+    tag: str | None = None
+    info: ClientState | None = None  # the checkpoint's client state (without RNG states)
+    # Tag of a DeepSpeed universal copy of `tag` to load instead (set by resume.prepare_resume when the
+    # data-parallel size changed since the save).
+    universal: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        """The checkpoint's folder, DIRECTORY/TAG."""
+        if self.directory is None or self.tag is None:
+            raise CheckpointError("a run started from scratch has no checkpoint folder")
+        return Path(self.directory) / self.tag
+
+
+def resolve_start(train: TrainConfig) -> StartPoint:
+    """Decide where the run starts. Cheap: reads `latest` and client_state.json only.
+
+    A stage-2 style run (finetune) that already has a checkpoint in its own save directory resumes
+    that one instead of starting over from the stage-1 weights, so a pre-empted job can simply be
+    resubmitted with the same command.
+    """
+    if train.finetune and train.save and (saved := read_latest_tag(train.save)) is not None:
+        logger.info(
+            "%s already holds checkpoint %s: resuming it instead of starting again from %s",
+            train.save,
+            saved,
+            train.load,
+        )
+        return StartPoint("resume", train.save, saved, read_client_state(train.save, saved))
+    if train.load is None:
+        return StartPoint("scratch")
+    tag = read_latest_tag(train.load) if Path(train.load).is_dir() else None
+    if tag is None:
+        if train.finetune:
+            raise ConfigError(
+                f"finetune: no checkpoint to start from in {train.load} (no `latest` file); "
+                "train stage 1 first or point --load at its save directory"
+            )
+        logger.warning("no checkpoint in %s (no `latest` file): starting from scratch", train.load)
+        return StartPoint("scratch")
+    info = read_client_state(train.load, tag)
+    planned = (info.train_config or {}).get("train_iters")
+    if train.finetune and isinstance(planned, int) and info.iteration < planned:
+        logger.warning(
+            "starting from %s/%s at iteration %s, but the run that wrote it planned %d iterations: "
+            "it has not finished (pass --load of a finished run, or resume it first)",
+            train.load,
+            tag,
+            info.iteration,
+            planned,
+        )
+    return StartPoint("finetune" if train.finetune else "resume", train.load, tag, info)
+
+
+def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) -> None:
+    """The checkpoint must have been trained with this vocab and have this model's shapes."""
+    if start.info is None:
+        return
+    where = f"{start.directory}/{start.tag}"
+    check_fingerprint(
+        start.info.vocab_fingerprint,
+        vocab_fingerprint,
+        source=f"checkpoint {where}",
+        fix=f"{run.train.vocab_file} is not the vocab it was trained with; use that one",
+        error=ConfigError,
+    )
+    saved_model = start.info.model_config
+    mismatched = [
+        f"{k}: checkpoint {saved_model[k]} vs run {getattr(run.model, k)}"
+        for k in SHAPE_FIELDS
+        if k in saved_model and saved_model[k] != getattr(run.model, k)
+    ]
+    if mismatched:
+        raise ConfigError(
+            f"checkpoint {where} does not fit model {run.train.model!r} ({'; '.join(mismatched)}); "
+            "choose the preset it was trained with"
+        )
+    saved_train = start.info.train_config or {}
+    changed = [
+        f"{k} {saved_train[k]!r} -> {v!r}"
+        for k, v in run.train.to_dict().items()
+        if k in DATA_ORDER_FIELDS and k in saved_train and saved_train[k] != v
+    ]
+    if start.mode == "resume" and changed:
+        logger.warning(
+            "resuming %s with %s: the run continues, but not on the sample an uninterrupted run would have read next",
+            where,
+            ", ".join(changed),
+        )
