@@ -146,7 +146,7 @@ def preprocess_real_corpus(workdir: Path) -> str:
         return str(output) + "_text_document"
     from transformers import BertTokenizer
 
-    from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
+    from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 
     print("  (tools/preprocess_data.py not found: tokenizing with transformers.BertTokenizer)")
     tokenizer = BertTokenizer(str(vocab))
@@ -186,13 +186,13 @@ def megatron_gpt_dataset(prefix: str, seq: int, num_samples: int, cache: Path):
 def bench_read(repeats: int) -> None:
     import torch
 
-    from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
-    from megatron_zh.data.gpt_dataset import GPTDatasetConfig
+    from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
+    from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         prefix = preprocess_real_corpus(workdir)
-        from megatron_zh.data.indexed_dataset import IndexedDataset
+        from megatron_zh.data.indexed.dataset import IndexedDataset
 
         corpus = IndexedDataset(prefix)
         tokens = int(corpus.sequence_lengths.sum(dtype=np.int64))
@@ -237,8 +237,8 @@ def bench_read(repeats: int) -> None:
 MEMORY_PROBE = r"""
 import json, sys, time
 from pathlib import Path
-from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
-from megatron_zh.data.gpt_dataset import GPTDatasetConfig
+from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
+from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
 
 def status_mib(field):
     for line in open("/proc/self/status"):

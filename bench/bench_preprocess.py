@@ -104,8 +104,8 @@ def measure_bound(kind: str, vocab: Path, corpus: Path, processes: int) -> tuple
 
 
 def measure_preprocess(vocab: Path, corpus: Path, workers: int, out_dir: Path) -> tuple[int, float]:
-    from megatron_zh.data.preprocess import preprocess
-    from megatron_zh.data.preprocess_config import PreprocessConfig
+    from megatron_zh.data.preprocess.config import PreprocessConfig
+    from megatron_zh.data.preprocess.pipeline import preprocess
 
     start = time.perf_counter()
     stats = preprocess(

@@ -25,8 +25,8 @@ MEMBER_BYTES = 8 << 20  # CLUECorpusSmall's zips hold many files of a few MB eac
 # Run in the child: one preprocessing run, then its own peak RSS and its workers' largest.
 CHILD = """
 import json, re, resource, sys, time
-from megatron_zh.data.preprocess import preprocess
-from megatron_zh.data.preprocess_config import PreprocessConfig
+from megatron_zh.data.preprocess.pipeline import preprocess
+from megatron_zh.data.preprocess.config import PreprocessConfig
 start = time.perf_counter()
 stats = preprocess(PreprocessConfig(inputs=sys.argv[1].split("|"), output_prefix=sys.argv[2], vocab_file=sys.argv[3],
                    workers=int(sys.argv[4]), document_boundary="blank-line", progress=False))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 
 EOD = 102  # [SEP] in the BERT-Chinese vocab
 VOCAB_SIZE = 21128

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from gpt_corpus import assert_same_indices, megatron_datasets, random_documents, write_corpus
 
-from megatron_zh.data import blended_dataset
-from megatron_zh.data.blended_dataset import (
+from megatron_zh.data.datasets import blended_dataset
+from megatron_zh.data.datasets.blended_dataset import (
     BlendedDataset,
     build_train_valid_test_datasets,
     parse_data_path,
     samples_per_dataset,
 )
-from megatron_zh.data.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron_zh.data.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron_zh.errors import ConfigError
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from megatron_zh.data.preprocess.vocab_builder import VocabConfig, train_vocab
 from megatron_zh.errors import ConfigError
 from megatron_zh.tokenizer import BertChineseTokenizer, read_vocab
-from megatron_zh.vocab_builder import VocabConfig, train_vocab
 
 REPO = Path(__file__).resolve().parents[1]
 

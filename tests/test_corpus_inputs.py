@@ -19,16 +19,18 @@ import tarfile
 import warnings
 import zipfile
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 import pytest
 from test_preprocess import REPO, config, documents_of, framed, outputs_in, run_tool
 
-from megatron_zh.data import corpus_readers
-from megatron_zh.data.dedup import SeenHashes
-from megatron_zh.data.indexed_dataset import read_metadata
-from megatron_zh.data.preprocess import preprocess
-from megatron_zh.data.preprocess_config import PreprocessConfig
+from megatron_zh.data.indexed.dataset import read_metadata
+from megatron_zh.data.preprocess import readers as corpus_readers
+from megatron_zh.data.preprocess.config import PreprocessConfig
+from megatron_zh.data.preprocess.dedup import SeenHashes
+from megatron_zh.data.preprocess.formats import FORMATS, FormatName, InputFormat, recognise
+from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.knobs import given_values, knob_fields
 
@@ -171,6 +173,27 @@ def test_parquet_by_row_group(tmp_path, zh_vocab_file, bert, docs, caplog):
         preprocess(config(tmp_path, zh_vocab_file, [path], json_keys=("body",), output_prefix=str(tmp_path / "x")))
     with pytest.raises(DataFormatError, match="column 'id' holds int64, not strings"):
         preprocess(config(tmp_path, zh_vocab_file, [path], json_keys=("id",), output_prefix=str(tmp_path / "x")))
+
+
+def test_the_formats_table_is_the_one_place_a_format_is_declared(tmp_path, zh_vocab_file):
+    """Every FormatName has one table entry; names decide, a forced format applies only to streamed ones,
+    and a format that needs random access is refused compressed or inside an archive, before any output."""
+    assert set(FORMATS) == set(get_args(FormatName)) and all(FORMATS[n].name == n for n in FORMATS)
+    assert set(get_args(InputFormat)) == {"auto"} | {n for n, spec in FORMATS.items() if spec.streamed}
+    assert recognise("a.JSONL").name == "jsonl" and recognise("a.txt").name == "text"
+    assert recognise("a.txt", "jsonl").name == "jsonl" and recognise("a.parquet", "text").name == "parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parquet = io.BytesIO()
+    pq.write_table(pa.table({"text": ["一", "二"]}), parquet)
+    (tmp_path / "c.parquet.gz").write_bytes(gzip.compress(parquet.getvalue()))
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as archive:
+        archive.writestr("inner.parquet", parquet.getvalue())
+    for name, message in (("c.parquet.gz", "Parquet is read with random access"), ("a.zip", "Parquet needs random")):
+        with pytest.raises(ConfigError, match=message):
+            preprocess(config(tmp_path, zh_vocab_file, [tmp_path / name], output_prefix=str(tmp_path / "out")))
+        assert not list(tmp_path.glob("out*"))
 
 
 def test_directories_globs_and_files_in_any_mix(tmp_path, zh_vocab_file, bert, docs):

@@ -14,12 +14,12 @@ import pytest
 import torch
 from gpt_corpus import random_documents, write_corpus
 
-from megatron_zh.data import helpers
-from megatron_zh.data.blended_dataset import BlendedDataset, build_train_valid_test_datasets
-from megatron_zh.data.document_samples import DocumentDataset
-from megatron_zh.data.gpt_dataset import GPTDataset, GPTDatasetConfig
-from megatron_zh.data.indexed_dataset import IndexedDataset
-from megatron_zh.data.samplers import build_pretraining_data_loader
+from megatron_zh.data.datasets import helpers
+from megatron_zh.data.datasets.blended_dataset import BlendedDataset, build_train_valid_test_datasets
+from megatron_zh.data.datasets.document_dataset import DocumentDataset
+from megatron_zh.data.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron_zh.data.datasets.samplers import build_pretraining_data_loader
+from megatron_zh.data.indexed.dataset import IndexedDataset
 from megatron_zh.errors import ConfigError
 from megatron_zh.tokenizer import BertChineseTokenizer
 

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from megatron_zh.convert.hf_gpt2 import to_hf_config, to_hf_state_dict
-from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed_dataset import IndexedDataset, read_metadata, write_metadata
-from megatron_zh.data.preprocess import preprocess
-from megatron_zh.data.preprocess_config import PreprocessConfig
+from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed.dataset import IndexedDataset, read_metadata, write_metadata
+from megatron_zh.data.preprocess.config import PreprocessConfig
+from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.inference import GenerationConfig, SamplingConfig, encode_prompt, generate
 from megatron_zh.inference.evaluation import EvaluationConfig, evaluate_dataset, evaluate_input
@@ -110,7 +110,7 @@ def test_loss_equals_an_independent_computation_through_text_and_prefix(model, t
 def test_full_windows_are_training_samples_in_file_order(corpus):
     """Training's sample index (the C++ helper GPTDataset uses) over the documents in file order
     starts sample k at token k * seq of the stream: the windows evaluation cuts."""
-    from megatron_zh.data import helpers
+    from megatron_zh.data.datasets import helpers
 
     dataset = IndexedDataset(corpus["prefix"])
     lengths = dataset.sequence_lengths

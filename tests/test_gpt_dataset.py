@@ -15,10 +15,10 @@ import pytest
 import torch
 from gpt_corpus import EOD, assert_same_indices, megatron_datasets, random_documents, write_corpus
 
-from megatron_zh.data import gpt_dataset
-from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
-from megatron_zh.data.gpt_dataset import GPTDatasetConfig, split_ranges
-from megatron_zh.data.indexed_dataset import write_metadata
+from megatron_zh.data.datasets import gpt_dataset
+from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
+from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig, split_ranges
+from megatron_zh.data.indexed.dataset import write_metadata
 from megatron_zh.errors import ConfigError, DataFormatError
 
 
@@ -232,9 +232,9 @@ def test_damaged_cache_file_is_rebuilt(corpus, tmp_path):
 _BUILDER_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
-    from megatron_zh.data import gpt_dataset
-    from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
-    from megatron_zh.data.gpt_dataset import GPTDatasetConfig
+    from megatron_zh.data.datasets import gpt_dataset
+    from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
+    from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
 
     corpus, cache, report, go = sys.argv[1:5]
     real_build = gpt_dataset.build_gpt_indices
@@ -328,9 +328,9 @@ _RANK_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import torch.distributed as dist
-    from megatron_zh.data import gpt_dataset
-    from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
-    from megatron_zh.data.gpt_dataset import GPTDatasetConfig
+    from megatron_zh.data.datasets import gpt_dataset
+    from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
+    from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
 
     corpus, cache, store, rank = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from megatron_zh import _helpers
-from megatron_zh.data import helpers
+from megatron_zh.data.datasets import helpers
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

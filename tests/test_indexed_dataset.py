@@ -13,8 +13,8 @@ import warnings
 import numpy as np
 import pytest
 
-from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed_dataset import (
+from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed.dataset import (
     HEADER_SIZE,
     IndexedDataset,
     best_token_dtype,
@@ -23,7 +23,7 @@ from megatron_zh.data.indexed_dataset import (
     read_metadata,
     write_metadata,
 )
-from megatron_zh.data.merge import merge_datasets
+from megatron_zh.data.indexed.merge import merge_datasets
 from megatron_zh.errors import DataFormatError
 
 
@@ -220,8 +220,8 @@ def test_writer_memory_does_not_grow_with_the_number_of_documents(tmp_path):
     script = (
         "import re, sys\n"
         "import numpy as np\n"
-        "from megatron_zh.data.indexed_builder import IndexedDatasetBuilder\n"
-        "from megatron_zh.data.indexed_dataset import IndexedDataset\n"
+        "from megatron_zh.data.indexed.builder import IndexedDatasetBuilder\n"
+        "from megatron_zh.data.indexed.dataset import IndexedDataset\n"
         "documents, prefix = int(sys.argv[1]), sys.argv[2]\n"
         "with IndexedDatasetBuilder(prefix) as builder:\n"
         "    for _ in range(documents // 100_000):\n"

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed_dataset import IndexedDataset, read_metadata
-from megatron_zh.data.merge import merge_datasets
+from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed.dataset import IndexedDataset, read_metadata
+from megatron_zh.data.indexed.merge import merge_datasets
 from megatron_zh.errors import DataFormatError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 from megatron_zh.checkpoint.weights import load_checkpoint_weights
 from megatron_zh.convert.hf_export import export_to_hf
 from megatron_zh.convert.model_card import MISSING, MODEL_CARD_FILE, render_model_card
-from megatron_zh.data.indexed_dataset import read_metadata
+from megatron_zh.data.indexed.dataset import read_metadata
 from megatron_zh.training.metrics import read_metrics
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed_dataset import IndexedDataset, read_metadata
-from megatron_zh.data.preprocess import preprocess
-from megatron_zh.data.preprocess_config import PreprocessConfig
+from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed.dataset import IndexedDataset, read_metadata
+from megatron_zh.data.preprocess.config import PreprocessConfig
+from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.tokenizer import BertChineseTokenizer
 
@@ -364,8 +364,8 @@ def test_memory_stays_bounded(tmp_path, zh_vocab_file, zh_corpus_file):
     """Chunks in flight are bounded: the main process's peak memory does not grow with the corpus."""
     script = (
         "import re, sys\n"
-        "from megatron_zh.data.preprocess import preprocess\n"
-        "from megatron_zh.data.preprocess_config import PreprocessConfig\n"
+        "from megatron_zh.data.preprocess.pipeline import preprocess\n"
+        "from megatron_zh.data.preprocess.config import PreprocessConfig\n"
         "preprocess(PreprocessConfig(inputs=[sys.argv[1]], output_prefix=sys.argv[2], vocab_file=sys.argv[3],"
         " workers=2, progress=False, chunk_bytes=1 << 18))\n"
         # VmHWM: this process's own peak (ru_maxrss would carry over the parent's peak across exec)
@@ -400,10 +400,14 @@ def test_bench_preprocess_runs(repo_root):
 
 
 def test_preprocessing_does_not_import_torch():
-    """The driver and the workers' modules are torch-free: a worker starts fast and holds no CUDA state."""
+    """Every module of data/preprocess (the driver and the workers' side) and data/indexed is torch-free: a
+    worker starts fast and holds no CUDA state."""
     script = (
-        "import sys\n"
-        "import megatron_zh.data.preprocess, megatron_zh.data.preprocess_encode, megatron_zh.data.merge\n"
+        "import importlib, pkgutil, sys\n"
+        "import megatron_zh.data.indexed, megatron_zh.data.preprocess\n"
+        "for package in (megatron_zh.data.indexed, megatron_zh.data.preprocess):\n"
+        "    for info in pkgutil.iter_modules(package.__path__, package.__name__ + '.'):\n"
+        "        importlib.import_module(info.name)\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, check=True)

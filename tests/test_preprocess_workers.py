@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from megatron_zh.data import preprocess as preprocess_module
-from megatron_zh.data.preprocess import preprocess
-from megatron_zh.data.preprocess_config import PreprocessConfig
-from megatron_zh.data.workers import available_cpus
+from megatron_zh.data.preprocess import pipeline as preprocess_module
+from megatron_zh.data.preprocess.config import PreprocessConfig
+from megatron_zh.data.preprocess.pipeline import preprocess
+from megatron_zh.data.preprocess.workers import available_cpus
 from megatron_zh.fileio import temporary_sibling
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 SLOW_RUN = textwrap.dedent(
     """
     import sys, time
-    from megatron_zh.data import preprocess, preprocess_encode
-    from megatron_zh.data.preprocess_config import PreprocessConfig
+    from megatron_zh.data.preprocess import encode as preprocess_encode, pipeline
+    from megatron_zh.data.preprocess.config import PreprocessConfig
 
     encode = preprocess_encode.ChunkEncoder.__call__
     def slow(self, chunk):
@@ -38,7 +38,7 @@ SLOW_RUN = textwrap.dedent(
         return encode(self, chunk)
     preprocess_encode.ChunkEncoder.__call__ = slow
     corpus, prefix, vocab = sys.argv[1:]
-    preprocess.preprocess(PreprocessConfig(inputs=[corpus], output_prefix=prefix, vocab_file=vocab, workers=2,
+    pipeline.preprocess(PreprocessConfig(inputs=[corpus], output_prefix=prefix, vocab_file=vocab, workers=2,
                                            chunk_bytes=4096, progress=False))
     """
 )
@@ -153,7 +153,7 @@ def test_the_watchdog_ends_a_worker_whose_parent_died_where_prctl_is_missing():
     script = textwrap.dedent(
         """
         import os, time
-        from megatron_zh.data import workers
+        from megatron_zh.data.preprocess import workers
         workers._set_parent_death_signal = lambda: False  # as on a system without prctl
         pid = os.fork()
         if pid == 0:

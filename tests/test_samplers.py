@@ -9,9 +9,9 @@ import pytest
 import torch
 from gpt_corpus import random_documents, write_corpus
 
-from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
-from megatron_zh.data.gpt_dataset import GPTDatasetConfig
-from megatron_zh.data.samplers import PretrainingSampler, build_pretraining_data_loader
+from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
+from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
+from megatron_zh.data.datasets.samplers import PretrainingSampler, build_pretraining_data_loader
 from megatron_zh.errors import ConfigError
 
 

@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Sequence
 
 from megatron_zh.cli import run_cli
-from megatron_zh.vocab_builder import VocabConfig, train_vocab
+from megatron_zh.data.preprocess.vocab_builder import VocabConfig, train_vocab
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Sequence
 
 from megatron_zh.cli import run_cli
-from megatron_zh.data.merge import expand_prefixes, merge_datasets
+from megatron_zh.data.indexed.merge import expand_prefixes, merge_datasets
 from megatron_zh.log import get_logger
 
 logger = get_logger("tools.merge_datasets")

@@ -23,8 +23,8 @@ import os
 from collections.abc import Sequence
 
 from megatron_zh.cli import run_cli
-from megatron_zh.data.preprocess import preprocess
-from megatron_zh.data.preprocess_config import RUNTIME, TOKENIZER, TOKENIZER_TYPES, PreprocessConfig
+from megatron_zh.data.preprocess.config import RUNTIME, TOKENIZER, TOKENIZER_TYPES, PreprocessConfig
+from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.knobs import add_flags, given_values
 
 

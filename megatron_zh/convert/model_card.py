@@ -19,8 +19,8 @@ from typing import Any
 from megatron_zh.checkpoint.client_state import read_client_state
 from megatron_zh.checkpoint.layout import METRICS_FILE, RUN_CONFIG_FILE
 from megatron_zh.checkpoint.weights import LoadedCheckpoint, resolve_tag
-from megatron_zh.data.blended_dataset import parse_data_path
-from megatron_zh.data.indexed_dataset import read_metadata
+from megatron_zh.data.datasets.blended_dataset import parse_data_path
+from megatron_zh.data.indexed.dataset import read_metadata
 from megatron_zh.errors import MegatronZhError
 from megatron_zh.fileio import read_json_object
 from megatron_zh.training.metrics import read_metrics

@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from megatron_zh.data.gpt_dataset import open_indexed_dataset
-from megatron_zh.data.indexed_dataset import IndexedDataset, data_file_path, dataset_exists, read_metadata
-from megatron_zh.data.preprocess import PreprocessConfig, preprocess
+from megatron_zh.data.datasets.gpt_dataset import open_indexed_dataset
+from megatron_zh.data.indexed.dataset import IndexedDataset, data_file_path, dataset_exists, read_metadata
+from megatron_zh.data.preprocess.config import PreprocessConfig
+from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Model

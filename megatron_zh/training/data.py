@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from megatron_zh.data.blended_dataset import build_train_valid_test_datasets
-from megatron_zh.data.gpt_dataset import GPTDatasetConfig
-from megatron_zh.data.samplers import build_pretraining_data_loader
+from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
+from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
+from megatron_zh.data.datasets.samplers import build_pretraining_data_loader
 from megatron_zh.errors import MegatronZhError
 from megatron_zh.training.config import RunConfig
 from megatron_zh.training.distributed import DistEnv

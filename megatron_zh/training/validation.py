@@ -64,8 +64,8 @@ def check_vocab(run: RunConfig) -> tuple[str, int, int]:
 
 def check_data(run: RunConfig, vocab_fingerprint: str) -> None:
     """Every dataset prefix has its .bin/.idx and was tokenized with this vocab (its metadata sidecar)."""
-    from megatron_zh.data.blended_dataset import parse_data_path
-    from megatron_zh.data.gpt_dataset import open_indexed_dataset
+    from megatron_zh.data.datasets.blended_dataset import parse_data_path
+    from megatron_zh.data.datasets.gpt_dataset import open_indexed_dataset
 
     prefixes, _ = parse_data_path(list(run.train.data_path))
     for prefix in prefixes:

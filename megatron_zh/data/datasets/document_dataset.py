@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_zh.data import helpers
-from megatron_zh.data.index_cache import (
+from megatron_zh.data.datasets import helpers
+from megatron_zh.data.datasets.index_cache import (
     INDEX_FORMAT_VERSION,
     IndexCache,
     MappedIndices,
     array_digest,
     load_or_build,
 )
-from megatron_zh.data.indexed_dataset import IndexedDataset
+from megatron_zh.data.indexed.dataset import IndexedDataset
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
 from megatron_zh.validators import NON_NEGATIVE_INT, POSITIVE_INT, optional

@@ -22,9 +22,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from megatron_zh.data import helpers
-from megatron_zh.data.document_samples import SAMPLE_MODES, DocumentDataset
-from megatron_zh.data.index_cache import (
+from megatron_zh.data.datasets import helpers
+from megatron_zh.data.datasets.document_dataset import SAMPLE_MODES, DocumentDataset
+from megatron_zh.data.datasets.index_cache import (
     INDEX_FORMAT_VERSION,
     IndexCache,
     MappedIndices,
@@ -32,14 +32,14 @@ from megatron_zh.data.index_cache import (
     default_index_cache_dir,
     load_or_build,
 )
-from megatron_zh.data.indexed_dataset import (
+from megatron_zh.data.datasets.splits import document_range, split_ranges
+from megatron_zh.data.indexed.dataset import (
     IndexedDataset,
     data_file_path,
     index_file_path,
     metadata_file_path,
     read_metadata,
 )
-from megatron_zh.data.splits import document_range, split_ranges
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.knobs import knob
 from megatron_zh.log import get_logger

@@ -1,4 +1,4 @@
-"""Reading units (files, archive members) as chunks of whole lines or Parquet rows, in the main process.
+"""Units (files, archive members) read as chunks of whole lines, or by their format's reader, in the main process.
 
 Compressed files and archive members are streamed: decompressed as they are read, never written
 out. A compressed stream cannot be split by byte offset, so the main process decompresses and cuts
@@ -6,8 +6,8 @@ the stream into chunks of whole lines (whole documents with `--document-boundary
 is made only after a blank line) and the workers tokenize them, as for plain text. zlib, bz2, lzma
 and zstandard release the GIL and decompress far faster than the workers tokenize (measured by
 `bench/bench_preprocess.py --compressed`), so this costs little throughput and keeps every worker
-busy even on one large compressed file. Parquet files are read one record batch at a time (pyarrow
-reads one row group at a time), only the `--json-keys` columns.
+busy even on one large compressed file. Formats that are not streamed (Parquet) are read by their own
+`read_file` (formats.py).
 
 Each unit's first bytes are checked: a UTF-16/UTF-32 byte-order mark, or mostly NUL bytes, stops the
 run with the command that converts the file; a UTF-8 byte-order mark is dropped.
@@ -28,11 +28,11 @@ import zipfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from megatron_zh.data.archives import open_tar, read_errors
-from megatron_zh.data.corpus_sources import Unit
-from megatron_zh.data.preprocess_config import PreprocessConfig
-from megatron_zh.data.preprocess_encode import Chunk
-from megatron_zh.data.zstd_stream import ZstdReader
+from megatron_zh.data.preprocess.archives import open_tar, read_errors
+from megatron_zh.data.preprocess.config import PreprocessConfig
+from megatron_zh.data.preprocess.formats import FORMATS, Chunk
+from megatron_zh.data.preprocess.sources import Unit
+from megatron_zh.data.preprocess.zstd_stream import ZstdReader
 from megatron_zh.errors import DataFormatError
 
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -191,48 +191,14 @@ def _line_chunks(index: int, unit: Unit, stream: Stream, outer: IO[bytes], confi
         yield previous
 
 
-def _parquet_chunks(index: int, unit: Unit, config: PreprocessConfig) -> Iterator[Chunk]:
-    import pyarrow as pa  # only when a Parquet input is read
-    import pyarrow.parquet as pq
-
-    parquet = pq.ParquetFile(unit.path)
-    schema = parquet.schema_arrow
-    for key in config.json_keys:
-        if key not in schema.names:
-            raise DataFormatError(
-                f"{unit.path}: no column {key!r} (columns: {', '.join(schema.names)}); name the text column(s) "
-                "with --json-keys"
-            )
-        kind = schema.field(key).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            raise DataFormatError(f"{unit.path}: column {key!r} holds {kind}, not strings; name a text column")
-    rows = max(parquet.metadata.num_rows, 1)
-    row_bytes = (
-        sum(
-            parquet.metadata.row_group(g).column(c).total_uncompressed_size
-            for g in range(parquet.metadata.num_row_groups)
-            for c in range(parquet.metadata.num_columns)
-            if parquet.metadata.row_group(g).column(c).path_in_schema in config.json_keys
-        )
-        / rows
-    )
-    batch_rows = max(1, int(config.chunk_bytes / max(row_bytes, 1.0)))
-    row, reported = 1, 0
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=list(config.json_keys)):
-        columns = {key: batch.column(key).to_pylist() for key in config.json_keys}
-        done = unit.disk_bytes * (row - 1 + batch.num_rows) // rows
-        yield Chunk(index, "parquet", row, columns=columns, input_bytes=batch.nbytes, disk_bytes=done - reported)
-        row += batch.num_rows
-        reported = done
-
-
 def read_units(units: list[Unit], config: PreprocessConfig) -> Iterator[Chunk]:
     """Every unit in order, as chunks; an archive stays open while its members are read."""
     archives = _OpenArchive()
     try:
         for index, unit in enumerate(units):
-            if unit.fmt == "parquet":
-                yield from _parquet_chunks(index, unit, config)
+            read_file = FORMATS[unit.fmt].read_file
+            if read_file is not None:
+                yield from read_file(index, unit.path, unit.disk_bytes, config.json_keys, config.chunk_bytes)
                 continue
             with contextlib.ExitStack() as stack:
                 outer = _open_outer(unit, archives, stack)

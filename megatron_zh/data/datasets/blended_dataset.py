@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from megatron_zh.data import helpers
-from megatron_zh.data.gpt_dataset import (
+from megatron_zh.data.datasets import helpers
+from megatron_zh.data.datasets.gpt_dataset import (
     SPLIT_NAMES,
     GPTDatasetConfig,
     SplitDataset,
     build_gpt_split_datasets,
     open_indexed_dataset,
 )
-from megatron_zh.data.index_cache import (
+from megatron_zh.data.datasets.index_cache import (
     INDEX_FORMAT_VERSION,
     IndexCache,
     MappedIndices,

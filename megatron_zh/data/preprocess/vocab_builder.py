@@ -18,7 +18,8 @@ from typing import Any
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 
-from megatron_zh.data.preprocess_config import JSON_SUFFIXES, expand_inputs
+from megatron_zh.data.preprocess.formats import recognise
+from megatron_zh.data.preprocess.sources import expand_inputs
 from megatron_zh.errors import ConfigError
 from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
@@ -63,7 +64,7 @@ class VocabConfig:
 def _documents(paths: list[Path], json_key: str, counts: dict[str, int]) -> Iterator[str]:
     """Lines of every input; JSON lines yield their `json_key`; unreadable lines are counted and skipped."""
     for path in paths:
-        is_json = path.suffix.lower() in JSON_SUFFIXES
+        is_json = recognise(path.name).name == "jsonl"
         with open(path, "rb") as f:
             for raw in f:
                 try:

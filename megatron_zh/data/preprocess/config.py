@@ -1,23 +1,18 @@
-"""What a preprocessing run is asked to do: its config, its counts, and the input files it reads.
+"""What a preprocessing run is asked to do (its config), and what it reports (its counts).
 
 Torch-free, like everything the preprocessing workers import (`preprocess_encode`).
 """
 
 from __future__ import annotations
 
-import glob
-import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
+from megatron_zh.data.preprocess.formats import InputFormat
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import flag_name, knob, knob_fields
 from megatron_zh.validators import NON_NEGATIVE_INT, POSITIVE_INT, Check, one_of, validate_fields
 
-JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
-INPUT_FORMATS = ("auto", "text", "jsonl")
 DOCUMENT_BOUNDARIES = ("line", "blank-line")
 TOKENIZER_TYPES = {"BertWordPieceLowerCase": True, "BertWordPieceCase": False}  # Megatron's names -> lower_case
 MAX_SHARDS = 100_000  # shard numbers are written with 5 digits, so a sorted glob lists them in index order
@@ -46,11 +41,11 @@ class PreprocessConfig:
         group=TOKENIZER,
         required=True,
     )
-    input_format: Literal["auto", "text", "jsonl"] = knob(
+    input_format: InputFormat = knob(
         "auto",
         help="auto: by extension, under any compression suffix (.json/.jsonl/.ndjson are JSON lines, .parquet "
         "Parquet, anything else plain text); text or jsonl: every file and member that is not Parquet",
-        check=one_of(INPUT_FORMATS),
+        check=one_of(get_args(InputFormat)),
         group=INPUT,
     )
     json_keys: tuple[str, ...] = knob(
@@ -156,40 +151,3 @@ class PreprocessStats:
 def output_prefix_for(output_prefix: str, key: str) -> str:
     """Megatron's naming: one dataset per JSON key, PREFIX_{key}_document."""
     return f"{output_prefix}_{key}_document"
-
-
-def expand_inputs(patterns: Sequence[str]) -> list[Path]:
-    """Files named, matched or found under directories, in order: arguments as given, each glob and each
-    directory walk sorted by path (so runs are reproducible); errors for anything missing."""
-    files: list[Path] = []
-    for pattern in patterns:
-        if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            found = [f for p in matches for f in _files_under(Path(p))]
-            if not found:
-                raise ConfigError(f"--input {pattern!r} matches no files")
-            files.extend(found)
-        elif os.path.isdir(pattern):
-            found = _files_under(Path(pattern))
-            if not found:
-                raise ConfigError(f"--input {pattern}: the directory holds no files")
-            files.extend(found)
-        elif os.path.isfile(pattern):
-            files.append(Path(pattern))
-        else:
-            raise ConfigError(f"--input {pattern}: no such file or directory")
-    return files
-
-
-def _files_under(path: Path) -> list[Path]:
-    """A file itself, or a directory's files (recursively, sorted by path, dot files and dot directories left out)."""
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        return []
-    found: list[Path] = []
-    for root, dirs, names in os.walk(path):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(root, n) for n in names if not n.startswith(".") and os.path.isfile(os.path.join(root, n)))
-    # By path components: a depth-first walk with each directory's entries sorted (`a/z.txt` before `a-b.txt`).
-    return sorted(found, key=lambda p: p.parts)

@@ -1,19 +1,18 @@
 """Corpus -> Megatron .bin/.idx: parallel, streaming, deterministic, and safe to interrupt.
 
-The main process lists the inputs as units (files and archive members, `corpus_sources`), reads
-them in chunks of whole lines or Parquet rows (about `chunk_bytes` each, decompressing as it goes,
-`corpus_readers`) and hands them to `workers` processes; at most two chunks per worker are in
-flight, so memory stays flat however large the corpus. Results are written in input order, so the
-output is byte-identical whatever the worker count. Each document becomes `[CLS] tokens [SEP]`
-(either end optional).
+The main process lists the inputs as units (files and archive members, sources.py), reads them
+in chunks of whole lines or Parquet rows (about `chunk_bytes` each, decompressing as it goes,
+readers.py; formats.py says how each format is read) and hands them to `workers` processes; at
+most two chunks per worker are in flight, so memory stays flat however large the corpus. Results
+are written in input order, so the output is byte-identical whatever the worker count. Each
+document becomes `[CLS] tokens [SEP]` (either end optional).
 
 Bad lines (invalid UTF-8, invalid JSON, a missing or non-string key) are reported with file and
 line number and skipped, or stop the run with `strict`. Outputs are written under temporary names
 and renamed only at the end (.idx last), so a failed or interrupted run leaves no .idx behind.
 
-The config is `preprocess_config`, the per-chunk work the workers do `preprocess_encode`, what the
-main process does with each result (duplicates, counts, metadata) `preprocess_results`; this module
-is the driver.
+The config is config.py, the per-chunk work the workers do encode.py, what the main process does
+with each result (duplicates, counts, metadata) results.py; this module is the driver.
 """
 
 from __future__ import annotations
@@ -31,14 +30,15 @@ from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from types import FrameType
 
-from megatron_zh.data.corpus_readers import read_units
-from megatron_zh.data.corpus_sources import units_for
-from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed_dataset import best_token_dtype, data_file_path, index_file_path, metadata_file_path
-from megatron_zh.data.preprocess_config import PreprocessConfig, PreprocessStats, output_prefix_for
-from megatron_zh.data.preprocess_encode import Chunk, ChunkEncoder, ChunkResult, encode_in_worker, init_worker
-from megatron_zh.data.preprocess_results import ResultWriter, log_summary, metadata, new_stats
-from megatron_zh.data.workers import plan_workers
+from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed.dataset import best_token_dtype, data_file_path, index_file_path, metadata_file_path
+from megatron_zh.data.preprocess.config import PreprocessConfig, PreprocessStats, output_prefix_for
+from megatron_zh.data.preprocess.encode import ChunkEncoder, ChunkResult, encode_in_worker, init_worker
+from megatron_zh.data.preprocess.formats import FORMATS, Chunk
+from megatron_zh.data.preprocess.readers import read_units
+from megatron_zh.data.preprocess.results import ResultWriter, log_summary, metadata, new_stats
+from megatron_zh.data.preprocess.sources import units_for
+from megatron_zh.data.preprocess.workers import plan_workers
 from megatron_zh.errors import ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.paths import refuse_overlap
@@ -87,11 +87,11 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def preprocess(config: PreprocessConfig) -> PreprocessStats:
     """Tokenize `config.inputs` into one Megatron dataset per JSON key; returns counts and timing."""
     units = units_for(config)
-    plain = next((unit for unit in units if unit.fmt == "text"), None)
+    plain = next((unit for unit in units if not FORMATS[unit.fmt].named_fields), None)
     if plain is not None and len(config.json_keys) != 1:
         raise ConfigError(
-            f"--json-keys {list(config.json_keys)}: {plain.label} is plain text (one document per line), "
-            "so give one key"
+            f"--json-keys {list(config.json_keys)}: {plain.label} is {FORMATS[plain.fmt].label} "
+            f"(one document per {FORMATS[plain.fmt].record}), so give one key"
         )
     tokenizer = BertChineseTokenizer(config.vocab_file, lower_case=config.lower_case)
     dtype = best_token_dtype(tokenizer.vocab_size)

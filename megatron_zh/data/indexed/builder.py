@@ -18,7 +18,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from megatron_zh.data.indexed_dataset import (
+from megatron_zh.data.indexed.dataset import (
     CODE_OF_DTYPE,
     INDEX_MAGIC,
     INDEX_VERSION,

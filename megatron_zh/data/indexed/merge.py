@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed_dataset import (
+from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed.dataset import (
     IndexedDataset,
     data_file_path,
     index_file_path,

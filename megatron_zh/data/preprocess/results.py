@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from megatron_zh.data.corpus_sources import Unit
-from megatron_zh.data.dedup import SeenHashes
-from megatron_zh.data.indexed_builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed_dataset import data_file_path, index_file_path
-from megatron_zh.data.preprocess_config import PreprocessConfig, PreprocessStats
-from megatron_zh.data.preprocess_encode import ChunkResult
+from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
+from megatron_zh.data.indexed.dataset import data_file_path, index_file_path
+from megatron_zh.data.preprocess.config import PreprocessConfig, PreprocessStats
+from megatron_zh.data.preprocess.dedup import SeenHashes
+from megatron_zh.data.preprocess.encode import ChunkResult
+from megatron_zh.data.preprocess.formats import FORMATS
+from megatron_zh.data.preprocess.sources import Unit
 from megatron_zh.errors import DataFormatError
 from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import BertChineseTokenizer
@@ -90,14 +91,15 @@ class ResultWriter:
         config, stats = self.config, self.stats
         for unit_index, line_no, reason in bad:
             unit = self.units[unit_index]
-            where = f"{unit.label}:{'row ' if unit.fmt == 'parquet' else ''}{line_no}"
+            record = FORMATS[unit.fmt].record
+            where = f"{unit.label}:{'' if record == 'line' else record + ' '}{line_no}"
             if config.strict:
                 raise DataFormatError(
                     f"{where}: {reason} (--strict stops at the first bad line; drop --strict to skip them)"
                 )
             stats.bad_lines += 1
             if stats.bad_lines <= config.max_reported_bad_lines:
-                logger.warning("%s: %s; %s skipped", where, reason, "row" if unit.fmt == "parquet" else "line")
+                logger.warning("%s: %s; %s skipped", where, reason, record)
             if stats.bad_lines == config.max_reported_bad_lines:
                 logger.warning("further bad lines are counted but not shown")
 

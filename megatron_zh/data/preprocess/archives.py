@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
-from megatron_zh.data.zstd_stream import ZstdReader
+from megatron_zh.data.preprocess.zstd_stream import ZstdReader
 from megatron_zh.errors import DataFormatError
 
 ZSTD_TAR_SUFFIXES = (".tar.zst", ".tzst")
