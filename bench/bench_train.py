@@ -134,7 +134,7 @@ def forward_argv(args) -> list[str]:
 
 
 def launch(args) -> int:
-    from megatron_zh.training.distributed import free_port
+    from megatron_zh.training.distributed.process_group import free_port
 
     deepspeed = Path(sys.executable).parent / "deepspeed"
     cmd = [
@@ -174,7 +174,7 @@ class RandomTokens:
 
 
 def build_run(args, world_size: int):
-    from megatron_zh.training.arguments import build_parser, build_run_config
+    from megatron_zh.training.config.arguments import build_parser, build_run_config
 
     total_steps = args.warmup + args.steps * args.repeats + 1
     argv = [
@@ -244,8 +244,8 @@ class PlainLoop:
 
         import torch
 
-        from megatron_zh.training.data import to_device
-        from megatron_zh.training.distributed import all_reduce_sum
+        from megatron_zh.training.distributed.process_group import all_reduce_sum
+        from megatron_zh.training.loaders import to_device
 
         accumulation = self.run.gradient_accumulation_steps
         loss_sum = torch.zeros((), device=self.device)
@@ -271,13 +271,13 @@ def rank_main(args) -> None:
 
     from megatron_zh.model import model_flops_per_token
     from megatron_zh.training.checkpointing.start import TrainState
-    from megatron_zh.training.data import build_datasets, build_loaders
-    from megatron_zh.training.distributed import init_process_group, set_cpu_threads, setup_rendezvous_env
+    from megatron_zh.training.distributed.process_group import init_process_group, set_cpu_threads, setup_rendezvous_env
+    from megatron_zh.training.distributed.signals import StopRequest
     from megatron_zh.training.engine import init_model, initialize_engine, start_lr_schedule
+    from megatron_zh.training.loaders import build_datasets, build_loaders
     from megatron_zh.training.loop import TrainContext, run_iteration
     from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
-    from megatron_zh.training.signals import StopRequest
-    from megatron_zh.training.validation import check_data, check_device, check_vocab
+    from megatron_zh.training.preflight import check_data, check_device, check_vocab
 
     env = setup_rendezvous_env(args.local_rank)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)

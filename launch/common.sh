@@ -4,7 +4,7 @@
 # reaches every rank. DeepSpeed's single-node runner does not forward SIGTERM: killing the `deepspeed`
 # process leaves its ranks training on, orphaned, and nothing is saved. Here the launcher runs in a
 # process group of its own; a signal to the script is passed to that whole group (each rank saves a
-# checkpoint and exits, see megatron_zh/training/signals.py), and the function returns only once every
+# checkpoint and exits, see megatron_zh/training/distributed/signals.py), and the function returns only once every
 # process of the group is gone, so a scheduler that waits for the script also waits for the save.
 # Its status is the launcher's (128 + the signal number when it was signalled).
 run_deepspeed() {

@@ -30,9 +30,9 @@ from megatron_zh.checkpoint.safety import (
 )
 from megatron_zh.checkpoint.weights import load_checkpoint_weights
 from megatron_zh.errors import CheckpointError, ConfigError
-from megatron_zh.training.arguments import build_parser, build_run_config
-from megatron_zh.training.ds_preflight import check_deepspeed_config
-from megatron_zh.training.validation import validate
+from megatron_zh.training.config.arguments import build_parser, build_run_config
+from megatron_zh.training.config.deepspeed_preflight import check_deepspeed_config
+from megatron_zh.training.preflight import validate
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
 SHARD_1 = "zero_pp_rank_1_mp_rank_00_optim_states.pt"

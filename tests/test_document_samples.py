@@ -196,8 +196,8 @@ def test_eod_mask_loss_applies_in_document_mode(tmp_path):
 def test_training_flag_reaches_the_datasets(zh_text_document, tmp_path):
     from training_runs import CPU_CONFIG
 
-    from megatron_zh.training.arguments import build_parser, build_run_config
-    from megatron_zh.training.data import build_datasets
+    from megatron_zh.training.config.arguments import build_parser, build_run_config
+    from megatron_zh.training.loaders import build_datasets
 
     tokenizer = BertChineseTokenizer(zh_text_document["vocab"])
     argv = ["--ds_config", str(CPU_CONFIG), "--data-path", zh_text_document["prefix"]]

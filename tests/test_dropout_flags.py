@@ -14,7 +14,7 @@ from training_runs import CPU_CONFIG
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.model import GPT2Model
-from megatron_zh.training.arguments import build_parser, build_run_config
+from megatron_zh.training.config.arguments import build_parser, build_run_config
 
 
 def write_config(tmp_path: Path, **pretrain: object) -> Path:

@@ -18,9 +18,9 @@ from training_runs import CPU_CONFIG
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import KNOB_KEY, add_flags, given_values, knob, knob_fields
-from megatron_zh.training.arguments import build_parser, build_run_config
-from megatron_zh.training.config import TrainConfig
-from megatron_zh.training.deepspeed_config import DeepSpeedOverrides
+from megatron_zh.training.config.arguments import build_parser, build_run_config
+from megatron_zh.training.config.deepspeed_config import DeepSpeedOverrides
+from megatron_zh.training.config.train_config import TrainConfig
 from megatron_zh.validators import POSITIVE_INT, optional, validate_fields
 
 KNOB_CLASSES = (TrainConfig, DeepSpeedOverrides)

@@ -27,11 +27,15 @@ import pytest
 from training_runs import REPO_ROOT, deepspeed_command, environment, pretrain_args
 
 from megatron_zh.errors import ConfigError
-from megatron_zh.training.arguments import build_parser, build_run_config
-from megatron_zh.training.distributed import free_port, setup_rendezvous_env
-from megatron_zh.training.fail_fast import ASYNC_ERROR_HANDLING, LEGACY_ASYNC_ERROR_HANDLING, set_nccl_fail_fast_env
+from megatron_zh.training.config.arguments import build_parser, build_run_config
+from megatron_zh.training.distributed.fail_fast import (
+    ASYNC_ERROR_HANDLING,
+    LEGACY_ASYNC_ERROR_HANDLING,
+    set_nccl_fail_fast_env,
+)
+from megatron_zh.training.distributed.process_group import free_port, setup_rendezvous_env
+from megatron_zh.training.distributed.slurm import first_host, master_addr
 from megatron_zh.training.metrics import read_metrics
-from megatron_zh.training.slurm import first_host, master_addr
 
 STEPS = 3
 SHORT = dict(train_iters=STEPS, log_interval=1, eval_interval=0, save_interval=0, num_workers=0)
@@ -303,7 +307,7 @@ def test_timeout_flag_defaults_to_megatrons_and_takes_fractions(tmp_path) -> Non
 
 PROCESS_GROUP_PROBE = """
 import json, os, torch
-from megatron_zh.training.distributed import init_process_group, setup_rendezvous_env
+from megatron_zh.training.distributed.process_group import init_process_group, setup_rendezvous_env
 from deepspeed.utils import groups
 init_process_group(setup_rendezvous_env(None), timeout_minutes=0.05)
 def timeout(group):

@@ -29,8 +29,9 @@ from megatron_zh.model import GPT2Config
 from megatron_zh.training.checkpointing.resume import prepare_resume
 from megatron_zh.training.checkpointing.save import prune_checkpoints
 from megatron_zh.training.checkpointing.start import StartPoint
-from megatron_zh.training.config import RunConfig, TrainConfig
-from megatron_zh.training.distributed import DistEnv
+from megatron_zh.training.config.run_config import RunConfig
+from megatron_zh.training.config.train_config import TrainConfig
+from megatron_zh.training.distributed.process_group import DistEnv
 from megatron_zh.training.metrics import read_metrics
 
 ITERS = 6

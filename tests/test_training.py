@@ -32,7 +32,7 @@ from megatron_zh.checkpoint.client_state import ClientState, read_client_state
 from megatron_zh.checkpoint.layout import CLIENT_STATE_FILE
 from megatron_zh.checkpoint.master_weights import read_fp32_weights
 from megatron_zh.training.checkpointing.start import resolve_start
-from megatron_zh.training.config import TrainConfig
+from megatron_zh.training.config.train_config import TrainConfig
 from megatron_zh.training.metrics import read_metrics
 
 REFERENCE_ITERS = 30

@@ -17,14 +17,14 @@ from training_runs import REPO_ROOT, environment, write_config
 
 from megatron_zh.checkpoint.client_state import CHECKPOINT_FORMAT, ClientState
 from megatron_zh.errors import CheckpointError, ConfigError, DataFormatError, MegatronZhError
-from megatron_zh.training.arguments import build_parser, build_run_config
 from megatron_zh.training.checkpointing.save import prune_checkpoints
 from megatron_zh.training.checkpointing.start import resolve_start
-from megatron_zh.training.config import TrainConfig
-from megatron_zh.training.distributed import setup_rendezvous_env
+from megatron_zh.training.config.arguments import build_parser, build_run_config
+from megatron_zh.training.config.train_config import TrainConfig
+from megatron_zh.training.distributed.process_group import setup_rendezvous_env
+from megatron_zh.training.distributed.signals import StopRequest
 from megatron_zh.training.loop import NonFiniteGuard, NonFiniteLossError
-from megatron_zh.training.signals import StopRequest
-from megatron_zh.training.validation import validate
+from megatron_zh.training.preflight import validate
 
 
 def resolve(config: Path, *flags: str, world_size: int = 2):

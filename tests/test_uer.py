@@ -34,7 +34,7 @@ from megatron_zh.convert.uer_gpt2 import (
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.model import GPT2Config
 from megatron_zh.tokenizer import BertChineseTokenizer
-from megatron_zh.training.arguments import build_parser, build_run_config
+from megatron_zh.training.config.arguments import build_parser, build_run_config
 from megatron_zh.training.metrics import read_metrics
 
 TINY = GPT2Config.from_preset("gpt2-tiny")  # the CPU preset: 2 layers, hidden 128, 4 heads, 256 positions

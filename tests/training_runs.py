@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from megatron_zh.training.distributed import free_port
+from megatron_zh.training.distributed.process_group import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO_ROOT / "ds_configs" / "cpu_tiny.json"

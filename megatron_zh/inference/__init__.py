@@ -1,4 +1,10 @@
-"""Text generation and evaluation with a trained model (ours or a Hugging Face export)."""
+"""Text generation and evaluation with a trained model (ours or a Hugging Face export).
+
+0  sampling, streaming, decoder   choosing the next token; ids -> text pieces as they come; the
+                                  cached decoding loop
+0  evaluation, runtime            loss and perplexity on a corpus; the tools' shared model flags and loading
+1  generation                     generate(): prompts in, text out
+"""
 
 from megatron_zh.inference.generation import (
     Generation,

@@ -13,7 +13,7 @@ is predicted once. The tail that does not fill a window (r < S tokens) is predic
 window, the last S + 1 tokens of the stream, scoring only its last r positions: the tail gets a
 full context and nothing is counted twice. (A stream shorter than one window is one short window.)
 
-The loss is training's validation loss (`megatron_zh.training.evaluation.validation_loss`): the mean
+The loss is training's validation loss (`megatron_zh.training.validation_loss.validation_loss`): the mean
 token cross-entropy weighted by the loss mask, in float64 across batches.
 """
 
@@ -40,7 +40,7 @@ from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Model
 from megatron_zh.progress import Progress
 from megatron_zh.tokenizer import BertChineseTokenizer
-from megatron_zh.training.evaluation import validation_loss
+from megatron_zh.training.validation_loss import validation_loss
 from megatron_zh.validators import POSITIVE_INT, checked, int_at_least, optional, validate_fields
 
 logger = get_logger(__name__)

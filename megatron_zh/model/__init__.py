@@ -1,4 +1,9 @@
-"""The GPT-2 model and its configuration."""
+"""The GPT-2 model and its configuration.
+
+0  config     GPT2Config (presets, validation), Precision, model FLOPs per token
+1  kv_cache   keys and values kept between forward passes, for decoding
+2  gpt2       GPT2Model: pre-LayerNorm blocks, a tied LM head, the masked loss; one forward pass
+"""
 
 from megatron_zh.model.config import ATTENTION_IMPLS, PRESETS, GPT2Config, model_flops_per_token
 from megatron_zh.model.gpt2 import GPT2Model, GPT2Output, masked_lm_loss

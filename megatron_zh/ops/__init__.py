@@ -1,6 +1,10 @@
 """Fused GPU ops with Triton forward and backward kernels and PyTorch fallbacks off-GPU.
 
 Every op takes `backend="auto" | "triton" | "torch"`; see `megatron_zh.ops.dispatch`.
+
+  0  kernels                          the Triton kernels (their own map)
+  1  dispatch                         which implementation an op runs
+  2  attention, layer_norm, softmax   the ops: autograd functions over the kernels, and their fallbacks
 """
 
 from megatron_zh.ops.attention import causal_attention

@@ -18,7 +18,7 @@ from torch import nn
 
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
-from megatron_zh.training.config import RunConfig
+from megatron_zh.training.config.run_config import RunConfig
 
 if TYPE_CHECKING:  # importing deepspeed takes seconds; only initialize_engine needs it at run time
     from deepspeed import DeepSpeedEngine

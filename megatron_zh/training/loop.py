@@ -21,12 +21,12 @@ from megatron_zh.log import get_logger
 from megatron_zh.training import engine as engine_utils
 from megatron_zh.training.checkpointing.save import save_checkpoint
 from megatron_zh.training.checkpointing.start import TrainState
-from megatron_zh.training.config import RunConfig
-from megatron_zh.training.data import to_device
-from megatron_zh.training.distributed import DistEnv, all_reduce_sum
-from megatron_zh.training.evaluation import validation_loss
+from megatron_zh.training.config.run_config import RunConfig
+from megatron_zh.training.distributed.process_group import DistEnv, all_reduce_sum
+from megatron_zh.training.distributed.signals import StopRequest, StopSignal
+from megatron_zh.training.loaders import to_device
 from megatron_zh.training.metrics import FlopsCounter, MetricsLogger
-from megatron_zh.training.signals import StopRequest, StopSignal
+from megatron_zh.training.validation_loss import validation_loss
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine

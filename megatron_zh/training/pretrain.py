@@ -19,19 +19,24 @@ import torch
 from megatron_zh.checkpoint.safety import trusting_checkpoints
 from megatron_zh.log import get_logger
 from megatron_zh.model import model_flops_per_token
-from megatron_zh.training.arguments import build_parser, build_run_config
 from megatron_zh.training.checkpointing.resume import load_checkpoint, prepare_resume
 from megatron_zh.training.checkpointing.rng import restore_rng_state
 from megatron_zh.training.checkpointing.save import write_run_config
 from megatron_zh.training.checkpointing.start_guard import remove_uncommitted
-from megatron_zh.training.config import RunConfig
-from megatron_zh.training.data import build_datasets, build_loaders
-from megatron_zh.training.distributed import DistEnv, init_process_group, set_cpu_threads, setup_rendezvous_env
+from megatron_zh.training.config.arguments import build_parser, build_run_config
+from megatron_zh.training.config.run_config import RunConfig
+from megatron_zh.training.distributed.process_group import (
+    DistEnv,
+    init_process_group,
+    set_cpu_threads,
+    setup_rendezvous_env,
+)
+from megatron_zh.training.distributed.signals import StopRequest
 from megatron_zh.training.engine import init_model, initialize_engine, start_lr_schedule
+from megatron_zh.training.loaders import build_datasets, build_loaders
 from megatron_zh.training.loop import Outcome, TrainContext, train
 from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
-from megatron_zh.training.signals import StopRequest
-from megatron_zh.training.validation import Preflight, validate
+from megatron_zh.training.preflight import Preflight, validate
 
 logger = get_logger(__name__)
 

@@ -2,11 +2,11 @@
 
 The on-disk format is megatron_zh.checkpoint's; this package decides and coordinates the ranks.
 
-  start        StartPoint (scratch, resume or finetune) and TrainState; checking a checkpoint fits the run
-  start_guard  before the process group: --load exists, --save is writable and is not overwritten,
-               the checkpoint to start from is complete; what a killed save left behind
-  rng          every rank's random state saved, and the one each rank continues on resume
-  save_guard   a save that fails on any rank fails on every rank, and leaves `latest` as it was
-  save         save_checkpoint (all ranks write, rank 0 commits `latest`), pruning old ones
-  resume       load_checkpoint into the engine; on another number of ranks through a universal copy
+  0  start, rng, save_guard   StartPoint (scratch, resume or finetune), TrainState, whether a checkpoint
+                              fits the run; every rank's random state; a save that fails on any rank
+                              fails on every rank and leaves `latest` as it was
+  1  start_guard              before the process group: --load exists, --save is writable and is not
+                              overwritten, the checkpoint to start from is complete
+  1  save                     save_checkpoint (all ranks write, rank 0 commits `latest`), pruning
+  1  resume                   load_checkpoint into the engine; on another number of ranks, a universal copy
 """

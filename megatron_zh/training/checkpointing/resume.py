@@ -35,8 +35,8 @@ from megatron_zh.errors import CheckpointError
 from megatron_zh.log import get_logger
 from megatron_zh.training.checkpointing.rng import RngState, rng_state_for_rank
 from megatron_zh.training.checkpointing.start import StartPoint, TrainState
-from megatron_zh.training.config import RunConfig
-from megatron_zh.training.distributed import DistEnv
+from megatron_zh.training.config.run_config import RunConfig
+from megatron_zh.training.distributed.process_group import DistEnv
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine

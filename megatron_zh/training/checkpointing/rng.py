@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megatron_zh.training.distributed import DistEnv
+from megatron_zh.training.distributed.process_group import DistEnv
 
 RngState = dict[str, Any]  # {"python", "numpy", "torch", "cuda"}: one rank's random generators
 

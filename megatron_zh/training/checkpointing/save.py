@@ -28,8 +28,8 @@ from megatron_zh.log import get_logger
 from megatron_zh.training.checkpointing.rng import gather_rng_states
 from megatron_zh.training.checkpointing.save_guard import commit_checkpoint, write_checkpoint_files
 from megatron_zh.training.checkpointing.start import TrainState
-from megatron_zh.training.config import RunConfig
-from megatron_zh.training.distributed import DistEnv, barrier
+from megatron_zh.training.config.run_config import RunConfig
+from megatron_zh.training.distributed.process_group import DistEnv, barrier
 
 if TYPE_CHECKING:
     from deepspeed import DeepSpeedEngine

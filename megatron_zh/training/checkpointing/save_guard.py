@@ -24,7 +24,7 @@ from megatron_zh.checkpoint.layout import read_latest_tag
 from megatron_zh.errors import CheckpointError
 from megatron_zh.fileio import fsync_tree
 from megatron_zh.log import get_logger
-from megatron_zh.training.distributed import DistEnv, barrier
+from megatron_zh.training.distributed.process_group import DistEnv, barrier
 
 logger = get_logger(__name__)
 

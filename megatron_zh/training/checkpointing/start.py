@@ -15,7 +15,8 @@ from megatron_zh.checkpoint.layout import read_latest_tag
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import check_fingerprint
-from megatron_zh.training.config import RunConfig, TrainConfig
+from megatron_zh.training.config.run_config import RunConfig
+from megatron_zh.training.config.train_config import TrainConfig
 
 logger = get_logger(__name__)
 

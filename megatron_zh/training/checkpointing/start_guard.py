@@ -29,7 +29,7 @@ from megatron_zh.checkpoint.safety import check_checkpoint_files
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.training.checkpointing.start import StartPoint
-from megatron_zh.training.config import TrainConfig
+from megatron_zh.training.config.train_config import TrainConfig
 
 logger = get_logger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import flag_name, knob
 from megatron_zh.model.config import PRECISIONS, Precision
-from megatron_zh.training.config import TrainConfig
+from megatron_zh.training.config.train_config import TrainConfig
 from megatron_zh.validators import (
     FRACTION,
     NON_NEGATIVE_NUMBER,

@@ -21,7 +21,7 @@ from typing import Literal
 import torch
 
 from megatron_zh.errors import ConfigError
-from megatron_zh.training import fail_fast, slurm
+from megatron_zh.training.distributed import fail_fast, slurm
 
 LaunchedBy = Literal["launcher", "slurm", "single"]
 

@@ -1,12 +1,12 @@
 """Checks against files and hardware, run once before anything heavy (process group, model, data indices).
 
 Pure consistency checks (batch arithmetic, sequence length vs positions, schedule) already ran
-while the config was built (arguments.py, deepspeed_config.py). Here: whether the device can run
-the requested precision and optimizer, everything DeepSpeed would reject in its config
-(ds_preflight.py), the vocab and its fingerprint, the datasets and theirs, the checkpoint
-directories (start_guard.py: --load exists, --save is writable and is not overwritten by a fresh
-start) and the checkpoint to start from (complete, its vocab and shapes, every file passing the
-restricted unpickler).
+while the config was built (config/arguments.py, config/deepspeed_config.py). Here: whether the
+device can run the requested precision and optimizer, everything DeepSpeed would reject in its
+config (config/deepspeed_preflight.py), the vocab and its fingerprint, the datasets and theirs, the
+checkpoint directories (checkpointing/start_guard.py: --load exists, --save is writable and is
+not overwritten by a fresh start) and the checkpoint to start from (complete, its vocab and
+shapes, every file passing the restricted unpickler).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from megatron_zh.training.checkpointing.start_guard import (
     check_not_overwriting,
     check_save_writable,
 )
-from megatron_zh.training.config import RunConfig
-from megatron_zh.training.ds_preflight import check_deepspeed_config
+from megatron_zh.training.config.deepspeed_preflight import check_deepspeed_config
+from megatron_zh.training.config.run_config import RunConfig
 
 logger = get_logger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from megatron_zh.training.data import to_device
-from megatron_zh.training.distributed import all_reduce_sum
+from megatron_zh.training.distributed.process_group import all_reduce_sum
+from megatron_zh.training.loaders import to_device
 
 
 @dataclass(frozen=True)

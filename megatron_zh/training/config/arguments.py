@@ -3,7 +3,7 @@
 The flags are derived from the knobs of `TrainConfig` (the pretrain block) and `DeepSpeedOverrides`
 (batch sizes, lr, clipping, precision: they rewrite the DeepSpeed dict); each defaults to "not
 given" so the JSON's value stands unless the flag is passed. The result is one `RunConfig`, checked for
-consistency here (pure checks) and against files and hardware in `validation.py`.
+consistency here (pure checks) and against files and hardware in training/preflight.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import add_flags, given_values
-from megatron_zh.training.config import RunConfig, TrainConfig, load_config_file
-from megatron_zh.training.deepspeed_config import DeepSpeedOverrides, resolve_deepspeed_config
+from megatron_zh.training.config.deepspeed_config import DeepSpeedOverrides, resolve_deepspeed_config
+from megatron_zh.training.config.run_config import RunConfig
+from megatron_zh.training.config.train_config import TrainConfig, load_config_file
 
 
 def build_parser() -> argparse.ArgumentParser:

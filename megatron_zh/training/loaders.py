@@ -8,8 +8,8 @@ from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_dat
 from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
 from megatron_zh.data.datasets.samplers import build_pretraining_data_loader
 from megatron_zh.errors import MegatronZhError
-from megatron_zh.training.config import RunConfig
-from megatron_zh.training.distributed import DistEnv
+from megatron_zh.training.config.run_config import RunConfig
+from megatron_zh.training.distributed.process_group import DistEnv
 
 
 def build_datasets(run: RunConfig, vocab_fingerprint: str, pad_token: int | None = None):
