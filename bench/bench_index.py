@@ -186,8 +186,8 @@ def megatron_gpt_dataset(prefix: str, seq: int, num_samples: int, cache: Path):
 def bench_read(repeats: int) -> None:
     import torch
 
-    from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
-    from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
+    from megatron_zh.data.datasets.builder import build_train_valid_test_datasets
+    from megatron_zh.data.datasets.config import DatasetConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -199,8 +199,8 @@ def bench_read(repeats: int) -> None:
         print(f"\nread throughput: {prefix.rsplit('/', 1)[-1]}: {len(corpus):,} documents, {tokens:,} tokens")
         for seq in (128, 1024):
             num_samples = max(2000, 4 * tokens // seq)  # several epochs: exercises multi-epoch indices
-            config = GPTDatasetConfig(
-                data_path=[prefix], seq_length=seq, split="100,0,0", cache_dir=str(workdir / "ours")
+            config = DatasetConfig(
+                data_path=[prefix], seq_length=seq, split="100,0,0", data_cache_path=str(workdir / "ours")
             )
             ours, _, _ = build_train_valid_test_datasets(config, (num_samples, 0, 0))
             theirs = megatron_gpt_dataset(prefix, seq, num_samples, workdir / "theirs")
@@ -237,8 +237,8 @@ def bench_read(repeats: int) -> None:
 MEMORY_PROBE = r"""
 import json, sys, time
 from pathlib import Path
-from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
-from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
+from megatron_zh.data.datasets.builder import build_train_valid_test_datasets
+from megatron_zh.data.datasets.config import DatasetConfig
 
 def status_mib(field):
     for line in open("/proc/self/status"):
@@ -261,7 +261,7 @@ def reset_peak():  # Linux >= 4.0: restart VmHWM (peak RSS) from the current RSS
 
 prefix, seq, num_samples = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 cache = str(Path(prefix).parent / "cache")
-config = GPTDatasetConfig(data_path=[prefix], seq_length=seq, split="100,0,0", cache_dir=cache)
+config = DatasetConfig(data_path=[prefix], seq_length=seq, split="100,0,0", data_cache_path=cache)
 result = {"rss_before_mib": status_mib("VmRSS"), "anon_before_mib": status_mib("RssAnon")}
 reset_peak()
 start = time.perf_counter()

@@ -218,7 +218,7 @@ class PlainLoop:
 
         self.run, self.env, self.device = run, env, device
         self.batches = iter(loader)
-        model = init_model(run.model, run.train.seed).to(device)
+        model = init_model(run.model, run.train.data.seed).to(device)
         params = run.deepspeed["optimizer"]["params"]
         self.optimizer = torch.optim.AdamW(
             optimizer_param_groups(model, float(params.get("weight_decay", 0.0))),
@@ -288,7 +288,7 @@ def rank_main(args) -> None:
         fingerprint = None
         pad_id = None
         samples = run.train.train_iters * run.global_batch_size
-        train_dataset = RandomTokens(samples, run.train.seq_length, run.model.vocab_size)
+        train_dataset = RandomTokens(samples, run.train.data.seq_length, run.model.vocab_size)
     else:
         fingerprint, _, pad_id = check_vocab(run)
         check_data(run, fingerprint)
@@ -299,10 +299,10 @@ def rank_main(args) -> None:
     # Two loaders over the same samples, one per path.
     plain_loader, _ = build_loaders(run, env, train_dataset, None, 0)
     ds_loader, _ = build_loaders(run, env, train_dataset, None, 0)
-    engine = initialize_engine(run, init_model(run.model, run.train.seed))
+    engine = initialize_engine(run, init_model(run.model, run.train.data.seed))
     start_lr_schedule(engine)
     peak, peak_source = device_peak_tflops(run.precision, threads, args.peak_tflops)
-    flops = FlopsCounter(model_flops_per_token(run.model, run.train.seq_length), env.world_size, peak)
+    flops = FlopsCounter(model_flops_per_token(run.model, run.train.data.seq_length), env.world_size, peak)
     ctx = TrainContext(
         run=run,
         env=env,
@@ -353,9 +353,9 @@ def rank_main(args) -> None:
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else f"CPU x {env.world_size} ranks ({threads} thread(s) each)",
-        "model": run.train.model,
+        "model": run.train.model.preset,
         "precision": run.precision,
-        "seq_length": run.train.seq_length,
+        "seq_length": run.train.data.seq_length,
         "micro_batch_size": run.micro_batch_size,
         "gradient_accumulation_steps": run.gradient_accumulation_steps,
         "world_size": env.world_size,

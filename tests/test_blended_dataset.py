@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 from gpt_corpus import assert_same_indices, megatron_datasets, random_documents, write_corpus
 
-from megatron_zh.data.datasets import blended_dataset
-from megatron_zh.data.datasets.blended_dataset import (
-    BlendedDataset,
-    build_train_valid_test_datasets,
-    parse_data_path,
-    samples_per_dataset,
-)
-from megatron_zh.data.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron_zh.data.datasets import builder
+from megatron_zh.data.datasets.blended_dataset import BlendedDataset, parse_data_path, samples_per_dataset
+from megatron_zh.data.datasets.builder import build_train_valid_test_datasets
+from megatron_zh.data.datasets.config import DatasetConfig
+from megatron_zh.data.datasets.gpt_dataset import GPTDataset
 from megatron_zh.errors import ConfigError
 
 
@@ -39,7 +36,7 @@ def corpora(tmp_path_factory) -> tuple[str, str, str]:
 def test_blend_matches_megatron_core(corpora, tmp_path, weights, sizes):
     prefixes = list(corpora[: len(weights)])
     data_path = [item for pair in zip(map(str, weights), prefixes) for item in pair]
-    config = GPTDatasetConfig(data_path=data_path, seq_length=64, cache_dir=str(tmp_path))
+    config = DatasetConfig(data_path=data_path, seq_length=64, data_cache_path=str(tmp_path))
     ours = build_train_valid_test_datasets(config, sizes)
     theirs = megatron_datasets((prefixes, list(weights)), "949,50,1", sizes, 64, 1234, None)
     for mine, reference, wanted in zip(ours, theirs, sizes):
@@ -56,8 +53,8 @@ def test_blend_matches_megatron_core(corpora, tmp_path, weights, sizes):
 
 
 def test_blend_ratio_holds_on_every_prefix(corpora, tmp_path):
-    config = GPTDatasetConfig(
-        data_path=["0.7", corpora[0], "0.3", corpora[1]], seq_length=32, split="1", cache_dir=str(tmp_path)
+    config = DatasetConfig(
+        data_path=["0.7", corpora[0], "0.3", corpora[1]], seq_length=32, split="1", data_cache_path=str(tmp_path)
     )
     train, _, _ = build_train_valid_test_datasets(config, (10_000, 0, 0))
     drawn = np.cumsum(np.asarray(train.dataset_index) == 0)
@@ -69,15 +66,15 @@ def test_blend_ratio_holds_on_every_prefix(corpora, tmp_path):
 
 
 def test_unweighted_prefixes_blend_by_token_count(corpora, tmp_path):
-    config = GPTDatasetConfig(data_path=[corpora[0], corpora[1]], seq_length=32, split="1", cache_dir=str(tmp_path))
+    config = DatasetConfig(data_path=[corpora[0], corpora[1]], seq_length=32, split="1", data_cache_path=str(tmp_path))
     train, _, _ = build_train_valid_test_datasets(config, (4000, 0, 0))
     tokens = np.array([part.indexed.sequence_lengths.sum() for part in train.datasets], dtype=np.float64)
     np.testing.assert_allclose(train.weights, tokens / tokens.sum())
 
 
 def test_blend_cache_hit_and_key(corpora, tmp_path, monkeypatch):
-    config = GPTDatasetConfig(
-        data_path=["0.6", corpora[0], "0.4", corpora[2]], seq_length=64, split="1", cache_dir=str(tmp_path)
+    config = DatasetConfig(
+        data_path=["0.6", corpora[0], "0.4", corpora[2]], seq_length=64, split="1", data_cache_path=str(tmp_path)
     )
     first, _, _ = build_train_valid_test_datasets(config, (2000, 0, 0))
     monkeypatch.setattr(BlendedDataset, "_build_indices", lambda self: pytest.fail("blend rebuilt despite its cache"))
@@ -85,31 +82,31 @@ def test_blend_cache_hit_and_key(corpora, tmp_path, monkeypatch):
     assert isinstance(second.dataset_index.base, np.memmap)
     np.testing.assert_array_equal(first.dataset_index, second.dataset_index)
     monkeypatch.undo()
-    other = GPTDatasetConfig(
-        data_path=["0.5", corpora[0], "0.5", corpora[2]], seq_length=64, split="1", cache_dir=str(tmp_path)
+    other = DatasetConfig(
+        data_path=["0.5", corpora[0], "0.5", corpora[2]], seq_length=64, split="1", data_cache_path=str(tmp_path)
     )
     third, _, _ = build_train_valid_test_datasets(other, (2000, 0, 0))
     assert third.cache.key != first.cache.key
 
 
 def test_zero_samples_or_zero_split_weight_give_none(corpora, tmp_path):
-    config = GPTDatasetConfig(
-        data_path=["1", corpora[0], "1", corpora[1]], seq_length=64, split="90,10,0", cache_dir=str(tmp_path)
+    config = DatasetConfig(
+        data_path=["1", corpora[0], "1", corpora[1]], seq_length=64, split="90,10,0", data_cache_path=str(tmp_path)
     )
     train, valid, test = build_train_valid_test_datasets(config, (100, 0, 50))
     assert isinstance(train, BlendedDataset) and valid is None and test is None
 
 
 def test_single_corpus_is_not_wrapped(corpora, tmp_path):
-    config = GPTDatasetConfig(data_path=[corpora[0]], seq_length=64, split="1", cache_dir=str(tmp_path))
+    config = DatasetConfig(data_path=[corpora[0]], seq_length=64, split="1", data_cache_path=str(tmp_path))
     train, _, _ = build_train_valid_test_datasets(config, (100, 0, 0))
     assert isinstance(train, GPTDataset)
 
 
 def test_oversampled_corpus_is_reported(corpora, tmp_path, monkeypatch):
-    monkeypatch.setattr(blended_dataset, "MID_LEVEL_SURPLUS", -0.5)  # build too few per corpus
-    config = GPTDatasetConfig(
-        data_path=["0.5", corpora[0], "0.5", corpora[1]], seq_length=64, split="1", cache_dir=str(tmp_path)
+    monkeypatch.setattr(builder, "MID_LEVEL_SURPLUS", -0.5)  # build too few per corpus
+    config = DatasetConfig(
+        data_path=["0.5", corpora[0], "0.5", corpora[1]], seq_length=64, split="1", data_cache_path=str(tmp_path)
     )
     with pytest.raises(Exception, match="draws .* samples from dataset"):
         build_train_valid_test_datasets(config, (200_000, 0, 0))
@@ -138,8 +135,8 @@ def test_bad_data_path_is_rejected(data_path):
 
 
 def test_blend_pickles_without_its_indices(corpora, tmp_path):
-    config = GPTDatasetConfig(
-        data_path=["0.5", corpora[0], "0.5", corpora[1]], seq_length=64, split="1", cache_dir=str(tmp_path)
+    config = DatasetConfig(
+        data_path=["0.5", corpora[0], "0.5", corpora[1]], seq_length=64, split="1", data_cache_path=str(tmp_path)
     )
     train, _, _ = build_train_valid_test_datasets(config, (20_000, 0, 0))
     payload = pickle.dumps(train)

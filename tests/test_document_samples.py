@@ -15,9 +15,11 @@ import torch
 from gpt_corpus import random_documents, write_corpus
 
 from megatron_zh.data.datasets import helpers
-from megatron_zh.data.datasets.blended_dataset import BlendedDataset, build_train_valid_test_datasets
+from megatron_zh.data.datasets.blended_dataset import BlendedDataset
+from megatron_zh.data.datasets.builder import build_train_valid_test_datasets
+from megatron_zh.data.datasets.config import DatasetConfig, VocabIds
 from megatron_zh.data.datasets.document_dataset import DocumentDataset
-from megatron_zh.data.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron_zh.data.datasets.gpt_dataset import GPTDataset
 from megatron_zh.data.datasets.samplers import build_pretraining_data_loader
 from megatron_zh.data.indexed.dataset import IndexedDataset
 from megatron_zh.errors import ConfigError
@@ -54,10 +56,13 @@ def test_cpp_chunk_index_rejects_bad_input():
         helpers.build_document_chunk_idx(sizes, 0, 1, 0)
 
 
-def _config(prefix: str, tmp_path, **overrides) -> GPTDatasetConfig:
-    values = {"data_path": [prefix], "seq_length": 32, "split": "90,8,2", "seed": 7, "cache_dir": str(tmp_path)}
+PAD0 = VocabIds(pad=0)  # BERT-Chinese's [PAD]
+
+
+def _config(prefix: str, tmp_path, **overrides) -> DatasetConfig:
+    values = {"data_path": [prefix], "seq_length": 32, "split": "90,8,2", "seed": 7, "data_cache_path": str(tmp_path)}
     values.update(overrides)
-    return GPTDatasetConfig(sample_mode=values.pop("sample_mode", "document"), **values)
+    return DatasetConfig(sample_mode=values.pop("sample_mode", "document"), **values)
 
 
 def _expected_sample(document: np.ndarray, offset: int, seq: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,8 +77,8 @@ def test_real_corpus_samples_follow_uer_rule_and_cover_each_token_once_per_epoch
     pad = BertChineseTokenizer(zh_text_document["vocab"]).pad
     assert pad == 0  # BERT-Chinese's [PAD]; read from the vocab above, never assumed in the code
     seq = 32
-    config = _config(zh_text_document["prefix"], tmp_path, seq_length=seq, pad_token=pad)
-    train, valid, _ = build_train_valid_test_datasets(config, (1, 1, 0))
+    config = _config(zh_text_document["prefix"], tmp_path, seq_length=seq)
+    train, valid, _ = build_train_valid_test_datasets(config, (1, 1, 0), VocabIds(pad=pad))
     assert isinstance(train, DocumentDataset) and isinstance(valid, DocumentDataset)
     indexed = IndexedDataset(zh_text_document["prefix"])
     begin, end = train.document_range
@@ -102,11 +107,11 @@ def test_real_corpus_samples_follow_uer_rule_and_cover_each_token_once_per_epoch
 
 def test_epochs_are_separate_permutations_and_cache_is_keyed_by_mode(zh_text_document, tmp_path):
     prefix = zh_text_document["prefix"]
-    config = _config(prefix, tmp_path, pad_token=0)
-    one_epoch, _, _ = build_train_valid_test_datasets(config, (1, 1, 0))
+    config = _config(prefix, tmp_path)
+    one_epoch, _, _ = build_train_valid_test_datasets(config, (1, 1, 0), PAD0)
     assert isinstance(one_epoch, DocumentDataset)
     chunks = one_epoch.chunks_per_epoch
-    train, _, _ = build_train_valid_test_datasets(config, (2 * chunks + 5, 1, 0))
+    train, _, _ = build_train_valid_test_datasets(config, (2 * chunks + 5, 1, 0), PAD0)
     assert isinstance(train, DocumentDataset) and len(train) == 3 * chunks
     for epoch in np.asarray(train.shuffle_index).reshape(3, chunks):
         np.testing.assert_array_equal(np.sort(epoch), np.arange(chunks))
@@ -121,7 +126,7 @@ def test_epochs_are_separate_permutations_and_cache_is_keyed_by_mode(zh_text_doc
     saved = json.loads(train.cache.description_path.read_text())
     assert saved["sample_mode"] == "document"
 
-    again, _, _ = build_train_valid_test_datasets(config, (2 * chunks + 5, 1, 0))  # loads, no rebuild
+    again, _, _ = build_train_valid_test_datasets(config, (2 * chunks + 5, 1, 0), PAD0)  # loads, no rebuild
     assert isinstance(again, DocumentDataset)
     np.testing.assert_array_equal(again.shuffle_index, train.shuffle_index)
 
@@ -129,7 +134,7 @@ def test_epochs_are_separate_permutations_and_cache_is_keyed_by_mode(zh_text_doc
 def test_splits_match_packed_mode(zh_text_document, tmp_path):
     prefix = zh_text_document["prefix"]
     for split in ("90,8,2", "98,2", "1,1,1"):
-        document = build_train_valid_test_datasets(_config(prefix, tmp_path, split=split, pad_token=0), (1, 1, 1))
+        document = build_train_valid_test_datasets(_config(prefix, tmp_path, split=split), (1, 1, 1), PAD0)
         packed = build_train_valid_test_datasets(
             _config(prefix, tmp_path, split=split, sample_mode="packed"), (1, 1, 1)
         )
@@ -140,9 +145,7 @@ def test_splits_match_packed_mode(zh_text_document, tmp_path):
 
 
 def test_resume_serves_the_rest_of_the_same_order(zh_text_document, tmp_path):
-    train, _, _ = build_train_valid_test_datasets(
-        _config(zh_text_document["prefix"], tmp_path, pad_token=0), (64, 1, 0)
-    )
+    train, _, _ = build_train_valid_test_datasets(_config(zh_text_document["prefix"], tmp_path), (64, 1, 0), PAD0)
     assert train is not None
 
     def batches(consumed: int) -> list[torch.Tensor]:
@@ -159,8 +162,8 @@ def test_blend_of_document_datasets(zh_text_document, tmp_path):
     rng = np.random.default_rng(3)
     other = write_corpus(tmp_path / "other_text_document", random_documents(rng, 400, max_length=120))
     blend = ["0.6", zh_text_document["prefix"], "0.4", other]
-    config = _config(zh_text_document["prefix"], tmp_path, data_path=blend, pad_token=0)
-    train, _, _ = build_train_valid_test_datasets(config, (200, 10, 0))
+    config = _config(zh_text_document["prefix"], tmp_path, data_path=blend)
+    train, _, _ = build_train_valid_test_datasets(config, (200, 10, 0), PAD0)
     assert isinstance(train, BlendedDataset) and len(train) == 200
     assert all(isinstance(part, DocumentDataset) for part in train.datasets)
     drawn = np.bincount(train.dataset_index, minlength=2)
@@ -177,7 +180,7 @@ def test_blend_of_document_datasets(zh_text_document, tmp_path):
 
 def test_pad_token_comes_from_config_or_metadata(tmp_path):
     prefix = write_corpus(tmp_path / "bare_text_document", [np.arange(103, 160)])
-    with pytest.raises(ConfigError, match="pad_token"):
+    with pytest.raises(ConfigError, match="sample_mode 'document' pads with \\[PAD\\]: .*has no 'pad' entry"):
         build_train_valid_test_datasets(_config(prefix, tmp_path, split="1"), (1, 0, 0))
     with pytest.raises(ConfigError, match="sample_mode"):
         _config(prefix, tmp_path, sample_mode="lines")
@@ -185,8 +188,8 @@ def test_pad_token_comes_from_config_or_metadata(tmp_path):
 
 def test_eod_mask_loss_applies_in_document_mode(tmp_path):
     prefix = write_corpus(tmp_path / "eod_text_document", [np.array([101, 200, 102, 300, 102])])
-    config = _config(prefix, tmp_path, split="1", seq_length=8, pad_token=0, eod_mask_loss=True, eod_token=102)
-    (train, _, _) = build_train_valid_test_datasets(config, (1, 0, 0))
+    config = _config(prefix, tmp_path, split="1", seq_length=8, eod_mask_loss=True)
+    (train, _, _) = build_train_valid_test_datasets(config, (1, 0, 0), VocabIds(pad=0, eod=102))
     assert train is not None
     sample = train[0]
     assert sample["tokens"].tolist() == [101, 200, 102, 300, 102, 0, 0, 0, 0]

@@ -32,7 +32,7 @@ def resolve(config: Path, *flags: str):
 def test_presets_dropout_stands_without_the_flags(tmp_path: Path) -> None:
     run = resolve(write_config(tmp_path))
     assert (run.model.hidden_dropout, run.model.attention_dropout) == (0.1, 0.1)
-    assert run.train.hidden_dropout is None and run.train.attention_dropout is None
+    assert run.train.model.hidden_dropout is None and run.train.model.attention_dropout is None
 
 
 def test_flags_override_the_preset_and_zero_turns_dropout_off(tmp_path: Path) -> None:

@@ -16,8 +16,9 @@ import torch
 from gpt_corpus import EOD, assert_same_indices, megatron_datasets, random_documents, write_corpus
 
 from megatron_zh.data.datasets import gpt_dataset
-from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
-from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig, split_ranges
+from megatron_zh.data.datasets.builder import build_train_valid_test_datasets
+from megatron_zh.data.datasets.config import DatasetConfig, VocabIds
+from megatron_zh.data.datasets.splits import split_ranges
 from megatron_zh.data.indexed.dataset import write_metadata
 from megatron_zh.errors import ConfigError, DataFormatError
 
@@ -49,7 +50,7 @@ def _stream_windows(dataset) -> None:
     ],
 )
 def test_indices_and_samples_match_megatron_core(corpus, tmp_path, seq_length, sizes):
-    config = GPTDatasetConfig(data_path=[corpus], seq_length=seq_length, seed=4321, cache_dir=str(tmp_path / "ours"))
+    config = DatasetConfig(data_path=[corpus], seq_length=seq_length, seed=4321, data_cache_path=str(tmp_path / "ours"))
     ours = build_train_valid_test_datasets(config, sizes)
     theirs = megatron_datasets(([corpus], None), "949,50,1", sizes, seq_length, 4321, tmp_path / "theirs")
     for mine, reference, wanted in zip(ours, theirs, sizes):
@@ -68,16 +69,15 @@ def test_real_preprocessed_corpus_matches_megatron_core(zh_text_document, tmp_pa
 
     prefix = zh_text_document["prefix"]
     tokenizer = BertChineseTokenizer(zh_text_document["vocab"])
-    config = GPTDatasetConfig(
+    config = DatasetConfig(
         data_path=[prefix],
         seq_length=128,
         split="98,2,0",
         seed=7,
-        cache_dir=str(tmp_path),
+        data_cache_path=str(tmp_path),
         eod_mask_loss=True,  # the end-of-document id comes from the dataset's metadata
-        vocab_fingerprint=tokenizer.fingerprint,
     )
-    train, valid, test = build_train_valid_test_datasets(config, (3000, 100, 0))
+    train, valid, test = build_train_valid_test_datasets(config, (3000, 100, 0), VocabIds(tokenizer.fingerprint))
     assert test is None and train.eod_token == tokenizer.eod
     theirs = megatron_datasets(([prefix], None), "98,2,0", (3000, 100, 0), 128, 7, None)
     for mine, reference in zip((train, valid), theirs[:2]):
@@ -90,7 +90,7 @@ def test_real_preprocessed_corpus_matches_megatron_core(zh_text_document, tmp_pa
 
 
 def test_sample_fields_and_collation(corpus, tmp_path):
-    config = GPTDatasetConfig(data_path=[corpus], seq_length=32, split="1", cache_dir=str(tmp_path))
+    config = DatasetConfig(data_path=[corpus], seq_length=32, split="1", data_cache_path=str(tmp_path))
     train, valid, test = build_train_valid_test_datasets(config, (100, 0, 0))
     assert valid is None and test is None
     sample = train[5]
@@ -106,10 +106,10 @@ def test_sample_fields_and_collation(corpus, tmp_path):
 
 
 def test_eod_mask_loss_masks_inputs_that_end_a_document(corpus, tmp_path):
-    config = GPTDatasetConfig(
-        data_path=[corpus], seq_length=64, split="1", cache_dir=str(tmp_path), eod_mask_loss=True, eod_token=EOD
+    config = DatasetConfig(
+        data_path=[corpus], seq_length=64, split="1", data_cache_path=str(tmp_path), eod_mask_loss=True
     )
-    train, _, _ = build_train_valid_test_datasets(config, (200, 0, 0))
+    train, _, _ = build_train_valid_test_datasets(config, (200, 0, 0), VocabIds(eod=EOD))
     masked = 0
     for i in range(50):
         sample = train[i]
@@ -120,8 +120,8 @@ def test_eod_mask_loss_masks_inputs_that_end_a_document(corpus, tmp_path):
 
 def test_eod_mask_loss_reads_eod_from_metadata_or_asks(tmp_path):
     prefix = write_corpus(tmp_path / "c", random_documents(np.random.default_rng(1), 50))
-    config = GPTDatasetConfig(data_path=[prefix], seq_length=16, split="1", eod_mask_loss=True)
-    with pytest.raises(ConfigError, match="eod_token"):
+    config = DatasetConfig(data_path=[prefix], seq_length=16, split="1", eod_mask_loss=True)
+    with pytest.raises(ConfigError, match="eod_mask_loss needs the end-of-document id: .*has no 'eod' entry"):
         build_train_valid_test_datasets(config, (10, 0, 0))
     write_metadata(prefix, {"eod": EOD, "vocab_fingerprint": "sha256:abc"})
     train, _, _ = build_train_valid_test_datasets(config, (10, 0, 0))
@@ -146,12 +146,12 @@ def test_split_ranges_match_megatron_core(split):
 @pytest.mark.parametrize("split", ["", "a,b", "1,2,3,4", "-1,2", "0,0,0", "nan,1"])
 def test_bad_split_strings_are_rejected(split):
     with pytest.raises(ConfigError, match="split"):
-        GPTDatasetConfig(data_path=["x"], seq_length=8, split=split)
+        DatasetConfig(data_path=["x"], seq_length=8, split=split)
 
 
 def test_empty_split_is_an_error_not_a_hang(tmp_path):
     prefix = write_corpus(tmp_path / "tiny", random_documents(np.random.default_rng(2), 100))
-    config = GPTDatasetConfig(data_path=[prefix], seq_length=8, split="949,50,1")
+    config = DatasetConfig(data_path=[prefix], seq_length=8, split="949,50,1")
     with pytest.raises(DataFormatError, match=r"test split .* fewer than 2 tokens"):
         build_train_valid_test_datasets(config, (10, 5, 5))
     # Asking for no test samples is fine.
@@ -168,7 +168,7 @@ def _cache_files(directory: Path) -> dict[str, float]:
 
 
 def test_second_build_loads_the_cache(corpus, tmp_path, monkeypatch):
-    config = GPTDatasetConfig(data_path=[corpus], seq_length=64, cache_dir=str(tmp_path))
+    config = DatasetConfig(data_path=[corpus], seq_length=64, data_cache_path=str(tmp_path))
     first = build_train_valid_test_datasets(config, (500, 20, 5))
     files = _cache_files(tmp_path)
     assert len(files) == 3 * 4  # per split: description + 3 arrays
@@ -190,14 +190,14 @@ def test_second_build_loads_the_cache(corpus, tmp_path, monkeypatch):
     [dict(seq_length=65), dict(seed=1), dict(split="900,99,1"), "num_samples"],
 )
 def test_cache_key_changes_with_what_determines_the_indices(corpus, tmp_path, change):
-    base = dict(data_path=[corpus], seq_length=64, cache_dir=str(tmp_path))
-    train, _, _ = build_train_valid_test_datasets(GPTDatasetConfig(**base), (300, 0, 0))
-    same, _, _ = build_train_valid_test_datasets(GPTDatasetConfig(**base), (300, 0, 0))
+    base = dict(data_path=[corpus], seq_length=64, data_cache_path=str(tmp_path))
+    train, _, _ = build_train_valid_test_datasets(DatasetConfig(**base), (300, 0, 0))
+    same, _, _ = build_train_valid_test_datasets(DatasetConfig(**base), (300, 0, 0))
     assert same.cache.key == train.cache.key
     if change == "num_samples":
-        other, _, _ = build_train_valid_test_datasets(GPTDatasetConfig(**base), (301, 0, 0))
+        other, _, _ = build_train_valid_test_datasets(DatasetConfig(**base), (301, 0, 0))
     else:
-        other, _, _ = build_train_valid_test_datasets(GPTDatasetConfig(**{**base, **change}), (300, 0, 0))
+        other, _, _ = build_train_valid_test_datasets(DatasetConfig(**{**base, **change}), (300, 0, 0))
     assert other.cache.key != train.cache.key
     assert other.cache.path("sample_index").is_file() and train.cache.path("sample_index").is_file()
 
@@ -210,7 +210,7 @@ def test_cache_key_follows_the_document_lengths_not_the_path(tmp_path):
     keys = []
     for prefix in (a, b, c):
         train, _, _ = build_train_valid_test_datasets(
-            GPTDatasetConfig(data_path=[prefix], seq_length=16, split="1", cache_dir=str(tmp_path / "cache")),
+            DatasetConfig(data_path=[prefix], seq_length=16, split="1", data_cache_path=str(tmp_path / "cache")),
             (100, 0, 0),
         )
         keys.append(train.cache.key)
@@ -218,7 +218,7 @@ def test_cache_key_follows_the_document_lengths_not_the_path(tmp_path):
 
 
 def test_damaged_cache_file_is_rebuilt(corpus, tmp_path):
-    config = GPTDatasetConfig(data_path=[corpus], seq_length=64, split="1", cache_dir=str(tmp_path))
+    config = DatasetConfig(data_path=[corpus], seq_length=64, split="1", data_cache_path=str(tmp_path))
     train, _, _ = build_train_valid_test_datasets(config, (400, 0, 0))
     expected = np.array(train.sample_index)
     path = train.cache.path("sample_index")
@@ -233,8 +233,8 @@ _BUILDER_SCRIPT = textwrap.dedent(
     """
     import json, sys, time
     from megatron_zh.data.datasets import gpt_dataset
-    from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
-    from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
+    from megatron_zh.data.datasets.builder import build_train_valid_test_datasets
+    from megatron_zh.data.datasets.config import DatasetConfig
 
     corpus, cache, report, go = sys.argv[1:5]
     real_build = gpt_dataset.build_gpt_indices
@@ -246,7 +246,7 @@ _BUILDER_SCRIPT = textwrap.dedent(
     gpt_dataset.build_gpt_indices = slow_build
     while time.time() < float(go):
         time.sleep(0.005)
-    config = GPTDatasetConfig(data_path=[corpus], seq_length=64, split="1", cache_dir=cache)
+    config = DatasetConfig(data_path=[corpus], seq_length=64, split="1", data_cache_path=cache)
     train, _, _ = build_train_valid_test_datasets(config, (2000, 0, 0))
     json.dump({"builds": len(builds), "tokens": [train[i]["tokens"].tolist() for i in range(0, len(train), 97)]},
               open(report, "w"))
@@ -269,7 +269,7 @@ def test_two_processes_sharing_a_cache_dir_build_once(corpus, tmp_path, repo_roo
     assert sorted(r["builds"] for r in reports) == [0, 1]  # one built, the other waited and loaded
     assert reports[0]["tokens"] == reports[1]["tokens"]
     assert not list(cache.glob("*.tmp"))  # no temporary leftovers
-    config = GPTDatasetConfig(data_path=[corpus], seq_length=64, split="1", cache_dir=str(tmp_path / "alone"))
+    config = DatasetConfig(data_path=[corpus], seq_length=64, split="1", data_cache_path=str(tmp_path / "alone"))
     alone, _, _ = build_train_valid_test_datasets(config, (2000, 0, 0))
     for name in ("document_index", "sample_index", "shuffle_index", "description"):
         suffix = ".json" if name == "description" else ".npy"
@@ -283,11 +283,11 @@ def test_two_processes_sharing_a_cache_dir_build_once(corpus, tmp_path, repo_roo
 
 
 def test_missing_files_name_the_path_and_the_fix(tmp_path):
-    config = GPTDatasetConfig(data_path=[str(tmp_path / "nothing")], seq_length=16)
+    config = DatasetConfig(data_path=[str(tmp_path / "nothing")], seq_length=16)
     with pytest.raises(DataFormatError, match=r"nothing\.idx not found.*tools/preprocess_data\.py"):
         build_train_valid_test_datasets(config, (10, 1, 1))
     write_corpus(tmp_path / "corpus_text_document", random_documents(np.random.default_rng(4), 20))
-    config = GPTDatasetConfig(data_path=[str(tmp_path / "corpus")], seq_length=16)
+    config = DatasetConfig(data_path=[str(tmp_path / "corpus")], seq_length=16)
     with pytest.raises(DataFormatError, match="did you mean .*corpus_text_document"):
         build_train_valid_test_datasets(config, (10, 1, 1))
 
@@ -295,11 +295,10 @@ def test_missing_files_name_the_path_and_the_fix(tmp_path):
 def test_vocab_fingerprint_mismatch_names_file_and_both_fingerprints(tmp_path):
     prefix = write_corpus(tmp_path / "c", random_documents(np.random.default_rng(5), 200))
     write_metadata(prefix, {"vocab_fingerprint": "sha256:aaaa", "vocab_size": 21128})
-    config = GPTDatasetConfig(data_path=[prefix], seq_length=16, split="1", vocab_fingerprint="sha256:bbbb")
+    config = DatasetConfig(data_path=[prefix], seq_length=16, split="1")
     with pytest.raises(DataFormatError, match=r"c\.meta\.json.*sha256:aaaa.*sha256:bbbb"):
-        build_train_valid_test_datasets(config, (10, 0, 0))
-    ok = GPTDatasetConfig(data_path=[prefix], seq_length=16, split="1", vocab_fingerprint="sha256:aaaa")
-    assert len(build_train_valid_test_datasets(ok, (10, 0, 0))[0]) >= 10
+        build_train_valid_test_datasets(config, (10, 0, 0), VocabIds("sha256:bbbb"))
+    assert len(build_train_valid_test_datasets(config, (10, 0, 0), VocabIds("sha256:aaaa"))[0]) >= 10
 
 
 @pytest.mark.parametrize(
@@ -313,13 +312,13 @@ def test_vocab_fingerprint_mismatch_names_file_and_both_fingerprints(tmp_path):
 )
 def test_config_is_validated(kwargs, message):
     with pytest.raises(ConfigError, match=message):
-        GPTDatasetConfig(**kwargs)
+        DatasetConfig(**kwargs)
 
 
 def test_unwritable_cache_dir_says_what_to_do(corpus, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    config = GPTDatasetConfig(data_path=[corpus], seq_length=16, split="1", cache_dir=str(blocker / "cache"))
+    config = DatasetConfig(data_path=[corpus], seq_length=16, split="1", data_cache_path=str(blocker / "cache"))
     with pytest.raises(ConfigError, match="cache_dir"):
         build_train_valid_test_datasets(config, (10, 0, 0))
 
@@ -329,8 +328,8 @@ _RANK_SCRIPT = textwrap.dedent(
     import json, sys
     import torch.distributed as dist
     from megatron_zh.data.datasets import gpt_dataset
-    from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
-    from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
+    from megatron_zh.data.datasets.builder import build_train_valid_test_datasets
+    from megatron_zh.data.datasets.config import DatasetConfig
 
     corpus, cache, store, rank = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
@@ -343,13 +342,13 @@ _RANK_SCRIPT = textwrap.dedent(
         return real_build(*args, **kwargs)
     gpt_dataset.build_gpt_indices = counted_build
 
-    config = GPTDatasetConfig(data_path=[corpus], seq_length=64, cache_dir=cache)
+    config = DatasetConfig(data_path=[corpus], seq_length=64, data_cache_path=cache)
     splits = build_train_valid_test_datasets(config, (800, 40, 8))
     result = {"builds": len(builds), "first": [int(d[0]["tokens"][0]) for d in splits]}
 
     fail_on_rank0[0] = True  # a second, uncached build that fails on rank 0
     try:
-        config = GPTDatasetConfig(data_path=[corpus], seq_length=65, cache_dir=cache)
+        config = DatasetConfig(data_path=[corpus], seq_length=65, data_cache_path=cache)
         build_train_valid_test_datasets(config, (800, 40, 8))
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"

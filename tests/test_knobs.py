@@ -17,7 +17,7 @@ import pytest
 from training_runs import CPU_CONFIG
 
 from megatron_zh.errors import ConfigError
-from megatron_zh.knobs import KNOB_KEY, add_flags, given_values, knob, knob_fields
+from megatron_zh.knobs import NESTED_KEY, add_flags, from_flat, given_values, knob, leaves, nested, to_flat, value_of
 from megatron_zh.training.config.arguments import build_parser, build_run_config
 from megatron_zh.training.config.deepspeed_config import DeepSpeedOverrides
 from megatron_zh.training.config.train_config import TrainConfig
@@ -44,7 +44,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def owner_of(dest: str) -> type:
-    owners = [cls for cls in KNOB_CLASSES if dest in {field.name for field, _ in knob_fields(cls)}]
+    owners = [cls for cls in KNOB_CLASSES if dest in {leaf.key for leaf in leaves(cls) if leaf.spec.flag}]
     assert len(owners) == 1, f"flag dest {dest!r} is a knob of {owners} (must be exactly one)"
     return owners[0]
 
@@ -87,7 +87,7 @@ def test_every_flag_changes_the_field_it_names(tmp_path: Path) -> None:
         config_file = bf16_file if getattr(action, "const", None) == "fp32" else fp32_file
         base = build_run_config(build_parser().parse_args(["--ds_config", str(config_file)]), world_size=2)
         owner = owner_of(action.dest)
-        base_value = getattr(base.train, action.dest) if owner is TrainConfig else None
+        base_value = value_of(base.train, action.dest) if owner is TrainConfig else None
         landed = False
         for argv, expected in candidate_argvs(action, base_value):
             args = build_parser().parse_args(["--ds_config", str(config_file), *argv])
@@ -96,7 +96,7 @@ def test_every_flag_changes_the_field_it_names(tmp_path: Path) -> None:
             except ConfigError:
                 continue  # e.g. a micro-batch that does not divide the global batch: try the next value
             if owner is TrainConfig:
-                assert getattr(run.train, action.dest) == expected, argv
+                assert value_of(run.train, action.dest) == expected, argv
             else:
                 assert getattr(DeepSpeedOverrides(**given_values(args, owner)), action.dest) == expected, argv
             assert run.to_dict() != base.to_dict(), f"{argv} changed nothing in the resolved run"
@@ -108,11 +108,12 @@ def test_every_flag_changes_the_field_it_names(tmp_path: Path) -> None:
 def test_every_knob_has_a_flag_with_help() -> None:
     dests = {action.dest for action in knob_actions()}
     for cls in KNOB_CLASSES:
+        knobs = {leaf.field.name for leaf in leaves(cls) if leaf.owner is cls}
         for field in dataclasses.fields(cls):
-            spec = field.metadata.get(KNOB_KEY)
-            assert spec is not None, f"{cls.__name__}.{field.name} is not declared with knob()"
-            assert spec.help, f"{cls.__name__}.{field.name} has no help text"
-            assert spec.flag == (field.name in dests), f"{cls.__name__}.{field.name}"
+            assert field.name in knobs or NESTED_KEY in field.metadata, f"{cls.__name__}.{field.name} is no knob()"
+        for leaf in leaves(cls):
+            assert leaf.spec.help, f"{leaf.owner.__name__}.{leaf.field.name} has no help text"
+            assert leaf.spec.flag == (leaf.key in dests), f"{leaf.owner.__name__}.{leaf.field.name}"
 
 
 @pytest.mark.parametrize("flag", ["--save-interval", "--eval-interval", "--keep-last", "--exit-interval"])
@@ -126,7 +127,7 @@ def test_flags_are_checked_by_their_knob(config_file: Path) -> None:
     with pytest.raises(ConfigError, match=r"--lr must be a positive number or null, got -1.0"):
         build_run_config(args, 2)
     args = build_parser().parse_args(["--ds_config", str(config_file), "--seq-length", "0"])
-    with pytest.raises(ConfigError, match=r"seq_length must be a positive integer, got 0"):
+    with pytest.raises(ConfigError, match=r"seq_length must be an integer >= 2, got 0"):
         build_run_config(args, 2)
 
 
@@ -152,3 +153,39 @@ def test_a_new_dataclass_gets_flags_from_its_declaration() -> None:
         parser.parse_args(["--mode", "c"])
     with pytest.raises(ConfigError, match="invalid example: steps must be a positive integer or null, got -2"):
         Example(**given_values(parser.parse_args(["--steps", "-2"]), Example))
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    """A config nested in Outer (module level: its annotations must resolve)."""
+
+    length: int = knob(8, help="how long", check=POSITIVE_INT)
+    label: str = knob("a", help="what it is called", key="name")
+
+    def __post_init__(self) -> None:
+        validate_fields(self, "inner")
+
+
+@dataclasses.dataclass(frozen=True)
+class Outer:
+    steps: int = knob(help="how many", check=POSITIVE_INT)
+    inner: Inner = nested(Inner)
+
+
+def test_a_nested_config_keeps_flat_keys_and_flags() -> None:
+    """Nested once: the inner knobs are flags and file keys of their own, built into the inner object,
+    and written back flat; a key the outer class renames (`key=`) is spelled that way everywhere."""
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser, Outer)
+    args = parser.parse_args(["--length", "3", "--name", "b", "--steps", "2"])
+    built = from_flat(Outer, given_values(args, Outer), "test")
+    assert built == Outer(inner=Inner(length=3, label="b"), steps=2)
+    assert to_flat(built) == {"steps": 2, "length": 3, "name": "b"}
+    assert value_of(built, "name") == "b" and from_flat(Outer, {"steps": 1}, "test").inner == Inner()
+    with pytest.raises(ConfigError, match=r"test: unknown key 'lenght'; did you mean 'length'\?"):
+        from_flat(Outer, {"lenght": 3, "steps": 1}, "test")
+    with pytest.raises(ConfigError, match=r"test: missing steps \(set it there or pass --steps\)"):
+        from_flat(Outer, {"length": 3}, "test")
+    with pytest.raises(ConfigError, match="invalid inner: length must be a positive integer, got 0"):
+        from_flat(Outer, {"length": 0, "steps": 1}, "test")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from gpt_corpus import random_documents, write_corpus
 
-from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
-from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
+from megatron_zh.data.datasets.builder import build_train_valid_test_datasets
+from megatron_zh.data.datasets.config import DatasetConfig
 from megatron_zh.data.datasets.samplers import PretrainingSampler, build_pretraining_data_loader
 from megatron_zh.errors import ConfigError
 
@@ -78,7 +78,7 @@ def test_bad_arguments(args, message):
 def train_dataset(tmp_path_factory):
     directory = tmp_path_factory.mktemp("sampler")
     prefix = write_corpus(directory / "corpus", random_documents(np.random.default_rng(20), 400))
-    config = GPTDatasetConfig(data_path=[prefix], seq_length=32, split="1", cache_dir=str(directory / "cache"))
+    config = DatasetConfig(data_path=[prefix], seq_length=32, split="1", data_cache_path=str(directory / "cache"))
     return build_train_valid_test_datasets(config, (600, 0, 0))[0]
 
 

@@ -101,7 +101,7 @@ def test_flags_override_the_file(config):
         "warmup_max_lr": 3e-4,
         "total_num_steps": 50,
     }
-    assert run.train.seq_length == 64 and run.train.save_interval is None and run.train.seed == 7
+    assert run.train.data.seq_length == 64 and run.train.save_interval is None and run.train.data.seed == 7
     assert run.tokens_per_step == 32 * 64
 
 
@@ -116,8 +116,8 @@ def test_global_batch_is_derived_when_the_file_gives_accumulation(tmp_path, zh_t
 def test_published_stage_configs_resolve_on_8_gpus():
     stage1 = resolve(REPO_ROOT / "ds_configs" / "stage1.json", world_size=8)
     stage2 = resolve(REPO_ROOT / "ds_configs" / "stage2.json", world_size=8)
-    assert (stage1.micro_batch_size, stage1.global_batch_size, stage1.train.seq_length) == (64, 512, 128)
-    assert (stage2.micro_batch_size, stage2.global_batch_size, stage2.train.seq_length) == (16, 128, 1024)
+    assert (stage1.micro_batch_size, stage1.global_batch_size, stage1.train.data.seq_length) == (64, 512, 128)
+    assert (stage2.micro_batch_size, stage2.global_batch_size, stage2.train.data.seq_length) == (16, 128, 1024)
     assert stage1.precision == stage2.precision == "bf16"
     for run, lr, iters in ((stage1, 1e-4, 1_000_000), (stage2, 5e-5, 250_000)):
         params = run.deepspeed["scheduler"]["params"]

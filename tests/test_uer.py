@@ -354,14 +354,14 @@ def test_uer_recipe_configs_resolve_on_8_gpus():
     ):
         ds = run_config.deepspeed
         assert run_config.model == GPT2Config.from_preset("gpt2-distil")
-        assert (run_config.train.seq_length, run_config.train.train_iters) == (seq, iters)
+        assert (run_config.train.data.seq_length, run_config.train.train_iters) == (seq, iters)
         assert (run_config.micro_batch_size, run_config.gradient_accumulation_steps, run_config.global_batch_size) == (
             micro,
             1,
             batch,
         )
         assert run_config.precision == "fp32"
-        assert run_config.train.sample_mode == "document"  # UER-py's per-document chunks, padded tail
+        assert run_config.train.data.sample_mode == "document"  # UER-py's per-document chunks, padded tail
         # UER-py's AdamW: correct_bias=False is DeepSpeed's FusedAdam / CPUAdam bias_correction=false
         # (no torch_adam: torch.optim.AdamW always corrects the bias).
         assert ds["optimizer"] == {

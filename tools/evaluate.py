@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from megatron_zh.cli import run_cli
 from megatron_zh.inference.evaluation import EvaluationConfig, evaluate_input, locate_input
 from megatron_zh.inference.runtime import add_model_arguments, load_from_args
+from megatron_zh.knobs import add_flags, from_flat, given_values
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,37 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="FILE_OR_PREFIX",
         help="dataset prefix (PREFIX.bin/.idx) or text file, one document per line",
     )
-    group.add_argument("--seq-length", type=int, required=True, help="window length, as in training (e.g. 128 or 1024)")
-    group.add_argument(
-        "--batch-size",
-        type=int,
-        default=8,
-        help="windows per forward pass (default: 8; logits take batch x seq x 21128 x 4 bytes)",
-    )
-    group.add_argument(
-        "--max-tokens", type=int, help="evaluate only the first N tokens of the input (framing included)"
-    )
-    group.add_argument(
-        "--eod-mask-loss",
-        action="store_true",
-        help="do not score predictions made from [SEP] (as training with --eod-mask-loss)",
-    )
-    group.add_argument("--json-key", default="text", help="the text key of a JSON-lines input (default: text)")
-    group.add_argument(
-        "--strict", action="store_true", help="stop at the first bad line of a text input (default: report and skip it)"
-    )
-    group.add_argument("--no-progress", dest="progress", action="store_false", help="no progress on stderr")
+    add_flags(parser, EvaluationConfig, groups={"data": group})
     args = parser.parse_args(argv)
 
-    config = EvaluationConfig(
-        seq_length=args.seq_length,
-        batch_size=args.batch_size,
-        max_tokens=args.max_tokens,
-        eod_mask_loss=args.eod_mask_loss,
-        json_key=args.json_key,
-        strict=args.strict,
-        progress=args.progress,
-    )
+    config = from_flat(EvaluationConfig, given_values(args, EvaluationConfig), "the data flags")
     locate_input(args.input)  # a mistyped path fails before the model loads
     loaded, device = load_from_args(args)
     result = evaluate_input(loaded.model, loaded.tokenizer, args.input, config, device)

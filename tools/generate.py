@@ -20,13 +20,13 @@ from collections.abc import Sequence
 
 from megatron_zh.cli import run_cli
 from megatron_zh.errors import ConfigError, DataFormatError
-from megatron_zh.inference import GenerationConfig, SamplingConfig, generate
+from megatron_zh.inference.generation import GenerationConfig, generate
 from megatron_zh.inference.runtime import add_model_arguments, load_from_args
+from megatron_zh.inference.sampling import SAMPLING_KNOBS
+from megatron_zh.knobs import add_flags, flag_name, from_flat, given_values
 from megatron_zh.log import get_logger
 
 logger = get_logger("tools.generate")
-
-DEFAULTS = SamplingConfig()
 
 
 def read_prompts(path: str) -> list[str]:
@@ -44,16 +44,16 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
-    names = ("temperature", "top_k", "top_p")
-    chosen = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if args.greedy and chosen:
-        flags = ", ".join("--" + name.replace("_", "-") for name in chosen)
+def generation_from_args(args: argparse.Namespace) -> GenerationConfig:
+    given = given_values(args, GenerationConfig)
+    ignored = [name for name in SAMPLING_KNOBS if name in given]
+    if given.get("greedy") and ignored:
+        flags = ", ".join(flag_name(name) for name in ignored)
         raise ConfigError(
             f"--greedy always takes the most likely token, so {flags} (sampling options) would be "
             "ignored; drop them, or drop --greedy to sample"
         )
-    return SamplingConfig(greedy=args.greedy, seed=args.seed, **chosen)
+    return from_flat(GenerationConfig, given, "the decoding flags")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,27 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompts = group.add_mutually_exclusive_group(required=True)
     prompts.add_argument("--prompt", nargs="+", metavar="TEXT", help='one or more prompts ("" starts from nothing)')
     prompts.add_argument("--prompt-file", metavar="FILE", help="UTF-8 text file, one prompt per line")
-    group = parser.add_argument_group("decoding")
-    group.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (default: 64)")
-    group.add_argument("--greedy", action="store_true", help="always take the most likely token (no sampling)")
-    group.add_argument("--temperature", type=float, help=f"sampling temperature (default: {DEFAULTS.temperature})")
-    group.add_argument(
-        "--top-k", type=int, help=f"sample from the k most likely tokens, 0 = all (default: {DEFAULTS.top_k})"
-    )
-    group.add_argument(
-        "--top-p",
-        type=float,
-        help=f"nucleus sampling: the most likely tokens up to this probability, 1 = all (default: {DEFAULTS.top_p})",
-    )
-    group.add_argument(
-        "--seed", type=int, default=DEFAULTS.seed, help=f"random seed of the sampling (default: {DEFAULTS.seed})"
-    )
-    group.add_argument(
-        "--no-stop-at-eod",
-        dest="stop_at_eod",
-        action="store_false",
-        help="keep going past [SEP] (the end of a document) into a new one (printed as a line break)",
-    )
+    add_flags(parser, GenerationConfig)
     group = parser.add_argument_group("output")
     group.add_argument(
         "--no-stream",
@@ -103,9 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    config = GenerationConfig(
-        max_new_tokens=args.max_new_tokens, sampling=sampling_from_args(args), stop_at_eod=args.stop_at_eod
-    )
+    config = generation_from_args(args)
     texts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
     loaded, _ = load_from_args(args)
     stream = args.stream and not args.json

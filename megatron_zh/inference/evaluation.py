@@ -31,32 +31,56 @@ from typing import Any
 import numpy as np
 import torch
 
-from megatron_zh.data.datasets.gpt_dataset import open_indexed_dataset
+from megatron_zh.data.datasets.builder import open_indexed_dataset
 from megatron_zh.data.indexed.dataset import IndexedDataset, data_file_path, dataset_exists, read_metadata
 from megatron_zh.data.preprocess.config import PreprocessConfig
 from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import ConfigError, DataFormatError
+from megatron_zh.knobs import knob
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Model
 from megatron_zh.progress import Progress
 from megatron_zh.tokenizer import BertChineseTokenizer
 from megatron_zh.training.validation_loss import validation_loss
-from megatron_zh.validators import POSITIVE_INT, checked, int_at_least, optional, validate_fields
+from megatron_zh.validators import POSITIVE_INT, POSITIVE_NUMBER, int_at_least, optional, validate_fields
 
 logger = get_logger(__name__)
 
 
+DATA = "data"  # the flags' help group
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
-    seq_length: int = checked(POSITIVE_INT)
-    batch_size: int = checked(POSITIVE_INT, 8)
-    # Read only the first max_tokens tokens of the stream; two tokens make one prediction.
-    max_tokens: int | None = checked(optional(int_at_least(2)), None)
-    eod_mask_loss: bool = False  # as in training: no loss where the input token is [SEP]
-    json_key: str = "text"  # the key of a JSON-lines input
-    strict: bool = False  # a bad line of a text input is an error (default: reported and skipped)
-    progress: bool = True
-    log_interval_s: float = 10.0  # seconds between progress lines when stderr is not a terminal
+    """How a corpus is cut and scored (tools/evaluate.py's data flags)."""
+
+    seq_length: int = knob(
+        help="window length, as in training (e.g. 128 or 1024)", check=POSITIVE_INT, group=DATA, required=True
+    )
+    batch_size: int = knob(
+        8,
+        help="windows per forward pass (logits take batch x seq x 21128 x 4 bytes)",
+        check=POSITIVE_INT,
+        group=DATA,
+    )
+    # Two tokens make one prediction.
+    max_tokens: int | None = knob(
+        None,
+        help="evaluate only the first N tokens of the input (framing included)",
+        check=optional(int_at_least(2)),
+        group=DATA,
+    )
+    eod_mask_loss: bool = knob(
+        False, help="do not score predictions made from [SEP] (as training with --eod-mask-loss)", group=DATA
+    )
+    json_key: str = knob("text", help="the text key of a JSON-lines input", group=DATA)
+    strict: bool = knob(
+        False, help="stop at the first bad line of a text input (default: report and skip it)", group=DATA
+    )
+    progress: bool = knob(True, help="progress on stderr", group=DATA)
+    log_interval_s: float = knob(
+        10.0, help="seconds between progress lines when stderr is not a terminal", check=POSITIVE_NUMBER, flag=False
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self, "evaluation config")

@@ -14,15 +14,15 @@ model's positions, the context slides: the next token is predicted from the last
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.inference.decoder import CachedDecoder
-from megatron_zh.inference.sampling import SamplingConfig, choose_tokens, row_generators
+from megatron_zh.inference.sampling import DECODING, SamplingConfig, choose_tokens, row_generators
 from megatron_zh.inference.streaming import TextStream
-from megatron_zh.knobs import knob
+from megatron_zh.knobs import knob, nested
 from megatron_zh.model import GPT2Model
 from megatron_zh.tokenizer import BertChineseTokenizer
 from megatron_zh.validators import POSITIVE_INT, validate_fields
@@ -30,9 +30,16 @@ from megatron_zh.validators import POSITIVE_INT, validate_fields
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    max_new_tokens: int = knob(64, help="tokens to generate per prompt", check=POSITIVE_INT)
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    stop_at_eod: bool = knob(True, help="end a prompt's generation at [SEP] (not included in its output)")
+    """How much to generate and how each token is chosen (tools/generate.py's decoding flags)."""
+
+    max_new_tokens: int = knob(64, help="tokens to generate per prompt", check=POSITIVE_INT, group=DECODING)
+    sampling: SamplingConfig = nested(SamplingConfig)
+    stop_at_eod: bool = knob(
+        True,
+        help="end a prompt's generation at [SEP], the end of a document (--no-stop-at-eod: run on into a new one, "
+        "printed as a line break)",
+        group=DECODING,
+    )
 
     def __post_init__(self) -> None:
         validate_fields(self, "generation config")

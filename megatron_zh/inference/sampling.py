@@ -19,19 +19,25 @@ import torch
 from megatron_zh.knobs import knob
 from megatron_zh.validators import NON_NEGATIVE_INT, POSITIVE_NUMBER, PROBABILITY, int_below, validate_fields
 
+DECODING = "decoding"  # the flags' help group
+SAMPLING_KNOBS = ("temperature", "top_k", "top_p")  # what greedy decoding ignores
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
     """greedy: always the most likely token (temperature, top_k, top_p are then ignored).
     top_k 0 and top_p 1.0 switch those filters off; the defaults are Hugging Face's."""
 
-    greedy: bool = knob(False, help="always take the most likely token (no sampling)")
-    temperature: float = knob(1.0, help="divides the logits before sampling", check=POSITIVE_NUMBER)
-    top_k: int = knob(50, help="sample from the k most likely tokens (0 = off)", check=NON_NEGATIVE_INT)
+    greedy: bool = knob(False, help="always take the most likely token (no sampling)", group=DECODING)
+    temperature: float = knob(1.0, help="divides the logits before sampling", check=POSITIVE_NUMBER, group=DECODING)
+    top_k: int = knob(50, help="sample from the k most likely tokens (0 = all)", check=NON_NEGATIVE_INT, group=DECODING)
     top_p: float = knob(
-        1.0, help="sample from the most likely tokens of this total probability (1 = off)", check=PROBABILITY
+        1.0,
+        help="nucleus sampling: the most likely tokens up to this probability (1 = all)",
+        check=PROBABILITY,
+        group=DECODING,
     )
-    seed: int = knob(1234, help="seeds each prompt's random stream", check=int_below(2**63, "2**63"))
+    seed: int = knob(1234, help="seeds each prompt's random stream", check=int_below(2**63, "2**63"), group=DECODING)
 
     def __post_init__(self) -> None:
         validate_fields(self, "sampling config")

@@ -7,15 +7,19 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from megatron_zh.errors import ConfigError
+from megatron_zh.knobs import knob
 from megatron_zh.validators import (
     BOOLEAN,
     FRACTION,
     POSITIVE_INT,
     POSITIVE_NUMBER,
+    Check,
     checked,
     field_problems,
     one_of,
+    optional,
     raise_problems,
+    validate_fields,
 )
 
 AttentionImpl = Literal["flash", "softmax", "torch"]
@@ -92,6 +96,47 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_layers=2, hidden_size=128, num_attention_heads=4, ffn_hidden_size=512, max_position_embeddings=256
     ),
 }
+
+
+MODEL = "model (pretrain block)"  # the flags' help group
+GPT2_FIELDS = Check(lambda v: isinstance(v, dict), "an object of GPT2Config fields")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model a run trains: a preset and the fields it changes (the pretrain block's model knobs).
+
+    Megatron's dropout flags, when set, win over both the preset and model_overrides, so
+    `--hidden-dropout 0 --attention-dropout 0` makes any preset deterministic."""
+
+    preset: str = knob("gpt2-distil", help="GPT2Config preset: gpt2-distil, gpt2-tiny, ...", group=MODEL, key="model")
+    model_overrides: dict[str, Any] = knob(
+        help="GPT2Config fields to change", check=GPT2_FIELDS, default_factory=dict, flag=False
+    )
+    hidden_dropout: float | None = knob(
+        None,
+        help="dropout on embeddings and residual branches (default: the preset's, 0.1 for gpt2-distil; 0: off)",
+        check=optional(FRACTION),
+        group=MODEL,
+    )
+    attention_dropout: float | None = knob(
+        None,
+        help="dropout on attention probabilities (default: the preset's, 0.1 for gpt2-distil; 0: off)",
+        check=optional(FRACTION),
+        group=MODEL,
+    )
+
+    def __post_init__(self) -> None:
+        validate_fields(self, "model choice")
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """GPT2Config fields to change from the preset: model_overrides, then the dropout knobs that are set."""
+        dropouts = {"hidden_dropout": self.hidden_dropout, "attention_dropout": self.attention_dropout}
+        return {**self.model_overrides, **{k: v for k, v in dropouts.items() if v is not None}}
+
+    def build(self) -> GPT2Config:
+        return GPT2Config.from_preset(self.preset, **self.overrides)
 
 
 def model_flops_per_token(config: GPT2Config, seq_length: int) -> float:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_zh.data.datasets.blended_dataset import build_train_valid_test_datasets
-from megatron_zh.data.datasets.gpt_dataset import GPTDatasetConfig
+from megatron_zh.data.datasets.builder import build_train_valid_test_datasets
+from megatron_zh.data.datasets.config import VocabIds
 from megatron_zh.data.datasets.samplers import build_pretraining_data_loader
 from megatron_zh.errors import MegatronZhError
 from megatron_zh.training.config.run_config import RunConfig
@@ -17,23 +17,13 @@ def build_datasets(run: RunConfig, vocab_fingerprint: str, pad_token: int | None
 
     pad_token (the vocab's [PAD]) pads document-mode chunks; None: the datasets' metadata says."""
     t = run.train
-    config = GPTDatasetConfig(
-        data_path=list(t.data_path),
-        seq_length=t.seq_length,
-        split=t.split,
-        seed=t.seed,
-        cache_dir=t.data_cache_path,
-        eod_mask_loss=t.eod_mask_loss,
-        vocab_fingerprint=vocab_fingerprint,
-        sample_mode=t.sample_mode,
-        pad_token=pad_token,
-    )
     # Every evaluation reads the same first eval_iters global batches of the validation split, so the
     # validation curve compares like with like.
     num_samples = (t.train_iters * run.global_batch_size, t.eval_iters * run.global_batch_size, 0)
-    train, valid, _ = build_train_valid_test_datasets(config, num_samples)
+    vocab = VocabIds(fingerprint=vocab_fingerprint, pad=pad_token)
+    train, valid, _ = build_train_valid_test_datasets(t.data, num_samples, vocab)
     if train is None:
-        raise MegatronZhError(f"split {t.split!r} leaves no training documents; give the first split a weight")
+        raise MegatronZhError(f"split {t.data.split!r} leaves no training documents; give the first split a weight")
     return train, valid
 
 

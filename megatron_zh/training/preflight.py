@@ -50,7 +50,7 @@ def check_vocab(run: RunConfig) -> tuple[str, int, int]:
     tokenizer = BertChineseTokenizer(path)
     if run.model.vocab_size < tokenizer.vocab_size:
         raise ConfigError(
-            f"{path} has {tokenizer.vocab_size} tokens but model {run.train.model!r} has only "
+            f"{path} has {tokenizer.vocab_size} tokens but model {run.train.model.preset!r} has only "
             f"{run.model.vocab_size} embeddings; set model_overrides.vocab_size to {tokenizer.vocab_size}"
         )
     if run.model.vocab_size > tokenizer.vocab_size:
@@ -65,9 +65,9 @@ def check_vocab(run: RunConfig) -> tuple[str, int, int]:
 def check_data(run: RunConfig, vocab_fingerprint: str) -> None:
     """Every dataset prefix has its .bin/.idx and was tokenized with this vocab (its metadata sidecar)."""
     from megatron_zh.data.datasets.blended_dataset import parse_data_path
-    from megatron_zh.data.datasets.gpt_dataset import open_indexed_dataset
+    from megatron_zh.data.datasets.builder import open_indexed_dataset
 
-    prefixes, _ = parse_data_path(list(run.train.data_path))
+    prefixes, _ = parse_data_path(list(run.train.data.data_path))
     for prefix in prefixes:
         open_indexed_dataset(prefix, vocab_fingerprint)
 

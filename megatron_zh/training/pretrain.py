@@ -66,10 +66,10 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
         backend,
         f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU, {threads} thread(s)",
     )
-    seed_everything(run.train.seed)
+    seed_everything(run.train.data.seed)
     start = prepare_resume(preflight.start, run, env)  # a universal copy when the data-parallel size changed
     train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint, preflight.pad_id)
-    model = init_model(run.model, run.train.seed)
+    model = init_model(run.model, run.train.data.seed)
     engine = initialize_engine(run, model)
     state, rng_state = load_checkpoint(engine, start, env)
     if preflight.start.mode != "resume":
@@ -81,10 +81,10 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
         return Outcome(state, "completed")
     train_loader, valid_loader = build_loaders(run, env, train_dataset, valid_dataset, state.consumed_samples)
     peak, peak_source = device_peak_tflops(run.precision, threads, run.train.peak_tflops)
-    flops = FlopsCounter(model_flops_per_token(run.model, run.train.seq_length), env.world_size, peak)
+    flops = FlopsCounter(model_flops_per_token(run.model, run.train.data.seq_length), env.world_size, peak)
     metrics = MetricsLogger(env.is_main, run.train.save, run.train.tensorboard_path, state.iteration)
     metrics.message(
-        f"model: {run.train.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"model: {run.train.model.preset}, {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
         f"{flops.flops_per_token / 1e9:.3f} GFLOP/token (fwd+bwd); peak "
         f"{'n/a' if peak is None else f'{peak:.2f} TFLOP/s'} per device ({peak_source})"
     )

@@ -2,7 +2,9 @@
 
 0  helpers, splits, index_cache, samplers   the C++ index helpers; train/valid/test document ranges;
                                             build-once index arrays; the resumable data-parallel sampler
-1  document_dataset                         DocumentDataset: each document's own padded chunks (UER-py)
-2  gpt_dataset                              GPTDataset: Megatron's packed windows; one corpus's splits
-3  blended_dataset                          BlendedDataset, build_train_valid_test_datasets
+1  config                                   DatasetConfig (what to read, how to cut it), VocabIds
+2  gpt_dataset, document_dataset            GPTDataset: Megatron's packed windows; DocumentDataset:
+                                            each document's own padded chunks (UER-py)
+3  blended_dataset                          BlendedDataset: several corpora in a fixed ratio
+4  builder                                  build_train_valid_test_datasets: one corpus or a blend
 """

@@ -1,4 +1,4 @@
-"""Weighted blends of several corpora, and the one entry point that builds train/valid/test.
+"""Weighted blends of several corpora: samples drawn from each in a fixed ratio, as Megatron's BlendedDataset.
 
 `data_path = ["0.7", "a_text_document", "0.3", "b_text_document"]` draws 70% of every split's
 samples from `a` and 30% from `b`, interleaved so that every prefix of the blend keeps the ratio
@@ -17,20 +17,13 @@ import numpy as np
 import torch
 
 from megatron_zh.data.datasets import helpers
-from megatron_zh.data.datasets.gpt_dataset import (
-    SPLIT_NAMES,
-    GPTDatasetConfig,
-    SplitDataset,
-    build_gpt_split_datasets,
-    open_indexed_dataset,
-)
+from megatron_zh.data.datasets.document_dataset import DocumentDataset
+from megatron_zh.data.datasets.gpt_dataset import GPTDataset
 from megatron_zh.data.datasets.index_cache import (
     INDEX_FORMAT_VERSION,
     IndexCache,
     MappedIndices,
-    default_index_cache_dir,
     load_or_build,
-    rank0_first,
 )
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
@@ -38,8 +31,7 @@ from megatron_zh.validators import POSITIVE_INT, POSITIVE_NUMBER, Check
 
 logger = get_logger(__name__)
 
-# Megatron's mid_level_dataset_surplus: each corpus builds this much more than its share.
-MID_LEVEL_SURPLUS = 0.005
+SplitDataset = GPTDataset | DocumentDataset  # what one corpus's split is, by config.sample_mode
 
 
 def _are_sample_counts(value: Sequence[object]) -> bool:
@@ -162,57 +154,3 @@ class BlendedDataset(MappedIndices, torch.utils.data.Dataset):
         sample: dict[str, torch.Tensor | int] = {**self.datasets[dataset_id][int(self.dataset_sample_index[idx])]}
         sample["dataset_id"] = dataset_id
         return sample
-
-
-def _token_count(prefix: str) -> float:
-    corpus = open_indexed_dataset(prefix)  # held while its memory-mapped lengths are summed
-    return float(np.sum(corpus.sequence_lengths, dtype=np.int64))
-
-
-def _build_blend(
-    prefixes: list[str], weights: list[float] | None, config: GPTDatasetConfig, num_samples: tuple[int, int, int]
-) -> list[BlendedDataset | None]:
-    if weights is None:
-        weights = [_token_count(prefix) for prefix in prefixes]
-        logger.info("blending %s in proportion to their token counts %s", prefixes, weights)
-    weights = normalize(weights)
-    # Per corpus and split: the share the blend will draw (target) and the count to build (buffer).
-    targets = [samples_per_dataset(weights, wanted) for wanted in num_samples]
-    buffers = [samples_per_dataset(weights, wanted, MID_LEVEL_SURPLUS) for wanted in num_samples]
-    per_corpus = [
-        build_gpt_split_datasets(prefix, config, (buffers[0][d], buffers[1][d], buffers[2][d]))
-        for d, prefix in enumerate(prefixes)
-    ]
-    blends: list[BlendedDataset | None] = []
-    for s, split in enumerate(SPLIT_NAMES):
-        maybe_parts = [per_corpus[d][s] for d in range(len(prefixes))]
-        parts = [part for part in maybe_parts if part is not None]
-        if len(parts) < len(maybe_parts):
-            blends.append(None)
-            continue
-        cache_dir = (
-            Path(config.cache_dir) if config.cache_dir else default_index_cache_dir(parts[0].indexed.path_prefix)
-        )
-        blends.append(BlendedDataset(parts, weights, sum(targets[s]), split, cache_dir))
-    return blends
-
-
-def build_train_valid_test_datasets(
-    config: GPTDatasetConfig, num_samples: tuple[int, int, int]
-) -> tuple[torch.utils.data.Dataset | None, torch.utils.data.Dataset | None, torch.utils.data.Dataset | None]:
-    """Train, valid and test datasets of at least num_samples[i] samples each (None where 0 are wanted
-    or the split has weight 0), from one corpus or a blend.
-
-    Global rank 0 builds and caches the indices while the other ranks wait; they then load them.
-    """
-    SAMPLE_COUNTS("num_samples", num_samples)
-    counts = (int(num_samples[0]), int(num_samples[1]), int(num_samples[2]))
-    prefixes, weights = parse_data_path(config.data_path)
-
-    def build() -> Sequence[torch.utils.data.Dataset | None]:
-        if len(prefixes) == 1:
-            return build_gpt_split_datasets(prefixes[0], config, counts)
-        return _build_blend(prefixes, weights, config, counts)
-
-    train, valid, test = rank0_first(build)
-    return train, valid, test

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from megatron_zh.data.datasets import helpers
+from megatron_zh.data.datasets.config import DatasetConfig
 from megatron_zh.data.datasets.index_cache import (
     INDEX_FORMAT_VERSION,
     IndexCache,
@@ -41,8 +42,6 @@ from megatron_zh.log import get_logger
 from megatron_zh.validators import NON_NEGATIVE_INT, POSITIVE_INT, optional
 
 logger = get_logger(__name__)
-
-SAMPLE_MODES = ("packed", "document")
 
 
 def build_document_indices(
@@ -82,12 +81,12 @@ class DocumentDataset(MappedIndices, torch.utils.data.Dataset):
         split: str,
         document_range: tuple[int, int],
         num_samples: int | None,
-        seq_length: int,
-        seed: int,
+        config: DatasetConfig,
         cache_dir: str | os.PathLike[str],
         pad_token: int,
         eod_token: int | None = None,
     ) -> None:
+        seq_length, seed = config.seq_length, config.seed
         begin, end = document_range
         optional(POSITIVE_INT)("num_samples", num_samples)
         NON_NEGATIVE_INT("pad_token", pad_token)

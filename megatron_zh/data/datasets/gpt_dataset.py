@@ -14,148 +14,36 @@ file is opened but not read until samples are drawn.
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 
 from megatron_zh.data.datasets import helpers
-from megatron_zh.data.datasets.document_dataset import SAMPLE_MODES, DocumentDataset
+from megatron_zh.data.datasets.config import DatasetConfig
 from megatron_zh.data.datasets.index_cache import (
     INDEX_FORMAT_VERSION,
     IndexCache,
     MappedIndices,
     array_digest,
-    default_index_cache_dir,
     load_or_build,
 )
-from megatron_zh.data.datasets.splits import document_range, split_ranges
+from megatron_zh.data.datasets.splits import SPLIT_NAMES
 from megatron_zh.data.indexed.dataset import (
     IndexedDataset,
-    data_file_path,
-    index_file_path,
-    metadata_file_path,
-    read_metadata,
 )
 from megatron_zh.errors import ConfigError, DataFormatError
-from megatron_zh.knobs import knob
 from megatron_zh.log import get_logger
-from megatron_zh.tokenizer import check_fingerprint
 from megatron_zh.validators import (
-    NON_NEGATIVE_INT,
     POSITIVE_INT,
-    SEED,
-    Check,
-    int_at_least,
     one_of,
     optional,
-    validate_fields,
 )
 
 logger = get_logger(__name__)
 
-SPLIT_NAMES = ("train", "valid", "test")
-
 # Megatron's rule: a final epoch needed for less than this share of its samples is shuffled apart.
 SEPARATE_FINAL_EPOCH_THRESHOLD = 0.80
-
-
-PREFIX_LIST = Check(
-    lambda v: not isinstance(v, (str, os.PathLike)) and bool(v) and all(isinstance(p, (str, os.PathLike)) for p in v),
-    "a non-empty list of prefixes (and weights), as strings",
-)
-
-
-@dataclass(frozen=True)
-class GPTDatasetConfig:
-    """What to read and how to cut it. Validated on construction (ConfigError)."""
-
-    data_path: list[str] = knob(
-        help='["prefix"] or Megatron-style ["0.7", "a_text_document", "0.3", "b_text_document"]', check=PREFIX_LIST
-    )
-    seq_length: int = knob(help="tokens per sample (each sample reads one more, for the labels)", check=int_at_least(2))
-    split: str = knob("949,50,1", help='train,valid,test weights, e.g. "949,50,1" (checked by split_ranges)')
-    seed: int = knob(1234, help="seed of the document and sample order", check=SEED)
-    cache_dir: str | None = knob(None, help="where index .npy files go (default: index-cache/ beside each dataset)")
-    eod_mask_loss: bool = knob(False, help="no loss on end-of-document inputs")
-    vocab_fingerprint: str | None = knob(None, help="if set, must equal each dataset's metadata fingerprint")
-    eod_token: int | None = knob(
-        None, help="the id eod_mask_loss masks (default: metadata's)", check=optional(NON_NEGATIVE_INT)
-    )
-    sample_mode: Literal["packed", "document"] = knob(
-        "packed",
-        help="packed: Megatron's windows across documents; document: each document's own chunks, padded (UER-py)",
-        check=one_of(SAMPLE_MODES),
-    )
-    pad_token: int | None = knob(
-        None, help="the id that pads document chunks (default: metadata's 'pad')", check=optional(NON_NEGATIVE_INT)
-    )
-
-    def __post_init__(self) -> None:
-        validate_fields(self, "GPT dataset config")
-        split_ranges(self.split)  # raises ConfigError when malformed
-
-
-def open_indexed_dataset(prefix: str, vocab_fingerprint: str | None = None) -> IndexedDataset:
-    """Open PREFIX.bin/.idx with errors that say what is missing and how to make it."""
-    prefix = re.sub(r"\.(bin|idx)$", "", str(prefix))
-    for path in (index_file_path(prefix), data_file_path(prefix)):
-        if not os.path.isfile(path):
-            hint = ""
-            if os.path.isfile(index_file_path(prefix + "_text_document")):
-                hint = f" (did you mean {prefix}_text_document? preprocessing appends _text_document)"
-            raise DataFormatError(
-                f"{path} not found: dataset prefix {prefix!r} needs {prefix}.bin and {prefix}.idx{hint}. "
-                "Make them with: python tools/preprocess_data.py --input CORPUS.txt "
-                "--output-prefix PREFIX --vocab-file VOCAB.txt"
-            )
-    if vocab_fingerprint is not None:
-        check_vocab_fingerprint(prefix, vocab_fingerprint)
-    return IndexedDataset(prefix)
-
-
-def check_vocab_fingerprint(prefix: str, expected: str) -> None:
-    meta = read_metadata(prefix)
-    found = None if meta is None else meta.get("vocab_fingerprint")
-    if found is None:
-        logger.warning(
-            "%s: no vocab fingerprint (%s is missing or lacks one); cannot check it was tokenized with vocab %s",
-            prefix,
-            metadata_file_path(prefix),
-            expected,
-        )
-        return
-    check_fingerprint(
-        found,
-        expected,
-        source=f"{prefix}.bin/.idx (per {metadata_file_path(prefix)})",
-        fix="re-run tools/preprocess_data.py with the training vocab, or train with the vocab the data was made with",
-    )
-
-
-def _token_id(given: int | None, prefix: str, key: str, needed_for: str) -> int:
-    """A special token's id: as GPTDatasetConfig.<key>_token gives it, else from the dataset's .meta.json."""
-    if given is not None:
-        return given
-    meta = read_metadata(prefix) or {}
-    if key not in meta:
-        raise ConfigError(
-            f"{needed_for}: set GPTDatasetConfig.{key}_token ({metadata_file_path(prefix)} has no '{key}' entry)"
-        )
-    return int(meta[key])
-
-
-def _eod_token(config: GPTDatasetConfig, prefix: str) -> int | None:
-    if not config.eod_mask_loss:
-        return None
-    return _token_id(config.eod_token, prefix, "eod", "eod_mask_loss needs the end-of-document id")
-
-
-def _pad_token(config: GPTDatasetConfig, prefix: str) -> int:
-    return _token_id(config.pad_token, prefix, "pad", "sample_mode 'document' pads with [PAD]")
 
 
 def _num_epochs(tokens_per_epoch: int, num_samples: int | None, seq_length: int) -> int:
@@ -254,7 +142,7 @@ class GPTDataset(MappedIndices, torch.utils.data.Dataset):
         split: str,
         document_range: tuple[int, int],
         num_samples: int | None,
-        config: GPTDatasetConfig,
+        config: DatasetConfig,
         cache_dir: str | os.PathLike[str],
         eod_token: int | None = None,
     ) -> None:
@@ -361,30 +249,3 @@ class GPTDataset(MappedIndices, torch.utils.data.Dataset):
             # Megatron's rule: no loss where the input is end-of-document (the next document's first token).
             loss_mask[input_ids == self.eod_token] = 0.0
         return {"tokens": tokens, "input_ids": input_ids, "labels": tokens[1:], "loss_mask": loss_mask}
-
-
-SplitDataset = GPTDataset | DocumentDataset  # what one corpus's split is, by config.sample_mode
-
-
-def build_gpt_split_datasets(
-    prefix: str, config: GPTDatasetConfig, num_samples: tuple[int | None, int | None, int | None]
-) -> list[SplitDataset | None]:
-    """One dataset per split of one corpus; None where the split's weight or sample count is 0."""
-    indexed = open_indexed_dataset(prefix, config.vocab_fingerprint)
-    eod_token = _eod_token(config, indexed.path_prefix)
-    pad_token = _pad_token(config, indexed.path_prefix) if config.sample_mode == "document" else None
-    cache_dir = Path(config.cache_dir) if config.cache_dir else default_index_cache_dir(indexed.path_prefix)
-    datasets: list[SplitDataset | None] = []
-    for name, fractions, wanted in zip(SPLIT_NAMES, split_ranges(config.split), num_samples):
-        if fractions is None or wanted == 0:
-            if fractions is None and wanted:
-                logger.warning("%d %s samples wanted but split %r gives no documents to it", wanted, name, config.split)
-            datasets.append(None)
-            continue
-        begin, end = document_range(fractions, len(indexed))
-        if pad_token is not None:
-            args = (config.seq_length, config.seed, cache_dir, pad_token, eod_token)
-            datasets.append(DocumentDataset(indexed, name, (begin, end), wanted, *args))
-        else:
-            datasets.append(GPTDataset(indexed, name, (begin, end), wanted, config, cache_dir, eod_token))
-    return datasets

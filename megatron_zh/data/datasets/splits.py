@@ -13,6 +13,8 @@ import numpy as np
 
 from megatron_zh.errors import ConfigError
 
+SPLIT_NAMES = ("train", "valid", "test")
+
 
 def split_ranges(split: str) -> list[tuple[float, float] | None]:
     """Megatron's split string ("949,50,1", "98,2", "1") -> [start, end) fractions per split.

@@ -124,7 +124,7 @@ def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) 
     ]
     if mismatched:
         raise ConfigError(
-            f"checkpoint {where} does not fit model {run.train.model!r} ({'; '.join(mismatched)}); "
+            f"checkpoint {where} does not fit model {run.train.model.preset!r} ({'; '.join(mismatched)}); "
             "choose the preset it was trained with"
         )
     saved_train = start.info.train_config or {}

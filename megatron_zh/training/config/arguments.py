@@ -46,17 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_run_config(args: argparse.Namespace, world_size: int) -> RunConfig:
     """Merge the JSON file and the flags into a resolved RunConfig (pure checks only)."""
-    from megatron_zh.model import GPT2Config  # the model layer is imported only once a run is configured
-
     ds, pretrain = load_config_file(args.ds_config)
     source = f"{args.ds_config}"
     train = TrainConfig.from_dict({**pretrain, **given_values(args, TrainConfig)}, source=f'{source} "pretrain"')
     flags = DeepSpeedOverrides(**given_values(args, DeepSpeedOverrides))
     deepspeed = resolve_deepspeed_config(ds, train, flags, world_size, source)
-    model = GPT2Config.from_preset(train.model, **train.model_config_overrides)
-    if train.seq_length > model.max_position_embeddings:
+    model = train.model.build()
+    if train.data.seq_length > model.max_position_embeddings:
         raise ConfigError(
-            f"seq_length {train.seq_length} is longer than model {train.model!r}'s "
+            f"seq_length {train.data.seq_length} is longer than model {train.model.preset!r}'s "
             f"{model.max_position_embeddings} position embeddings; lower --seq-length or choose a larger model"
         )
     return RunConfig(train=train, model=model, deepspeed=deepspeed, world_size=world_size, config_file=source)

@@ -43,7 +43,7 @@ class RunConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.global_batch_size * self.train.seq_length
+        return self.global_batch_size * self.train.data.seq_length
 
     def to_dict(self) -> dict[str, Any]:
         """The effective configuration, as printed at start-up and saved beside the checkpoints."""

@@ -9,17 +9,17 @@ the working directory, as Megatron's flags are.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from megatron_zh.checkpoint.layout import TENSORBOARD_DIR
+from megatron_zh.data.datasets.config import DATA, DatasetConfig
 from megatron_zh.errors import ConfigError
-from megatron_zh.knobs import knob
+from megatron_zh.knobs import from_flat, knob, nested, to_flat
+from megatron_zh.model.config import ModelChoice
 from megatron_zh.validators import (
     BOOLEAN,
     FRACTION,
@@ -27,76 +27,28 @@ from megatron_zh.validators import (
     NON_NEGATIVE_INT,
     POSITIVE_INT,
     POSITIVE_NUMBER,
-    SEED,
-    Check,
     field_problems,
-    one_of,
     optional,
     raise_problems,
 )
 
 PRETRAIN_KEY = "pretrain"
 
-
-def _data_path_ok(value: Any) -> bool:
-    return isinstance(value, tuple) and bool(value) and all(isinstance(p, str) and p for p in value)
-
-
-DATA_PATH = Check(_data_path_ok, "a non-empty list of dataset prefixes")
-GPT2_FIELDS = Check(lambda v: isinstance(v, dict), "an object of GPT2Config fields")
-
-DATA, MODEL, SCHEDULE, CHECKPOINTS, LOGGING = (
-    "data (pretrain block)",
-    "model (pretrain block)",
-    "training schedule",
-    "checkpoints",
-    "evaluation and logging",
-)
+SCHEDULE, CHECKPOINTS, LOGGING = "training schedule", "checkpoints", "evaluation and logging"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The pretrain block. Each field is a knob: its JSON key, and the Megatron flag `--name-with-dashes`."""
+    """The pretrain block. Each field is a knob: its JSON key, and the Megatron flag `--name-with-dashes`.
 
-    # Data.
-    data_path: tuple[str, ...] = knob(
-        help="dataset prefix(es), optionally weighted: 0.7 a 0.3 b", check=DATA_PATH, group=DATA
-    )
+    The data and model knobs are the dataset's and the model's own configs, nested once (their keys
+    and flags stay flat: `seq_length`, `--seq-length`)."""
+
+    data: DatasetConfig = nested(DatasetConfig)
     vocab_file: str = knob(help="the WordPiece vocab the data was tokenized with", check=NON_EMPTY_STRING, group=DATA)
     train_iters: int = knob(help="optimizer steps of the run", check=POSITIVE_INT, group=SCHEDULE)
-    seq_length: int = knob(1024, help="tokens per sample", check=POSITIVE_INT, group=DATA)
-    split: str = knob("949,50,1", help='train,valid,test weights, e.g. "949,50,1"', group=DATA)
-    data_cache_path: str | None = knob(
-        None, help="directory for dataset index files (default: beside each dataset)", group=DATA
-    )
+    model: ModelChoice = nested(ModelChoice)
     num_workers: int = knob(2, help="DataLoader worker processes per rank", check=NON_NEGATIVE_INT, group=DATA)
-    eod_mask_loss: bool = knob(False, help="no loss on [SEP] inputs", check=BOOLEAN, group=DATA)
-    sample_mode: Literal["packed", "document"] = knob(
-        "packed",
-        help="packed: Megatron's windows across documents; document: each document cut on its own "
-        "into padded chunks, as UER-py does",
-        check=one_of(("packed", "document")),
-        group=DATA,
-    )
-    # Model.
-    model: str = knob("gpt2-distil", help="GPT2Config preset: gpt2-distil, gpt2-tiny, ...", group=MODEL)
-    model_overrides: dict[str, Any] = knob(
-        help="GPT2Config fields to change", check=GPT2_FIELDS, default_factory=dict, flag=False
-    )
-    # Megatron's dropout flags. None keeps the preset's (or model_overrides') rate; set, they win over
-    # both, so `--hidden-dropout 0 --attention-dropout 0` makes any preset deterministic.
-    hidden_dropout: float | None = knob(
-        None,
-        help="dropout on embeddings and residual branches (default: the preset's, 0.1 for gpt2-distil; 0: off)",
-        check=optional(FRACTION),
-        group=MODEL,
-    )
-    attention_dropout: float | None = knob(
-        None,
-        help="dropout on attention probabilities (default: the preset's, 0.1 for gpt2-distil; 0: off)",
-        check=optional(FRACTION),
-        group=MODEL,
-    )
     # Schedule. Warm-up is linear over lr_warmup_iters, or lr_warmup_fraction of train_iters.
     lr_warmup_fraction: float = knob(
         0.1, help="warm-up length as a fraction of train_iters", check=FRACTION, group=SCHEDULE
@@ -104,7 +56,6 @@ class TrainConfig:
     lr_warmup_iters: int | None = knob(
         None, help="warm-up length in steps (overrides the fraction)", check=optional(POSITIVE_INT), group=SCHEDULE
     )
-    seed: int = knob(1234, help="seed of weights, data order and dropout", check=SEED, group=SCHEDULE)
     # Checkpoints.
     save: str | None = knob(None, help="checkpoint directory", group=CHECKPOINTS)
     load: str | None = knob(None, help="checkpoint directory to resume from (its `latest`)", group=CHECKPOINTS)
@@ -188,12 +139,6 @@ class TrainConfig:
         raise_problems("pretrain config", problems)
 
     @property
-    def model_config_overrides(self) -> dict[str, Any]:
-        """GPT2Config fields to change from the preset: model_overrides, then the dropout knobs that are set."""
-        dropouts = {"hidden_dropout": self.hidden_dropout, "attention_dropout": self.attention_dropout}
-        return {**self.model_overrides, **{k: v for k, v in dropouts.items() if v is not None}}
-
-    @property
     def lr_warmup_steps(self) -> int:
         """Warm-up length in optimizer steps (iterations)."""
         if self.lr_warmup_iters is not None:
@@ -207,33 +152,15 @@ class TrainConfig:
         return None if self.save is None else os.path.join(self.save, TENSORBOARD_DIR)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["data_path"] = list(self.data_path)
-        return d
+        """The pretrain block as stored (config.json, checkpoints): flat keys, as the file has them."""
+        return to_flat(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "pretrain block") -> TrainConfig:
         """Build from the JSON block; unknown keys are errors that suggest the key meant."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
-                raise ConfigError(f"{source}: unknown key {key!r}{hint}")
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in d
-        ]
-        if missing:
-            flags = ", ".join("--" + name.replace("_", "-") for name in missing)
-            raise ConfigError(f"{source}: missing {', '.join(missing)} (set it there or pass {flags})")
-        values = dict(d)
-        if isinstance(values.get("data_path"), str):
-            values["data_path"] = values["data_path"].split()
-        if isinstance(values.get("data_path"), list):
-            values["data_path"] = tuple(str(p) for p in values["data_path"])
-        return cls(**values)
+        if isinstance(d.get("data_path"), str):  # Megatron's spelling: "0.7 a_text_document 0.3 b_text_document"
+            d = {**d, "data_path": d["data_path"].split()}
+        return from_flat(cls, d, source)
 
 
 def load_config_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
