@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megatron_zh.convert.hf_gpt2 import to_hf_config, to_hf_state_dict  # noqa: E402 (needs the sys.path set-up above)
+from megatron_zh.convert.hf.names import to_hf_config, to_hf_state_dict  # noqa: E402 (needs the sys.path set-up above)
 from megatron_zh.inference import GenerationConfig, SamplingConfig, generate_token_ids  # noqa: E402 (needs the sys.path set-up above)
 from megatron_zh.model import GPT2Config, GPT2Model  # noqa: E402 (needs the sys.path set-up above)
 

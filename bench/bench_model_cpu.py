@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_zh.convert import to_hf_config, to_hf_state_dict  # noqa: E402 (needs the sys.path set-up above)
+from megatron_zh.convert.hf.names import to_hf_config, to_hf_state_dict  # noqa: E402 (needs the sys.path set-up above)
 from megatron_zh.model import ATTENTION_IMPLS, PRESETS, GPT2Config, GPT2Model  # noqa: E402 (needs the sys.path set-up above)
 
 

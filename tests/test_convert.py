@@ -19,9 +19,8 @@ from training_runs import LR0_FIRST_STEP, finetune_args, latest, pretrain_args, 
 
 from megatron_zh.checkpoint.layout import MODEL_STATES_FILE
 from megatron_zh.checkpoint.weights import load_checkpoint_weights, model_state_keys
-from megatron_zh.convert import hf_export
-from megatron_zh.convert.hf_export import export_to_hf
-from megatron_zh.convert.hf_import import import_from_hf
+from megatron_zh.convert.formats import export_checkpoint, import_model
+from megatron_zh.convert.hf import exporter as hf_export
 from megatron_zh.convert.loading import load_model
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.training.metrics import read_metrics
@@ -138,7 +137,7 @@ def test_export_loads_in_transformers_with_our_logits(tiny_checkpoint, hf_export
     assert ids == [101, 791, 1921, 1921, 3698, 2523, 1962, 8024, 8210, 102]
     assert model.lm_head.weight.data_ptr() == model.transformer.wte.weight.data_ptr()  # tied, as ours
 
-    ours = load_model(checkpoint=str(tiny_checkpoint["save"]))
+    ours = load_model(str(tiny_checkpoint["save"]))
     texts = [
         "北京是中华人民共和国的首都，也是全国的政治和文化中心。",
         "这部电影的剧情很精彩，演员的表演也非常自然，值得一看。",
@@ -167,7 +166,7 @@ def test_text_generation_pipeline_generates_from_the_export(hf_export_dir):
 
 
 def test_export_of_bf16_run_uses_fp32_masters(bf16_checkpoint, tmp_path):
-    result = export_to_hf(bf16_checkpoint, tmp_path / "hf")
+    result = export_checkpoint("hf", bf16_checkpoint, tmp_path / "hf")
     assert result.weights_source == "zero-fp32-master (bf16 optimizer, 3 ranks)" and result.max_logit_diff <= 1e-4
     from safetensors.torch import load_file
 
@@ -182,14 +181,14 @@ def test_refuses_what_is_not_a_checkpoint(tiny_checkpoint, tmp_path):
     not_a_checkpoint = tmp_path / "not_a_checkpoint"  # beside the output: an output inside its input is refused
     not_a_checkpoint.mkdir()
     with pytest.raises(CheckpointError, match="not a checkpoint directory: no `latest` file"):
-        export_to_hf(not_a_checkpoint, tmp_path / "out")
+        export_checkpoint("hf", not_a_checkpoint, tmp_path / "out")
     with pytest.raises(CheckpointError, match="is not a directory"):
-        export_to_hf(tmp_path / "missing", tmp_path / "out")
+        export_checkpoint("hf", tmp_path / "missing", tmp_path / "out")
     with pytest.raises(CheckpointError, match="is one checkpoint's folder; pass the directory above it"):
-        export_to_hf(tiny_checkpoint["save"] / "global_step8", tmp_path / "out")
+        export_checkpoint("hf", tiny_checkpoint["save"] / "global_step8", tmp_path / "out")
     (not_a_checkpoint / "latest").write_text("global_step5")
     with pytest.raises(CheckpointError, match="global_step5 does not exist"):
-        export_to_hf(not_a_checkpoint, tmp_path / "out")
+        export_checkpoint("hf", not_a_checkpoint, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -201,7 +200,7 @@ def test_refuses_a_model_config_it_cannot_map(tiny_checkpoint, tmp_path):
     state["model_config"]["position_embedding_type"] = "rotary"  # a model GPT-2's config cannot express
     client_state.write_text(json.dumps(state))
     with pytest.raises(ConfigError, match="cannot map its model_config.*position_embedding_type"):
-        export_to_hf(copy, tmp_path / "out")
+        export_checkpoint("hf", copy, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -229,20 +228,20 @@ def test_output_is_replaced_only_with_overwrite_and_only_after_the_self_check(ti
     output.mkdir()
     (output / "keep.txt").write_text("mine")
     with pytest.raises(ConfigError, match="exists and is not empty; pass --overwrite"):
-        export_to_hf(tiny_checkpoint["save"], output)
+        export_checkpoint("hf", tiny_checkpoint["save"], output)
 
     # A failing self-check (tolerance 0) leaves the old folder as it was and no temporary folder behind.
     monkeypatch.setattr(hf_export, "LOGIT_TOLERANCE", 0.0)
     with pytest.raises(CheckpointError, match="self-check failed: .*logits differ"):
-        export_to_hf(tiny_checkpoint["save"], output, overwrite=True)
+        export_checkpoint("hf", tiny_checkpoint["save"], output, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["hf"] and [p.name for p in output.iterdir()] == ["keep.txt"]
 
     monkeypatch.undo()
-    export_to_hf(tiny_checkpoint["save"], output, overwrite=True)
+    export_checkpoint("hf", tiny_checkpoint["save"], output, overwrite=True)
     assert not (output / "keep.txt").exists() and (output / "model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["hf"]
     with pytest.raises(ConfigError, match="is the checkpoint directory"):
-        export_to_hf(tiny_checkpoint["save"], tiny_checkpoint["save"], overwrite=True)
+        export_checkpoint("hf", tiny_checkpoint["save"], tiny_checkpoint["save"], overwrite=True)
 
 
 # -------------------------------------------------------------------------------------------- import
@@ -259,7 +258,7 @@ def test_round_trip_ours_hf_ours_is_exact(tiny_checkpoint, hf_export_dir, tmp_pa
     for name, tensor in original.state_dict.items():
         assert torch.equal(imported.state_dict[name], tensor), name
     # The HF folder loads for generation/evaluation with the same weights as the checkpoint.
-    via_hf = load_model(hf=str(hf_export_dir))
+    via_hf = load_model(str(hf_export_dir), "hf")
     for name, tensor in via_hf.model.state_dict().items():
         assert torch.equal(tensor, original.state_dict[name]), name
     assert via_hf.tokenizer.fingerprint == original.vocab_fingerprint
@@ -281,7 +280,7 @@ def test_imports_a_hub_style_folder(hf_export_dir, tmp_path):
     shutil.copy(hf_export_dir / "vocab.txt", folder / "vocab.txt")
     (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": False}))
 
-    import_from_hf(folder, tmp_path / "imported")
+    import_model("hf", folder, tmp_path / "imported")
     imported = load_checkpoint_weights(tmp_path / "imported").state_dict
     assert torch.equal(imported["embedding.word_embeddings.weight"], weights["transformer.wte.weight"])
     assert torch.equal(imported["layers.1.mlp.dense_h_to_4h.weight"], weights["transformer.h.1.mlp.c_fc.weight"].t())
@@ -290,22 +289,22 @@ def test_imports_a_hub_style_folder(hf_export_dir, tmp_path):
 def test_import_refuses_what_it_cannot_convert(hf_export_dir, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no config.json: not a Hugging Face model folder"):
-        import_from_hf(tmp_path / "empty", tmp_path / "out")
+        import_model("hf", tmp_path / "empty", tmp_path / "out")
     folder = tmp_path / "relu"
     shutil.copytree(hf_export_dir, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "activation_function": "relu"}))
     with pytest.raises(ConfigError, match="activation_function 'relu'"):
-        import_from_hf(folder, tmp_path / "out")
+        import_model("hf", folder, tmp_path / "out")
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="has no model.safetensors or pytorch_model.bin"):
-        import_from_hf(folder, tmp_path / "out")
+        import_model("hf", folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_pretraining_continues_from_an_imported_checkpoint(tiny_checkpoint, hf_export_dir, tmp_path):
-    import_from_hf(hf_export_dir, tmp_path / "imported")
+    import_model("hf", hf_export_dir, tmp_path / "imported")
     imported = load_checkpoint_weights(tmp_path / "imported").state_dict
     dataset = {"prefix": tiny_checkpoint["prefix"], "vocab": tiny_checkpoint["vocab"]}
     save = tmp_path / "continued"

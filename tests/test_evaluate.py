@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_zh.convert.hf_gpt2 import to_hf_config, to_hf_state_dict
+from megatron_zh.convert.hf.names import to_hf_config, to_hf_state_dict
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed.dataset import IndexedDataset, read_metadata, write_metadata
 from megatron_zh.data.preprocess.config import PreprocessConfig
@@ -239,7 +239,7 @@ def test_evaluate_tool_on_a_trained_checkpoint_and_its_hf_export_agree(tiny_chec
     assert result["tokens"] == 3999 and result["loss"] < math.log(21128) - 0.5  # 8 steps of training
     assert result["perplexity"] == pytest.approx(math.exp(result["loss"]))
 
-    hf_dir = export_to_hf(tiny_checkpoint, repo_root, tmp_path / "hf")
+    hf_dir = export_with_the_tool(tiny_checkpoint, repo_root, tmp_path / "hf")
     theirs = run_tool(repo_root, "--hf", hf_dir, *common)
     assert theirs.returncode == 0, theirs.stderr
     assert abs(json.loads(theirs.stdout)["loss"] - result["loss"]) <= 1e-4
@@ -248,8 +248,8 @@ def test_evaluate_tool_on_a_trained_checkpoint_and_its_hf_export_agree(tiny_chec
     # transformers' own generate() on the export, [SEP] ending the document in both.
     from transformers import GPT2LMHeadModel
 
-    loaded = load_model(checkpoint=str(tiny_checkpoint["save"]))
-    assert load_model(hf=hf_dir).tokenizer.fingerprint == loaded.tokenizer.fingerprint
+    loaded = load_model(str(tiny_checkpoint["save"]))
+    assert load_model(hf_dir, "hf").tokenizer.fingerprint == loaded.tokenizer.fingerprint
     hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     config = GenerationConfig(20, SamplingConfig(greedy=True))
     for prompt in ("今天天气很好，", "北京"):
@@ -267,7 +267,7 @@ def test_evaluate_tool_on_a_trained_checkpoint_and_its_hf_export_agree(tiny_chec
         assert ours_text.token_ids == out[0, prompt_ids.shape[1] :].tolist()
 
 
-def export_to_hf(tiny_checkpoint, repo_root, out) -> str:
+def export_with_the_tool(tiny_checkpoint, repo_root, out) -> str:
     """tools/convert_to_hf.py's export of the checkpoint."""
     result = subprocess.run(
         [

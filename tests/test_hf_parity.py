@@ -8,7 +8,13 @@ import torch
 from transformers import GPT2Config as HFGPT2Config
 from transformers import GPT2LMHeadModel
 
-from megatron_zh.convert import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict, weight_names
+from megatron_zh.convert.hf.names import (
+    from_hf_config,
+    from_hf_state_dict,
+    to_hf_config,
+    to_hf_state_dict,
+    weight_names,
+)
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.model import GPT2Config, GPT2Model
 

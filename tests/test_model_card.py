@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from megatron_zh.checkpoint.weights import load_checkpoint_weights
-from megatron_zh.convert.hf_export import export_to_hf
-from megatron_zh.convert.model_card import MISSING, MODEL_CARD_FILE, render_model_card
+from megatron_zh.convert.formats import export_checkpoint
+from megatron_zh.convert.hf.model_card import MISSING, MODEL_CARD_FILE, render_model_card
 from megatron_zh.data.indexed.dataset import read_metadata
 from megatron_zh.training.metrics import read_metrics
 
@@ -19,7 +19,7 @@ from megatron_zh.training.metrics import read_metrics
 @pytest.fixture(scope="module")
 def card(tiny_checkpoint, tmp_path_factory) -> str:
     output = tmp_path_factory.mktemp("card") / "gpt2-tiny-chinese"
-    export_to_hf(tiny_checkpoint["save"], output)
+    export_checkpoint("hf", tiny_checkpoint["save"], output)
     return (output / MODEL_CARD_FILE).read_text(encoding="utf-8")
 
 

@@ -21,10 +21,10 @@ from test_convert import run_tool
 from training_runs import LR0_FIRST_STEP, REPO_ROOT, finetune_args, pretrain_args, run
 
 from megatron_zh.checkpoint.weights import load_checkpoint_weights
-from megatron_zh.convert.hf_export import export_to_hf
-from megatron_zh.convert.loading import load_model, model_from_state_dict
-from megatron_zh.convert.uer import export_to_uer, import_from_uer, read_uer_config
-from megatron_zh.convert.uer_gpt2 import (
+from megatron_zh.convert.formats import export_checkpoint, import_model
+from megatron_zh.convert.loading import load_model
+from megatron_zh.convert.uer.importer import read_uer_config
+from megatron_zh.convert.uer.names import (
     UER_LM_HEAD,
     UER_WORD_EMBEDDINGS,
     config_from_uer,
@@ -33,6 +33,7 @@ from megatron_zh.convert.uer_gpt2 import (
 )
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.model import GPT2Config
+from megatron_zh.model.gpt2 import model_from_state_dict
 from megatron_zh.tokenizer import BertChineseTokenizer
 from megatron_zh.training.config.arguments import build_parser, build_run_config
 from megatron_zh.training.metrics import read_metrics
@@ -170,7 +171,7 @@ def test_import_refuses_what_does_not_fit(tmp_path, zh_vocab_file):
         if config is not None:
             cfg = tmp_path / "variant.json"
             cfg.write_text(json.dumps(config))
-        return import_from_uer(path, tmp_path / "out", vocab_file=zh_vocab_file, uer_config=cfg, **kwargs)
+        return import_model("uer", path, tmp_path / "out", vocab_file=zh_vocab_file, uer_config=cfg, **kwargs)
 
     missing = {k: v for k, v in uer.items() if k != "encoder.transformer.1.layer_norm_2.beta"}
     with pytest.raises(CheckpointError, match=r"missing encoder\.transformer\.1\.layer_norm_2\.beta"):
@@ -191,11 +192,11 @@ def test_import_refuses_what_does_not_fit(tmp_path, zh_vocab_file):
     with pytest.raises(CheckpointError, match="differs from embedding.word.embedding.weight"):
         convert({**uer, UER_LM_HEAD: uer[UER_LM_HEAD] + 1})
     with pytest.raises(ConfigError, match="pass --num-attention-heads"):
-        import_from_uer(model_file, tmp_path / "out", vocab_file=zh_vocab_file)
+        import_model("uer", model_file, tmp_path / "out", vocab_file=zh_vocab_file)
     # A pickle that is more than tensors is refused by the restricted unpickler, not run.
     torch.save({"args": __import__("argparse").Namespace(x=1), **uer}, tmp_path / "pickle.bin")
     with pytest.raises(CheckpointError, match="cannot read UER-py model .* as a state dict of tensors"):
-        import_from_uer(tmp_path / "pickle.bin", tmp_path / "out", vocab_file=zh_vocab_file, uer_config=config_file)
+        import_model("uer", tmp_path / "pickle.bin", tmp_path / "out", vocab_file=zh_vocab_file, uer_config=config_file)
     assert not (tmp_path / "out").exists()
 
     (tmp_path / "out").mkdir()
@@ -204,22 +205,24 @@ def test_import_refuses_what_does_not_fit(tmp_path, zh_vocab_file):
         convert()
     convert(overwrite=True)
     with pytest.raises(ConfigError, match="contains the UER-py model"):  # --overwrite never deletes an input
-        import_from_uer(model_file, model_file.parent, vocab_file=zh_vocab_file, uer_config=config_file, overwrite=True)
+        import_model(
+            "uer", model_file, model_file.parent, vocab_file=zh_vocab_file, uer_config=config_file, overwrite=True
+        )
     assert not (tmp_path / "out" / "keep.txt").exists() and (tmp_path / "out" / "latest").is_file()
 
 
 def test_export_refuses_to_overwrite(tmp_path, zh_vocab_file):
     model_file, config_file, _ = write_uer_model(tmp_path / "uer", TINY)
-    import_from_uer(model_file, tmp_path / "ours", vocab_file=zh_vocab_file, uer_config=config_file)
+    import_model("uer", model_file, tmp_path / "ours", vocab_file=zh_vocab_file, uer_config=config_file)
     (tmp_path / "out.json").write_text("{}")
     with pytest.raises(ConfigError, match="out.json exists; pass --overwrite"):
-        export_to_uer(tmp_path / "ours", tmp_path / "out.bin")
+        export_checkpoint("uer", tmp_path / "ours", tmp_path / "out.bin")
     assert not (tmp_path / "out.bin").exists()
-    export_to_uer(tmp_path / "ours", tmp_path / "out.bin", overwrite=True)
+    export_checkpoint("uer", tmp_path / "ours", tmp_path / "out.bin", overwrite=True)
     assert json.loads((tmp_path / "out.json").read_text()) == to_uer_config(TINY)
-    with pytest.raises(ConfigError, match="would write into checkpoint"):
-        export_to_uer(
-            tmp_path / "ours", tmp_path / "ours" / "global_step0" / "mp_rank_00_model_states.pt", overwrite=True
+    with pytest.raises(ConfigError, match="lies inside the checkpoint directory"):  # the shared overlap guard
+        export_checkpoint(
+            "uer", tmp_path / "ours", tmp_path / "ours" / "global_step0" / "mp_rank_00_model_states.pt", overwrite=True
         )
 
 
@@ -230,7 +233,7 @@ def test_imported_uer_model_trains_exports_generates_and_evaluates(tmp_path, zh_
     vocab = zh_text_document["vocab"]
     model_file, config_file, uer = write_uer_model(tmp_path / "uer", TINY)
     imported = tmp_path / "imported"
-    import_from_uer(model_file, imported, vocab_file=vocab, uer_config=config_file)
+    import_model("uer", model_file, imported, vocab_file=vocab, uer_config=config_file)
 
     # tools/convert_to_hf.py: the export passes its self-check (logits equal ours within 1e-4).
     assert (
@@ -288,12 +291,12 @@ def test_imported_uer_model_trains_exports_generates_and_evaluates(tmp_path, zh_
     run(finetune_args(pretrain_args(zh_text_document, save, **LR0_FIRST_STEP), imported), ranks=None)
     assert len(read_metrics(save / "metrics.jsonl")) == 3
     step1 = load_checkpoint_weights(save, "global_step1")
-    export_to_uer(save, tmp_path / "step1.bin", tag="global_step1")
+    export_checkpoint("uer", save, tmp_path / "step1.bin", tag="global_step1")
     back = torch.load(tmp_path / "step1.bin", map_location="cpu", weights_only=True)
     assert all(torch.equal(back[name], tensor) for name, tensor in uer.items())
     assert step1.client_state.train_config["load"] == str(imported)
     # The model card of its export follows the stage back to the UER-py file it started from.
-    export_to_hf(save, tmp_path / "hf2")
+    export_checkpoint("hf", save, tmp_path / "hf2")
     card = (tmp_path / "hf2" / "README.md").read_text(encoding="utf-8")
     print(card)
     assert f"imported from UER-py model {model_file.resolve()}" in card and "- steps: 3 done of 3 planned" in card
@@ -313,10 +316,10 @@ def test_logit_difference_from_uer_layer_norm(preset, tmp_path, zh_vocab_file, z
     whole difference."""
     config = GPT2Config.from_preset(preset)
     model_file, config_file, uer = write_uer_model(tmp_path / "uer", config, seed=1)
-    import_from_uer(model_file, tmp_path / "ours", vocab_file=zh_vocab_file, uer_config=config_file)
+    import_model("uer", model_file, tmp_path / "ours", vocab_file=zh_vocab_file, uer_config=config_file)
     loaded = load_checkpoint_weights(tmp_path / "ours")
     assert loaded.model_config.layernorm_epsilon == 1e-5  # the gpt2-distil preset's and the published export's
-    ours = load_model(checkpoint=str(tmp_path / "ours"), vocab_file=str(zh_vocab_file)).model
+    ours = load_model(str(tmp_path / "ours"), vocab_file=str(zh_vocab_file)).model
     tiny_eps = model_from_state_dict(
         dataclasses.replace(loaded.model_config, layernorm_epsilon=1e-12), loaded.state_dict
     )

@@ -22,8 +22,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from megatron_zh.checkpoint.safety import trusting_checkpoints
 from megatron_zh.cli import run_cli
-from megatron_zh.convert.uer import LAYER_NORM_NOTE, import_from_uer
+from megatron_zh.convert.flags import add_conversion_flags, add_vocab_flag
+from megatron_zh.convert.formats import import_model
+from megatron_zh.convert.uer.names import LAYER_NORM_NOTE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,20 +36,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--num-attention-heads", type=int, help="heads per layer, when there is no --uer-config (12 for distil)"
     )
-    parser.add_argument("--vocab-file", required=True, help="the vocab.txt the model was trained with")
-    parser.add_argument("--output", required=True, metavar="DIR", help="the checkpoint directory to write")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace --output if it exists (after the new one is written)"
-    )
+    add_vocab_flag(parser, "the vocab.txt the model was trained with (required: the model file carries none)")
+    add_conversion_flags(parser, "checkpoint directory")
     args = parser.parse_args(argv)
-    folder = import_from_uer(
-        args.input,
-        args.output,
-        vocab_file=args.vocab_file,
-        uer_config=args.uer_config,
-        num_attention_heads=args.num_attention_heads,
-        overwrite=args.overwrite,
-    )
+    with trusting_checkpoints(args.trust_checkpoint):
+        folder = import_model(
+            "uer",
+            args.input,
+            args.output,
+            vocab_file=args.vocab_file,
+            overwrite=args.overwrite,
+            uer_config=args.uer_config,
+            num_attention_heads=args.num_attention_heads,
+        )
     print(f"wrote {folder}; continue training with: pretrain_gpt.py --load {args.output} --finetune ...")
     print(f"note: {LAYER_NORM_NOTE}")
     return 0

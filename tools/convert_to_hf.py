@@ -13,27 +13,22 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from megatron_zh.checkpoint.safety import add_trust_flag, trusting_checkpoints
+from megatron_zh.checkpoint.safety import trusting_checkpoints
 from megatron_zh.cli import run_cli
-from megatron_zh.convert.hf_export import LOGIT_TOLERANCE, export_to_hf
+from megatron_zh.convert.flags import add_checkpoint_flags, add_conversion_flags, add_vocab_flag
+from megatron_zh.convert.formats import export_checkpoint
+from megatron_zh.convert.hf.exporter import LOGIT_TOLERANCE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="DIR", help="the --save directory of a pretrain_gpt.py run"
-    )
-    parser.add_argument("--tag", help="checkpoint to export, e.g. global_step1000 (default: the one `latest` names)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="the Hugging Face folder to write")
-    parser.add_argument("--vocab-file", help="vocab.txt (default: the run's; must be the vocab it was trained with)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace --output if it exists (after the new one passes)"
-    )
-    add_trust_flag(parser)
+    add_checkpoint_flags(parser)
+    add_vocab_flag(parser, "vocab.txt (default: the run's; must be the vocab it was trained with)")
+    add_conversion_flags(parser, "Hugging Face folder")
     args = parser.parse_args(argv)
     with trusting_checkpoints(args.trust_checkpoint):
-        result = export_to_hf(
-            args.checkpoint, args.output, tag=args.tag, vocab_file=args.vocab_file, overwrite=args.overwrite
+        result = export_checkpoint(
+            "hf", args.checkpoint, args.output, tag=args.tag, vocab_file=args.vocab_file, overwrite=args.overwrite
         )
     print(f"exported {result.checkpoint} (iteration {result.iteration}, weights: {result.weights_source})")
     print(

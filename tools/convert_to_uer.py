@@ -17,25 +17,30 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
+from megatron_zh.checkpoint.safety import trusting_checkpoints
 from megatron_zh.cli import run_cli
-from megatron_zh.convert.uer import LAYER_NORM_NOTE, export_to_uer
+from megatron_zh.convert.flags import add_checkpoint_flags, add_conversion_flags
+from megatron_zh.convert.formats import export_checkpoint
+from megatron_zh.convert.uer.names import LAYER_NORM_NOTE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--checkpoint", required=True, metavar="DIR", help="the --save directory of a pretrain_gpt.py run"
-    )
-    parser.add_argument("--tag", help="checkpoint to export, e.g. global_step1000 (default: the one `latest` names)")
-    parser.add_argument("--output", required=True, metavar="MODEL.bin", help="the UER-py model file to write")
+    add_checkpoint_flags(parser)
+    add_conversion_flags(parser, "UER-py model file", metavar="MODEL.bin")
     parser.add_argument(
         "--uer-config-output", metavar="CONFIG.json", help="where to write its UER-py config (default: MODEL.json)"
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace the output files if they exist")
     args = parser.parse_args(argv)
-    result = export_to_uer(
-        args.checkpoint, args.output, tag=args.tag, config_output=args.uer_config_output, overwrite=args.overwrite
-    )
+    with trusting_checkpoints(args.trust_checkpoint):
+        result = export_checkpoint(
+            "uer",
+            args.checkpoint,
+            args.output,
+            tag=args.tag,
+            overwrite=args.overwrite,
+            config_output=args.uer_config_output,
+        )
     print(f"exported {result.checkpoint} (weights: {result.weights_source}, {result.parameters:,} parameters)")
     print(f"wrote {result.model_file} (--load_model_path) and {result.config_file} (--config_path)")
     print(f"note: {LAYER_NORM_NOTE}")

@@ -21,6 +21,7 @@ from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import commit_directory, staging_directory
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
+from megatron_zh.tokenizer import BertChineseTokenizer, check_fingerprint
 
 logger = get_logger(__name__)
 
@@ -183,3 +184,31 @@ def write_checkpoint(
         vocab_fingerprint[:19],
     )
     return directory / tag
+
+
+def checkpoint_tokenizer(checkpoint: LoadedCheckpoint, vocab_file: str | Path | None = None) -> BertChineseTokenizer:
+    """The tokenizer the checkpoint was trained with: `vocab_file`, else its training vocab; fingerprints must match."""
+    where = checkpoint.directory / checkpoint.tag
+    if vocab_file is None:
+        vocab_file = (checkpoint.client_state.train_config or {}).get("vocab_file")
+        if vocab_file is None:
+            raise ConfigError(f"checkpoint {where} does not name its vocab file; pass --vocab-file")
+        if not Path(vocab_file).is_file():
+            raise ConfigError(
+                f"checkpoint {where} was trained with vocab {vocab_file}, which is not there "
+                "(relative paths are taken from the current directory); pass --vocab-file"
+            )
+    tokenizer = BertChineseTokenizer(vocab_file)
+    check_fingerprint(
+        checkpoint.vocab_fingerprint,
+        tokenizer.fingerprint,
+        source=f"checkpoint {where}",
+        fix=f"{vocab_file} is not the vocab it was trained with; pass that one with --vocab-file",
+        error=ConfigError,
+    )
+    if tokenizer.vocab_size > checkpoint.model_config.vocab_size:
+        raise ConfigError(
+            f"{vocab_file} has {tokenizer.vocab_size} tokens but checkpoint {where} only "
+            f"{checkpoint.model_config.vocab_size} embeddings"
+        )
+    return tokenizer

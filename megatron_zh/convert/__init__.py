@@ -1,11 +1,10 @@
-"""Conversions between megatron_zh's model and other formats (Hugging Face GPT-2, UER-py).
+"""Conversions between our checkpoints and other model formats (Hugging Face GPT-2, UER-py).
 
-0  hf_gpt2, uer_gpt2, model_card   the name and config maps; the model card
-1  hf_import, uer                  a Hugging Face folder -> a checkpoint; UER-py both ways
-2  loading                         a model and tokenizer from a checkpoint or an HF folder
-3  hf_export                       a checkpoint -> a Hugging Face folder, verified
+Each format is a sub-package with its name map, its reader and its writer; formats.py holds the
+table of formats and the drivers around them, so a new format is a sub-package and one entry.
+
+  0  interface, flags   ExternalModel and ModelFormat: what a format gives; the tools' shared flags
+  1  hf, uer            Hugging Face GPT-2 folders; UER-py model files (each its own map)
+  2  formats            FORMATS, read_model, import_model, export_checkpoint
+  3  loading            a model and its tokenizer from a checkpoint or a readable format
 """
-
-from megatron_zh.convert.hf_gpt2 import from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict, weight_names
-
-__all__ = ["from_hf_config", "from_hf_state_dict", "to_hf_config", "to_hf_state_dict", "weight_names"]

@@ -8,8 +8,10 @@ import sys
 
 import torch
 
-from megatron_zh.checkpoint.safety import TRUST_FLAG_HELP, trusting_checkpoints
-from megatron_zh.convert.loading import LoadedModel, load_model
+from megatron_zh.checkpoint.safety import add_trust_flag, trusting_checkpoints
+from megatron_zh.convert.flags import add_checkpoint_flags, add_vocab_flag
+from megatron_zh.convert.formats import FORMATS
+from megatron_zh.convert.loading import CHECKPOINT, LoadedModel, load_model, loadable_formats
 from megatron_zh.errors import ConfigError
 from megatron_zh.log import get_logger
 
@@ -19,15 +21,17 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("model (one of --checkpoint, --hf)")
+    """--checkpoint DIR or one --<format> PATH per format read from its path alone (--hf), and what goes with them."""
+    others = [name for name in loadable_formats() if name != CHECKPOINT]
+    group = parser.add_argument_group(f"model (one of --checkpoint, {', '.join('--' + name for name in others)})")
     source = group.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--checkpoint", metavar="DIR", help="a checkpoint directory written by pretrain_gpt.py (its --save)"
-    )
-    source.add_argument("--hf", metavar="DIR", help="a Hugging Face GPT-2 folder (tools/convert_to_hf.py output)")
-    group.add_argument("--tag", help="checkpoint tag, e.g. global_step1000 (default: the one named in `latest`)")
-    group.add_argument("--vocab-file", help="vocab.txt (default: the checkpoint's training vocab, or the HF folder's)")
-    group.add_argument("--trust-checkpoint", action="store_true", help=TRUST_FLAG_HELP)
+    add_checkpoint_flags(source, required=False, tag_group=group)
+    for name in others:
+        source.add_argument(
+            f"--{name}", metavar="PATH", help=f"{FORMATS[name].title} (tools/convert_to_{name}.py output)"
+        )
+    add_vocab_flag(group, "vocab.txt (default: the checkpoint's training vocab, or the one the model folder carries)")
+    add_trust_flag(group)
     group.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda when available (default)")
 
 
@@ -43,13 +47,14 @@ def resolve_device(name: str) -> torch.device:
 
 def load_from_args(args: argparse.Namespace) -> tuple[LoadedModel, torch.device]:
     """The model the flags name, on the chosen device, in eval mode."""
-    if args.tag is not None and args.checkpoint is None:
-        raise ConfigError("--tag selects a checkpoint of --checkpoint DIR; an --hf folder has no tags")
+    fmt = next(name for name in loadable_formats() if getattr(args, name, None) is not None)
+    if args.tag is not None and fmt != CHECKPOINT:
+        raise ConfigError(f"--tag selects a checkpoint of --checkpoint DIR; --{fmt} ({FORMATS[fmt].title}) has no tags")
     device = resolve_device(args.device)
     # Reading a DeepSpeed checkpoint imports deepspeed, whose logger prints to stdout; stdout is
     # the tools' output (text, one JSON line), so anything said while loading goes to stderr.
     with trusting_checkpoints(args.trust_checkpoint), contextlib.redirect_stdout(sys.stderr):
-        loaded = load_model(checkpoint=args.checkpoint, tag=args.tag, hf=args.hf, vocab_file=args.vocab_file)
+        loaded = load_model(getattr(args, fmt), fmt, tag=args.tag, vocab_file=args.vocab_file)
     loaded.model.to(device).eval()
     config = loaded.model.config
     logger.info(

@@ -234,3 +234,10 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.
         return losses.mean()
     mask = loss_mask.reshape(-1).to(losses.dtype)
     return (losses * mask).sum() / mask.sum().clamp_min(torch.finfo(losses.dtype).tiny)
+
+
+def model_from_state_dict(config: GPT2Config, state_dict: dict[str, torch.Tensor]) -> GPT2Model:
+    """GPT2Model(config) holding exactly `state_dict` (strict), float32, in eval mode."""
+    model = GPT2Model(config)
+    model.load_state_dict(state_dict, strict=True)
+    return model.float().eval()

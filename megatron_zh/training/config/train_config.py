@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_zh.checkpoint.layout import TENSORBOARD_DIR
+from megatron_zh.checkpoint.safety import TRUST_FLAG_HELP
 from megatron_zh.data.datasets.config import DATA, DatasetConfig
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import from_flat, knob, nested, to_flat
@@ -85,12 +86,7 @@ class TrainConfig:
         check=BOOLEAN,
         group=CHECKPOINTS,
     )
-    trust_checkpoint: bool = knob(
-        False,
-        help="unpickle checkpoint files without PyTorch's restricted unpickler (they can run code)",
-        check=BOOLEAN,
-        group=CHECKPOINTS,
-    )
+    trust_checkpoint: bool = knob(False, help=TRUST_FLAG_HELP, check=BOOLEAN, group=CHECKPOINTS)
     exit_interval: int | None = knob(
         None,
         help="save and exit once the iteration is a multiple of this",

@@ -1,4 +1,4 @@
-"""Hugging Face GPT-2 folder -> our model: read config.json, the weights and the vocab; write a checkpoint.
+"""Hugging Face GPT-2 folder -> our model: read config.json, the weights and the vocab.
 
 Accepts what `save_pretrained` writes and what the hub holds for uer/gpt2-*-chinese-*:
 config.json, model.safetensors or pytorch_model.bin (or their sharded *.index.json forms),
@@ -7,36 +7,24 @@ vocab.txt, and tokenizer_config.json for do_lower_case (absent: true, as BERT-Ch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from megatron_zh.checkpoint.safety import safe_load
-from megatron_zh.checkpoint.weights import write_checkpoint
-from megatron_zh.convert.hf_gpt2 import from_hf_config, from_hf_state_dict
+from megatron_zh.convert.hf.names import from_hf_config, from_hf_state_dict
+from megatron_zh.convert.interface import ExternalModel
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import read_json_object
 from megatron_zh.log import get_logger
-from megatron_zh.model import GPT2Config
-from megatron_zh.paths import refuse_overlap
-from megatron_zh.tokenizer import BertChineseTokenizer, vocab_fingerprint
+from megatron_zh.tokenizer import vocab_fingerprint
 
 logger = get_logger(__name__)
 
 SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 TORCH_FILE, TORCH_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 VOCAB_FILE = "vocab.txt"
-
-
-@dataclass(frozen=True)
-class HFCheckpoint:
-    folder: Path
-    model_config: GPT2Config
-    state_dict: dict[str, torch.Tensor]  # our names, float32
-    vocab_file: Path
-    lower_case: bool
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -70,8 +58,10 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def read_hf_folder(folder: str | Path, vocab_file: str | Path | None = None) -> HFCheckpoint:
-    """Our config, float32 state dict and vocab from a Hugging Face GPT-2 folder."""
+def read_hf_folder(
+    folder: Path, vocab_file: Path | None = None, options: dict[str, Any] | None = None
+) -> ExternalModel:
+    """Our config, float32 state dict and vocab from a Hugging Face GPT-2 folder (no options)."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder} has no config.json: not a Hugging Face model folder")
@@ -96,9 +86,7 @@ def read_hf_folder(folder: str | Path, vocab_file: str | Path | None = None) -> 
         check_same_vocab(folder / VOCAB_FILE, vocab)
     tokenizer_config = folder / "tokenizer_config.json"
     lower_case = bool(_read_json(tokenizer_config).get("do_lower_case", True)) if tokenizer_config.is_file() else True
-    return HFCheckpoint(
-        folder=folder, model_config=model_config, state_dict=state_dict, vocab_file=vocab, lower_case=lower_case
-    )
+    return ExternalModel(model_config, state_dict, vocab, lower_case, f"Hugging Face folder {folder.resolve()}")
 
 
 def check_same_vocab(own: Path, given: Path) -> None:
@@ -114,33 +102,3 @@ def check_same_vocab(own: Path, given: Path) -> None:
             f"{given_fingerprint}, the folder's {own} has {own_fingerprint}; drop --vocab-file to use the "
             "folder's own"
         )
-
-
-def import_from_hf(
-    hf_folder: str | Path, output: str | Path, *, vocab_file: str | Path | None = None, overwrite: bool = False
-) -> Path:
-    """Convert an HF GPT-2 folder into a checkpoint directory pretrain_gpt.py --load ... --finetune starts from."""
-    refuse_overlap(output, [("the --hf folder", hf_folder), ("--vocab-file", vocab_file)])
-    hf = read_hf_folder(hf_folder, vocab_file)
-    tokenizer = BertChineseTokenizer(hf.vocab_file, lower_case=hf.lower_case)
-    if tokenizer.vocab_size > hf.model_config.vocab_size:
-        raise ConfigError(
-            f"{hf.vocab_file} has {tokenizer.vocab_size} tokens but the model only "
-            f"{hf.model_config.vocab_size} embeddings; it is not this model's vocab"
-        )
-    if not hf.lower_case:
-        logger.warning(
-            "%s says do_lower_case=false; pretrain_gpt.py tokenizes lower-cased (as the published "
-            "Chinese GPT-2 models were trained)",
-            hf.folder / "tokenizer_config.json",
-        )
-    folder = write_checkpoint(
-        output,
-        hf.model_config,
-        hf.state_dict,
-        vocab_fingerprint=tokenizer.fingerprint,
-        vocab_size=tokenizer.vocab_size,
-        source=f"Hugging Face folder {hf.folder.resolve()}",
-        overwrite=overwrite,
-    )
-    return folder

@@ -3,7 +3,7 @@
 The folder is built beside --output and renamed into place only after the self-check: it is
 loaded back with `transformers` (offline), its tokenizer must give our token ids, its weights
 must be ours bit for bit, and its logits on a batch of real text must match ours in fp32.
-README.md is the model card (convert/model_card.py: every number from the checkpoint's files).
+README.md is the model card (model_card.py: every number from the checkpoint's files).
 """
 
 from __future__ import annotations
@@ -12,18 +12,18 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
-from megatron_zh.checkpoint.weights import LoadedCheckpoint, load_checkpoint_weights
-from megatron_zh.convert.hf_gpt2 import HF_LM_HEAD, from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
-from megatron_zh.convert.loading import checkpoint_tokenizer, model_from_state_dict
-from megatron_zh.convert.model_card import write_model_card
+from megatron_zh.checkpoint.weights import LoadedCheckpoint, checkpoint_tokenizer
+from megatron_zh.convert.hf.model_card import write_model_card
+from megatron_zh.convert.hf.names import HF_LM_HEAD, from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import commit_directory, staging_directory
 from megatron_zh.log import get_logger
-from megatron_zh.model import GPT2Config
+from megatron_zh.model.config import GPT2Config
+from megatron_zh.model.gpt2 import model_from_state_dict
 from megatron_zh.paths import refuse_overlap
 from megatron_zh.tokenizer import SPECIAL_TOKENS, BertChineseTokenizer
 
@@ -60,18 +60,10 @@ class ExportResult:
     self_check_tokens: int
 
 
-def export_to_hf(
-    checkpoint: str | Path,
-    output: str | Path,
-    *,
-    tag: str | None = None,
-    vocab_file: str | Path | None = None,
-    overwrite: bool = False,
+def write_hf_export(
+    loaded: LoadedCheckpoint, output: Path, vocab_file: Path | None, overwrite: bool, options: dict[str, Any]
 ) -> ExportResult:
-    """Write checkpoint `tag` (default `latest`) of `checkpoint` as a Hugging Face folder at `output`."""
-    output = Path(output)
-    refuse_overlap(output, [("the checkpoint directory", checkpoint), ("--vocab-file", vocab_file)])
-    loaded = load_checkpoint_weights(checkpoint, tag)
+    """Write a checkpoint's weights as a Hugging Face folder at `output` (options: "command", for the card)."""
     tokenizer = checkpoint_tokenizer(loaded, vocab_file)
     refuse_overlap(output, [("the checkpoint's vocab", tokenizer.vocab_file)])
     hf_config = _hf_config(loaded.model_config, tokenizer)
@@ -87,9 +79,8 @@ def export_to_hf(
             max_logit_diff=max_diff,
             self_check_tokens=tokens,
         )
-        flags = {"--checkpoint": checkpoint, "--tag": tag, "--vocab-file": vocab_file, "--output": output}
-        command = " ".join(["python tools/convert_to_hf.py", *(f"{k} {v}" for k, v in flags.items() if v)])
-        write_model_card(staging, loaded, model_name=output.name, export={**asdict(result), "command": command})
+        export = {**asdict(result), "command": options.get("command", "")}
+        write_model_card(staging, loaded, model_name=output.name, export=export)
         (staging / EXPORT_INFO_FILE).write_text(
             json.dumps({**asdict(result), "output": str(output), "logit_tolerance": LOGIT_TOLERANCE}, indent=2) + "\n",
             encoding="utf-8",

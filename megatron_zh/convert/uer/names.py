@@ -234,3 +234,10 @@ def to_uer_config(config: GPT2Config) -> dict[str, Any]:
         "dropout": config.hidden_dropout,
         **UER_ARCHITECTURE,
     }
+
+
+# Said by both tools: the one numerical difference a user of the converted model should know about.
+LAYER_NORM_NOTE = (
+    "UER-py's LayerNorm divides by (unbiased std + 1e-6), ours and Hugging Face's by sqrt(biased var + eps): "
+    "the weights are the same, the logits differ slightly (README: Coming from UER-py)"
+)
