@@ -1,13 +1,14 @@
 # Two entry points, both self-installing into ./.venv:
 #   make quickstart   - the default pipeline on real data fetched from PyPI
-#   make test         - the CPU test suite
+#   make test         - the CPU test suite (what CI runs)
+#   make test-fast    - the tests that start no process (no DeepSpeed runs, no tools as commands): minutes
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # Data the tests read (real vocab and corpus); CI points this at its copy.
 export MEGATRON_ZH_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: install quickstart lint test bench clean
+.PHONY: install quickstart lint test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +31,9 @@ lint: install
 
 test: lint
 	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not integration" tests
 
 clean:
 	rm -rf build *.egg-info megatron_zh/_helpers*.so .pytest_cache

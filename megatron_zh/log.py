@@ -16,7 +16,21 @@ class _RankFilter(logging.Filter):
 
 
 class _OurHandler(logging.StreamHandler):
-    """Ours, so that a second setup_logging finds it and adds no duplicate."""
+    """Ours, so that a second setup_logging finds it and adds no duplicate. It writes to whatever sys.stderr
+    is when a record is logged, not the one it was made with: a tool run in-process after another (tests, a
+    notebook) or with stderr redirected (contextlib.redirect_stderr) logs where stderr goes now, never into a
+    stream closed since."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # StreamHandler.__init__ and setStream assign it; the current sys.stderr always wins
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -29,7 +43,7 @@ def setup_logging(level: int | str = logging.INFO) -> None:
     root = logging.getLogger("megatron_zh")
     root.setLevel(level)
     if not any(isinstance(h, _OurHandler) for h in root.handlers):
-        handler = _OurHandler(sys.stderr)
+        handler = _OurHandler()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
         handler.addFilter(_RankFilter())
         root.addHandler(handler)

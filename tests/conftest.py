@@ -6,12 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from repo_paths import REPO_ROOT
 
 # Kernels run under Triton's interpreter in tests: these machines have no GPU. Must be set before
 # anything imports triton.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MEGATRON_ZH_DATA_DIR", REPO_ROOT.parent / "shared" / "data")).resolve()
 
 
@@ -50,30 +50,17 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def zh_text_document(tmp_path_factory, zh_corpus_file, zh_vocab_file) -> dict[str, str]:
-    """The real sampled corpus tokenized once by tools/preprocess_data.py with the real vocab:
+    """The real sampled corpus tokenized once with the real vocab, in this process (the tool is a thin shell
+    over the same call, tested as a command in tests/unit/data/test_preprocess.py):
     {"prefix": .../clue_text_document (the .bin/.idx prefix), "vocab": the vocab file}."""
-    import subprocess
-    import sys
+    from megatron_zh.data.preprocess.config import PreprocessConfig
+    from megatron_zh.data.preprocess.pipeline import preprocess
 
     out = tmp_path_factory.mktemp("zh_text_document")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "tools" / "preprocess_data.py"),
-            "--input",
-            str(zh_corpus_file),
-            "--output-prefix",
-            str(out / "clue"),
-            "--vocab-file",
-            str(zh_vocab_file),
-            "--workers",
-            "2",
-        ],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
+    config = PreprocessConfig(
+        inputs=(str(zh_corpus_file),), output_prefix=str(out / "clue"), vocab_file=str(zh_vocab_file), progress=False
     )
-    assert result.returncode == 0, f"preprocessing failed:\n{result.stdout}\n{result.stderr}"
+    preprocess(config)
     return {"prefix": str(out / "clue_text_document"), "vocab": str(zh_vocab_file)}
 
 
@@ -130,3 +117,34 @@ def no_leaked_shared_memory():
     yield
     leaked = sorted(_deepspeed_shm_buffers() - before)
     assert not leaked, f"shared-memory all-reduce buffers left in /dev/shm: {leaked}"
+
+
+# Fixtures that start DeepSpeed runs: a test that uses one (directly or through another fixture) is integration.
+DEEPSPEED_FIXTURES = {"tiny_checkpoint", "bf16_checkpoint"}
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/integration, and every test of a DeepSpeed-run fixture, is marked integration."""
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.fspath)).parents or DEEPSPEED_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_process(request, monkeypatch):
+    """A test without the integration marker may not start a process: `make test-fast` (-m "not integration")
+    is fast because of this rule, and the rule is checked, not hoped for."""
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    import subprocess
+
+    def refuse(self, args, *rest, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process ({str(args)[:80]}): mark it @pytest.mark.integration "
+            "or move it to tests/integration/"
+        )
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    yield

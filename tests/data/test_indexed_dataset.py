@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from repo_paths import REPO_ROOT
 
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed.dataset import (
@@ -148,6 +149,7 @@ def test_we_read_megatron_core(tmp_path, megatron_indexed):
         assert ours.document_indices[-2:].tolist() == [len(documents), len(documents) + 2]
 
 
+@pytest.mark.integration
 def test_merge(tmp_path, megatron_indexed):
     parts = [random_documents(seed, count=30) for seed in (5, 6, 7)]
     prefixes = []
@@ -176,7 +178,7 @@ def test_merge(tmp_path, megatron_indexed):
         ],
         capture_output=True,
         text=True,
-        cwd=os.path.dirname(os.path.dirname(__file__)),
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr
     for path in (data_file_path, index_file_path):
@@ -213,6 +215,7 @@ def test_writer_leaves_nothing_until_finalize(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["partial.bin", "partial.idx", "partial.meta.json"]
 
 
+@pytest.mark.integration
 def test_writer_memory_does_not_grow_with_the_number_of_documents(tmp_path):
     """The index arrays are spilled to disk while writing and streamed into the .idx in slices of 1 M
     entries: 8 M documents peak no higher than 2 M. (Kept in memory, the extra 6 M would add

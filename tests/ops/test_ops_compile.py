@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("triton")
 
 
+@pytest.mark.integration
 def test_every_kernel_compiles_for_sm80_and_sm90(repo_root):
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"

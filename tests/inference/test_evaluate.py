@@ -287,6 +287,7 @@ def export_with_the_tool(tiny_checkpoint, repo_root, out) -> str:
     return str(out)
 
 
+@pytest.mark.integration
 def test_evaluate_tool_errors_are_one_line(tiny_checkpoint, repo_root, corpus, tmp_path):
     missing = run_tool(
         repo_root, "--checkpoint", tiny_checkpoint["save"], "--input", tmp_path / "nope.txt", "--seq-length", 64

@@ -254,6 +254,7 @@ _BUILDER_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_two_processes_sharing_a_cache_dir_build_once(corpus, tmp_path, repo_root):
     cache = tmp_path / "shared-cache"
     go = f"{__import__('time').time() + 3.0}"  # both start building at the same moment
@@ -358,6 +359,7 @@ _RANK_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.integration
 def test_rank0_builds_while_other_ranks_wait_and_its_failure_reaches_them(corpus, tmp_path, repo_root):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo_root), os.environ.get("PYTHONPATH", "")])}
     procs = [

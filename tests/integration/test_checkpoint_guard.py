@@ -1,14 +1,14 @@
 """Checkpoints are read safely, never overwritten by a fresh start, and saved so that `latest` always names a
 whole one; everything DeepSpeed would reject in its config is found before the process group starts.
 
-In-process checks call the preflight (`validation.validate`) directly; the tools and the save failures run
-as users run them (subprocesses, 2 CPU ranks over gloo where ranks matter).
+The checkpoints of real runs (DeepSpeed, 2 CPU ranks over gloo), hostile and damaged, through the preflight
+and every tool as users run them; the save failures as well. The in-process checks are in
+tests/checkpoint/test_safety.py and tests/training/test_preflight.py.
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import signal
@@ -19,6 +19,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hostile import poison
+from repo_paths import SUPPORT
 from training_runs import REPO_ROOT, environment, latest, pretrain_args, run, start, wait_for, write_config
 
 from megatron_zh.checkpoint.safety import (
@@ -26,12 +28,10 @@ from megatron_zh.checkpoint.safety import (
     check_checkpoint_files,
     guard_engine_loads,
     safe_load,
-    trusting_checkpoints,
 )
 from megatron_zh.checkpoint.weights import load_checkpoint_weights
-from megatron_zh.errors import CheckpointError, ConfigError
+from megatron_zh.errors import CheckpointError
 from megatron_zh.training.config.arguments import build_parser, build_run_config
-from megatron_zh.training.config.deepspeed_preflight import check_deepspeed_config
 from megatron_zh.training.preflight import validate
 
 MODEL_STATES = "mp_rank_00_model_states.pt"
@@ -72,158 +72,10 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
 # ----------------------------------------------------------------------------- item 7: DeepSpeed config
 
 
-@pytest.mark.parametrize(
-    "deepspeed, message",
-    [
-        ({"optimizer": {"type": "AdamX"}}, "optimizer.type 'AdamX' is not an optimizer DeepSpeed knows; did you mean"),
-        (
-            {"optimizer": {"params": {"betaz": [0.9, 0.95]}}},
-            "optimizer.params.betaz is not a parameter of torch.optim.AdamW; did you mean 'betas'?",
-        ),
-        ({"optimizer": {"params": {"betas": [1.5, 0.9]}}}, "torch.optim.AdamW rejects them: Invalid beta parameter"),
-        ({"optimizer": {"params": {"max_grad_norm": 1.0}}}, "optimizer.params.max_grad_norm is not supported"),
-        ({"optimizer": {"type": "SGD", "params": {"lr": 0.1}}}, "is not one DeepSpeed has tested with ZeRO"),
-        (
-            {"scheduler": {"type": "WarmupDecay"}},
-            "scheduler.type 'WarmupDecay' is not a schedule DeepSpeed knows; did you mean 'WarmupDecayLR'?",
-        ),
-        (
-            {"scheduler": {"params": {"warmup_num_step": 5}}},
-            "scheduler.params.warmup_num_step is not a parameter of deepspeed.runtime.lr_schedules.WarmupDecayLR; "
-            "did you mean 'warmup_num_steps'?",
-        ),
-        ({"scheduler": {"params": {"warmup_type": "lin"}}}, 'warmup_type \'lin\' must be "linear" or "log"'),
-        (
-            lambda c: c.update(scheduler={"type": "StepLR", "params": {}}),
-            "scheduler.params lacks step_size, which torch.optim.lr_scheduler.StepLR requires",
-        ),
-        (
-            {"fp16": {"enabled": False, "loss_scale_windw": 100}},
-            "fp16.loss_scale_windw: Extra inputs are not permitted",
-        ),
-        (
-            {"bf16": {"enabled": False, "immediate_grad_update": "maybe"}},
-            "bf16.immediate_grad_update: Input should be a valid boolean",
-        ),
-        ({"zero_optimization": {"overlap_com": True}}, "zero_optimization.overlap_com: Extra inputs are not permitted"),
-        (
-            {"data_types": {"grad_accum_dtype": "fp31"}},
-            "data_types.grad_accum_dtype 'fp31' is not a dtype DeepSpeed knows",
-        ),
-        (
-            {"gradient_clippin": 1.0},
-            "unknown key 'gradient_clippin'; did you mean 'gradient_clipping'? (DeepSpeed does not read it",
-        ),
-        ({"activation_checkpointng": {}}, "did you mean 'activation_checkpointing'?"),
-        ({"my_notes": "x"}, "unknown key 'my_notes' (DeepSpeed does not read it and would ignore it)"),
-    ],
-)
-def test_what_deepspeed_would_reject_is_named_before_the_process_group(tmp_path, zh_text_document, deepspeed, message):
-    """Without the preflight (validate, which runs before the process group) these pass and fail inside
-    deepspeed.initialize, after the process group, the dataset indices and the model are built."""
-    config = write_config(tmp_path, zh_text_document, deepspeed)
-    with pytest.raises(ConfigError) as caught:
-        preflight(config)
-    assert str(config) in str(caught.value) and message in str(caught.value), str(caught.value)
-    assert "\n" not in str(caught.value)
-
-
-def test_valid_deepspeed_configs_pass_the_preflight(tmp_path, zh_text_document):
-    config = write_config(
-        tmp_path, zh_text_document, lambda c: c.update(scheduler={"type": "StepLR", "params": {"step_size": 10}})
-    )
-    preflight(config)
-    for name in ("stage1.json", "stage2.json"):  # the published recipes, as resolved for 8 GPUs
-        args = build_parser().parse_args(["--ds_config", str(REPO_ROOT / "ds_configs" / name)])
-        run_config = build_run_config(args, 8)
-        check_deepspeed_config(run_config.deepspeed, run_config.config_file)
-
-
 # ------------------------------------------------------------------------ item 3: --load and --save
 
 
-def fake_committed_checkpoint(directory: Path, tag: str = "global_step7") -> None:
-    (directory / tag).mkdir(parents=True)
-    (directory / tag / MODEL_STATES).write_bytes(b"")
-    (directory / tag / "client_state.json").write_text(json.dumps({"iteration": 7}))
-    (directory / "latest").write_text(tag)
-
-
-def test_a_load_that_does_not_exist_is_an_error(tmp_path, zh_text_document):
-    config = write_config(tmp_path, zh_text_document, load=str(tmp_path / "typo"), save=str(tmp_path / "new"))
-    with pytest.raises(ConfigError, match=r"--load .*typo does not exist"):
-        preflight(config)
-    # A resubmittable run names its own --save as --load: the first submission finds nothing there yet.
-    preflight(write_config(tmp_path, zh_text_document))
-
-
-@pytest.mark.parametrize("how", ["no --load", "--load of an empty directory", "load in the config file"])
-def test_a_fresh_start_never_overwrites_a_save_holding_a_run(tmp_path, zh_text_document, how):
-    save, empty = tmp_path / "run1", tmp_path / "empty"
-    fake_committed_checkpoint(save)
-    empty.mkdir()
-    flags: list[str] = []
-    if how == "no --load":
-        config = write_config(tmp_path, zh_text_document, save=str(save), load=None)
-    elif how == "--load of an empty directory":
-        config = write_config(tmp_path, zh_text_document, save=str(save), load=None)
-        flags = ["--load", str(empty)]
-    else:
-        config = write_config(tmp_path, zh_text_document, save=str(save), load=str(empty))
-    with pytest.raises(ConfigError) as caught:
-        preflight(config, *flags)
-    message = str(caught.value)
-    assert f"--save {save} already holds checkpoint global_step7" in message
-    assert (str(empty) in message) == (how != "no --load"), message
-    assert f"pass --load {save}" in message and "--override-existing-save" in message
-    start = preflight(config, *flags, "--override-existing-save").start
-    assert start.mode == "scratch"
-
-
-def test_a_read_only_save_is_refused_before_training(tmp_path, zh_text_document):
-    save = tmp_path / "readonly"
-    save.mkdir()
-    mounted = False
-    if os.geteuid() == 0:  # root writes through permission bits: a read-only mount is the real test
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(save)]).returncode == 0
-        if not mounted:
-            pytest.skip("running as root without permission to mount a read-only tmpfs")
-    else:
-        save.chmod(0o555)
-    try:
-        config = write_config(tmp_path, zh_text_document, save=str(save), load=str(save))
-        with pytest.raises(
-            ConfigError, match=rf"--save {save} is not writable: (Read-only file system|Permission denied)"
-        ):
-            preflight(config)
-        nested = write_config(tmp_path, zh_text_document, save=str(save / "run"), load=str(save / "run"))
-        with pytest.raises(ConfigError, match=rf"--save {save / 'run'} is not writable \(cannot create it in {save}\)"):
-            preflight(nested)
-    finally:
-        if mounted:
-            subprocess.run(["umount", str(save)], check=True)
-        else:
-            save.chmod(0o755)
-
-
 # ------------------------------------------------------------------- item 4: the restricted unpickler
-
-
-class _Payload:
-    """What a hostile checkpoint holds: unpickling it runs a shell command."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def poison(path: Path, marker: Path) -> None:
-    """Add the payload to a real checkpoint file, keeping everything else."""
-    states = torch.load(path, map_location="cpu", weights_only=False)
-    states["payload"] = _Payload(marker)
-    torch.save(states, path)
 
 
 def test_real_checkpoints_need_only_the_allowlist(tiny_checkpoint):
@@ -236,48 +88,6 @@ def test_real_checkpoints_need_only_the_allowlist(tiny_checkpoint):
     states = safe_load(folder / MODEL_STATES)
     assert states["rng_states"][0]["numpy"][1].dtype.name == "uint32"
     assert type(safe_load(folder / SHARD_1)["optimizer_state_dict"]["loss_scaler"]).__name__ == "LossScaler"
-
-
-def test_deepspeed_fp16_loss_scaler_is_on_the_allowlist(tmp_path):
-    """fp16 runs (GPU only) save a DynamicLossScaler in the optimizer state: the object DeepSpeed pickles loads."""
-    from deepspeed.runtime.fp16.loss_scaler import CreateLossScaler
-
-    # As DeepSpeed's ZeRO-1/2 optimizer builds it for fp16 with dynamic loss scaling (the fp16 default).
-    dynamic = dict(init_scale=2**16, scale_window=1000, min_scale=1, delayed_shift=2, consecutive_hysteresis=False)
-    scaler = CreateLossScaler(torch.float16, static_loss_scale=0, dynamic_scaling=True, dynamic_loss_args=dynamic)
-    assert type(scaler).__name__ == "DynamicLossScaler"
-    torch.save({"optimizer_state_dict": {"loss_scaler": scaler}}, tmp_path / "fp16.pt")
-    assert safe_load(tmp_path / "fp16.pt")["optimizer_state_dict"]["loss_scaler"].cur_scale == 2**16
-
-
-def test_legacy_format_pickles_are_checked_too(tmp_path):
-    """pytorch_model.bin files from before torch's zip format (convert_from_hf.py reads them) go through the
-    same restricted unpickler: tensors load, a payload is refused by name."""
-    marker = tmp_path / "pwned"
-    torch.save({"w": torch.ones(2)}, tmp_path / "plain.bin", _use_new_zipfile_serialization=False)
-    torch.save({"w": _Payload(marker)}, tmp_path / "hostile.bin", _use_new_zipfile_serialization=False)
-    assert torch.equal(safe_load(tmp_path / "plain.bin")["w"], torch.ones(2))
-    with pytest.raises(CheckpointError, match="hostile.bin needs global posix.system"):
-        safe_load(tmp_path / "hostile.bin")
-    assert not marker.exists()
-
-
-def test_trust_lasts_for_its_block_only(tmp_path):
-    """--trust-checkpoint is scoped: inside `trusting_checkpoints(True)` the full unpickler runs the file (so the
-    payload does run), and after the block, even one that raised, the same file is refused again."""
-    marker = tmp_path / "pwned"
-    torch.save({"w": _Payload(marker)}, tmp_path / "hostile.pt")
-    with pytest.raises(RuntimeError, match="leaves the block"):
-        with trusting_checkpoints(True):
-            safe_load(tmp_path / "hostile.pt")
-            raise RuntimeError("leaves the block")
-    assert marker.exists(), "inside the block the file is trusted and unpickled without restriction"
-    marker.unlink()
-    with pytest.raises(CheckpointError, match="hostile.pt needs global posix.system"):
-        safe_load(tmp_path / "hostile.pt")
-    with trusting_checkpoints(False), pytest.raises(CheckpointError, match="needs global posix.system"):
-        safe_load(tmp_path / "hostile.pt")
-    assert not marker.exists()
 
 
 @pytest.mark.parametrize("poisoned", [MODEL_STATES, SHARD_1])
@@ -415,7 +225,7 @@ def test_a_full_disk_or_a_kill_during_a_save_leaves_a_resumable_run(zh_text_docu
     args = pretrain_args(
         zh_text_document, save, train_iters=4, save_interval=2, eval_interval=0, eval_iters=1, log_interval=1
     )
-    faulty = [str(REPO_ROOT / "tests" / "faulty_storage_pretrain.py"), *args[1:]]
+    faulty = [str(SUPPORT / "faulty_storage_pretrain.py"), *args[1:]]
     shard = f"global_step4/{SHARD_1}"
 
     monkeypatch.setenv("FAULTY_SAVE", f"{shard}=enospc")  # the runs inherit this process's environment

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_paths import REPO_ROOT as REPO
 
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed.dataset import IndexedDataset, read_metadata
 from megatron_zh.data.indexed.merge import merge_datasets
 from megatron_zh.errors import DataFormatError
 
-REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {
     "format": "megatron_zh.preprocess/1",
     "tokenizer": "BertWordPieceLowerCase",
@@ -50,6 +50,7 @@ def merge_tool(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_an_input_without_metadata_is_refused_unless_allowed(tmp_path):
     verified = dataset(tmp_path / "verified", 1)
     bare = dataset(tmp_path / "bare", 2, missing=True)  # e.g. made by Megatron-LM's preprocess_data.py
@@ -95,6 +96,7 @@ def test_inputs_tokenized_differently_are_refused_naming_both_and_the_setting(tm
     assert not [p for p in os.listdir(tmp_path) if "out" in p]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("spelling", ["{d}//a", "{d}/../{n}/a", "{link}/a", "{d}/./a"])
 def test_an_output_that_is_an_input_however_spelled_is_refused(tmp_path, spelling):
     folder = tmp_path / "data"

@@ -4,13 +4,11 @@ package), for tests that read its exit status and what it printed with capsys.""
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
+from repo_paths import TOOLS
 
 from megatron_zh.cli import run_cli
-
-TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
 def run_tool(name: str, argv: list[str]) -> int:

@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from repo_paths import REPO_ROOT, SUPPORT
+
 from megatron_zh.training.distributed.process_group import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CPU_CONFIG = REPO_ROOT / "ds_configs" / "cpu_tiny.json"
 
 
@@ -101,7 +102,7 @@ def finetune_args(args: list[str], load: Path | str) -> list[str]:
 
 
 def bf16_pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
-    """pretrain_args for tests/cpu_bf16_pretrain.py: bf16 with fp32 gradient accumulation under ZeRO-1 on
+    """pretrain_args for tests/support/cpu_bf16_pretrain.py: bf16 with fp32 gradient accumulation under ZeRO-1 on
     CPU ranks, i.e. DeepSpeed's BF16_Optimizer and its checkpoint layout (as ds_configs/stage*.json on GPUs)."""
     import json
 
@@ -111,7 +112,7 @@ def bf16_pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(json.dumps(config))
     args = pretrain_args(dataset, save, bf16=True, **flags)
-    args[0] = str(REPO_ROOT / "tests" / "cpu_bf16_pretrain.py")
+    args[0] = str(SUPPORT / "cpu_bf16_pretrain.py")
     args[args.index("--ds_config") + 1] = str(config_file)
     return args
 

@@ -288,6 +288,7 @@ def test_bad_inputs_are_rejected():
         GPT2Model(config, kernel_backend="cuda")
 
 
+@pytest.mark.integration
 def test_cpu_only_machine_never_launches_triton(repo_root):
     # Without TRITON_INTERPRET, CPU tensors take the PyTorch path, asking for Triton is a clear
     # error, and importing the kernels touches no GPU driver.

@@ -278,6 +278,7 @@ def run_tool(repo_root, *args) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 def test_generate_tool_on_a_trained_checkpoint(tiny_checkpoint, repo_root, tmp_path):
     """Streamed and batched runs print the same texts; --json the same again; no CJK spaces."""
     prompts = tmp_path / "prompts.txt"
@@ -306,6 +307,7 @@ def test_generate_tool_on_a_trained_checkpoint(tiny_checkpoint, repo_root, tmp_p
     assert "tokens/s" in streamed.stderr
 
 
+@pytest.mark.integration
 def test_generate_tool_refuses_bad_flags(tiny_checkpoint, repo_root, tmp_path):
     bad = run_tool(repo_root, "--checkpoint", tiny_checkpoint["save"], "--prompt", "你好", "--greedy", "--top-k", 5)
     assert bad.returncode == 2 and "--top-k (sampling options) would be ignored" in bad.stderr

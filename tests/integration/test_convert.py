@@ -25,8 +25,6 @@ from megatron_zh.convert.loading import load_model
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.training.metrics import read_metrics
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 
 def module_weights(save: Path) -> dict[str, torch.Tensor]:
     """What DeepSpeed saved as the model (the training-dtype copy), for comparison."""

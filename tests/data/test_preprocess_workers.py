@@ -13,17 +13,15 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
+from repo_paths import REPO_ROOT as REPO
 
 from megatron_zh.data.preprocess import pipeline as preprocess_module
 from megatron_zh.data.preprocess.config import PreprocessConfig
 from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.data.preprocess.workers import available_cpus
 from megatron_zh.fileio import temporary_sibling
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Preprocessing whose encoder sleeps per chunk, so the test can kill it mid-run.
 SLOW_RUN = textwrap.dedent(
@@ -94,6 +92,7 @@ def test_workers_are_capped_at_chunks_and_cpus(tmp_path, zh_vocab_file, caplog, 
     assert pools == ([cap] if cap > 1 else []) and f"capped at {cap}" in caplog.text
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not sys.platform.startswith("linux") or available_cpus() < 2, reason="needs /proc and 2 CPUs")
 def test_killed_run_leaves_no_workers_and_its_temporaries_go_with_the_next_run(
     tmp_path, zh_vocab_file, zh_corpus_file, caplog
@@ -148,6 +147,7 @@ def test_temporary_names_carry_host_and_pid(tmp_path):
     assert int(pid) == os.getpid() and host and tmp.name.startswith(".x.bin.") and tmp.name.endswith(".tmp")
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs fork and /proc")
 def test_the_watchdog_ends_a_worker_whose_parent_died_where_prctl_is_missing():
     script = textwrap.dedent(

@@ -196,6 +196,7 @@ def test_the_formats_table_is_the_one_place_a_format_is_declared(tmp_path, zh_vo
         assert not list(tmp_path.glob("out*"))
 
 
+@pytest.mark.integration
 def test_directories_globs_and_files_in_any_mix(tmp_path, zh_vocab_file, bert, docs):
     root = tmp_path / "corpus"
     (root / "b" / "deeper").mkdir(parents=True)
@@ -269,6 +270,7 @@ def test_blank_line_documents_are_never_split_by_chunks(tmp_path, zh_vocab_file,
         preprocess(config(tmp_path, zh_vocab_file, [flat], chunk_bytes=500, document_boundary="blank-line"))
 
 
+@pytest.mark.integration
 def test_min_doc_chars_and_dedup_are_counted(tmp_path, zh_vocab_file, bert, docs):
     texts = [d.replace("\n", "") for d in docs[:30]]
     short = ["短文", "ok", "十个字以内的短文本"]
@@ -317,6 +319,7 @@ def dataset_bytes(prefix) -> list[bytes]:
     return [Path(f"{prefix}{ext}").read_bytes() for ext in (".bin", ".idx")]
 
 
+@pytest.mark.integration
 def test_shards_merge_to_a_single_run_byte_for_byte(tmp_path, zh_vocab_file, bert, docs):
     inputs = shard_inputs(tmp_path, docs)
     common = ["--vocab-file", zh_vocab_file, "--workers", 1, "--document-boundary", "blank-line"]
@@ -348,6 +351,7 @@ def test_shards_merge_to_a_single_run_byte_for_byte(tmp_path, zh_vocab_file, ber
         preprocess(config(tmp_path, zh_vocab_file, inputs, num_shards=9))
 
 
+@pytest.mark.integration
 def test_slurm_array_script_shards_and_merges(tmp_path, zh_vocab_file, docs):
     """The script submits an array and a dependent merge; run as those jobs, it gives the single-run dataset."""
     inputs = shard_inputs(tmp_path, docs)
@@ -399,6 +403,7 @@ def wide_bytes(encoding: str) -> bytes:
     return text.encode(encoding)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("encoding, seen, command", WIDE)
 def test_wide_encodings_stop_the_run_with_the_fix(tmp_path, zh_vocab_file, encoding, seen, command):
     corpus = tmp_path / "corpus.txt"
@@ -432,6 +437,7 @@ def patch_zip_entries(path: Path, *, flag: int = 0, method: int | None = None) -
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "flag, method, message",
     [
@@ -445,6 +451,7 @@ def test_zip_members_that_cannot_be_read_are_refused_before_any_output(tmp_path,
     assert refusal(tmp_path, zh_vocab_file, tmp_path / "a.zip").startswith(f"error: {tmp_path / 'a.zip'}:{message}")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["corpus.txt.gz", "corpus.txt.bz2", "corpus.txt.xz", "corpus.jsonl.zst", "c.tar.zst"])
 def test_a_truncated_compressed_input_stops_the_run(tmp_path, zh_vocab_file, docs, name):
     """A download cut short fails with one line and writes nothing, whatever the compression: zstandard's own
@@ -486,6 +493,7 @@ def test_utf8_byte_order_mark_is_dropped(tmp_path, zh_vocab_file, bert):
     assert stats.bad_lines == 0
 
 
+@pytest.mark.integration
 def test_no_documents_is_an_error(tmp_path, zh_vocab_file, caplog):
     (tmp_path / "wrong_key.jsonl.zst").write_bytes(COMPRESS[".zst"](b'{"body": "x"}\n' * 5))
     (tmp_path / "empty.txt").write_bytes(b"\n\n  \n")
@@ -549,6 +557,7 @@ def test_every_tool_flag_is_a_knob_that_lands_in_its_field(tmp_path):
         parser.parse_args(["--output-prefix", "out", "--vocab-file", "v.txt"])  # --input is required
 
 
+@pytest.mark.integration
 def test_bench_preprocess_compressed_runs(repo_root):
     """The benchmark's --compressed case works end to end at a small size (timings are not checked here)."""
     result = subprocess.run(

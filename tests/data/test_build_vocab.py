@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from repo_paths import REPO_ROOT as REPO
 
 from megatron_zh.data.preprocess.vocab_builder import VocabConfig, train_vocab
 from megatron_zh.errors import ConfigError
 from megatron_zh.tokenizer import BertChineseTokenizer, read_vocab
 
-REPO = Path(__file__).resolve().parents[1]
 
-
+@pytest.mark.integration
 def test_trained_vocab_on_real_corpus(tmp_path, zh_corpus_file):
     from transformers import BertTokenizer
 

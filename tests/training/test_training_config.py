@@ -361,6 +361,7 @@ def test_finetune_without_a_checkpoint(config, tmp_path):
         validate(resolve(config, "--finetune", "--load", str(tmp_path / "empty"), "--save", str(tmp_path / "s2")))
 
 
+@pytest.mark.integration
 def test_command_line_error_is_one_line_without_traceback(tmp_path, zh_text_document):
     config = write_config(tmp_path, zh_text_document)
     result = subprocess.run(

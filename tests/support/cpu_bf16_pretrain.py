@@ -5,7 +5,7 @@ training is slow and not what a user wants. DeepSpeed's BF16_Optimizer itself ru
 and writes the same files it writes on GPUs (bf16_zero_pp_rank_<r>_mp_rank_00_optim_states.pt,
 bf16 module copies), which is what the converter tests need. Everything else is the real run.
 
-    deepspeed --num_gpus 3 tests/cpu_bf16_pretrain.py --ds_config CONFIG_WITH_BF16 ...
+    deepspeed --num_gpus 3 tests/support/cpu_bf16_pretrain.py --ds_config CONFIG_WITH_BF16 ...
 """
 
 from megatron_zh.cli import run_cli

@@ -1,6 +1,6 @@
 """Conversion tools cannot destroy their input, and a Hugging Face folder's vocab cannot be swapped silently.
 
-A tiny GPT-2 saved by `transformers` (tests/tiny_models.py) stands in for a hub folder; the checkpoint
+A tiny GPT-2 saved by `transformers` (tests/support/tiny_models.py) stands in for a hub folder; the checkpoint
 the export reads is that folder imported by tools/convert_from_hf.py.
 """
 
@@ -16,8 +16,6 @@ from tiny_models import make_tiny_hf
 from tool_runs import run_tool
 
 from megatron_zh.paths import overlap
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def last_line_only_error(err: str) -> str:

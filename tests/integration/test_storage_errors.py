@@ -19,12 +19,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from repo_paths import REPO_ROOT as REPO
 from tiny_models import make_tiny_hf
 from tool_runs import run_tool
 
 from megatron_zh.storage import describe_os_error, naming
-
-REPO = Path(__file__).resolve().parents[1]
 
 Argv = Callable[[Path], list[str]]
 

@@ -18,6 +18,7 @@ def _write_metrics(path, train_losses, eval_losses):
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"kind": "train", "iter')  # torn last line
 
 
+@pytest.mark.integration
 def test_plot_writes_a_png_of_the_run(tmp_path, repo_root):
     metrics = tmp_path / "metrics.jsonl"
     _write_metrics(metrics, [10.0 - 0.1 * i for i in range(40)], [(20, 8.5), (40, 7.0)])

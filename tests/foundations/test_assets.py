@@ -11,11 +11,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from repo_paths import REPO_ROOT as REPO
 
 from megatron_zh.assets import DEFAULT_ASSETS, Archive, AssetSpec, fetch_assets, fetch_corpus, fetch_vocab
 from megatron_zh.errors import AssetFetchError
 
-REPO = Path(__file__).resolve().parents[1]
 POS = "这本书写得很好，推荐！\r\n\r\n质量不错 good\r\n   \r\n"
 NEG = "太差了，退货。\n\n物流很慢\n"  # stored as GB18030: converted to UTF-8 on extraction
 
@@ -91,6 +91,7 @@ def test_vocab_checksum_mismatch(tmp_path, zh_vocab_file):
     assert not (tmp_path / bad.vocab_name).exists()
 
 
+@pytest.mark.integration
 def test_failed_download_says_how_to_proceed_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens there
     monkeypatch.setenv("PIP_RETRIES", "0")
@@ -104,6 +105,7 @@ def test_failed_download_says_how_to_proceed_offline(tmp_path, monkeypatch):
     assert "--vocab-file" in message and "--input" in message and str(tmp_path / "cache" / "archives") in message
 
 
+@pytest.mark.integration
 def test_real_fetch_from_pypi(tmp_path, zh_vocab_file):
     """The vocab for real: pip download of the cn_clip wheel (200 kB), checksums, extraction, via the tool."""
     result = subprocess.run(

@@ -1,4 +1,4 @@
-"""pretrain_gpt.py on storage that fails while a checkpoint is written, for tests/test_checkpoint_guard.py.
+"""pretrain_gpt.py on storage that fails while a checkpoint is written, for tests/integration/test_checkpoint_guard.py.
 
 FAULTY_SAVE="SUBSTRING=ACTION" makes torch.save (what DeepSpeed's checkpoint engine calls) misbehave for
 the first file whose path contains SUBSTRING, on whichever rank writes it:
@@ -8,7 +8,7 @@ the first file whose path contains SUBSTRING, on whichever rank writes it:
 
 Everything else is the real run.
 
-    deepspeed --num_gpus 2 tests/faulty_storage_pretrain.py --ds_config ... (FAULTY_SAVE in the environment)
+    deepspeed --num_gpus 2 tests/support/faulty_storage_pretrain.py --ds_config ... (FAULTY_SAVE in the environment)
 """
 
 import errno

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from repo_paths import REPO_ROOT as REPO
 
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed.dataset import IndexedDataset, read_metadata
@@ -23,7 +24,6 @@ from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.tokenizer import BertChineseTokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 TOOL = REPO / "tools" / "preprocess_data.py"
 
 
@@ -68,6 +68,7 @@ def outputs_in(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir() if "out" in p.name)
 
 
+@pytest.mark.integration
 def test_real_corpus_end_to_end(tmp_path, zh_vocab_file, zh_corpus_file, bert):
     result = run_tool(
         "--input",
@@ -116,6 +117,7 @@ def test_real_corpus_end_to_end(tmp_path, zh_vocab_file, zh_corpus_file, bert):
     assert f"done: 2,500 documents, {meta['tokens']:,} tokens, 0 empty dropped, 0 bad lines" in result.stderr
 
 
+@pytest.mark.integration
 def test_framing_flags(tmp_path, zh_vocab_file, bert):
     corpus = tmp_path / "c.txt"
     corpus.write_text("你好世界\nhello\n", encoding="utf-8")
@@ -161,6 +163,7 @@ def test_json_lines_with_several_keys(tmp_path, zh_vocab_file, bert):
     assert read_metadata(tmp_path / "out_title_document")["json_key"] == "title"
 
 
+@pytest.mark.integration
 def test_several_inputs_and_globs(tmp_path, zh_vocab_file, bert):
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -226,6 +229,7 @@ def test_bad_text_lines_and_empty_documents(tmp_path, zh_vocab_file, bert, caplo
     assert any(f"{corpus}:5: invalid UTF-8 at byte 7" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "bad_line, reason",
     [
@@ -301,6 +305,7 @@ def test_interrupted_run_leaves_old_dataset_and_no_temporary_files(
     assert {name: (tmp_path / name).read_bytes() for name in outputs_in(tmp_path)} == before
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_killed_tool_leaves_no_whole_looking_index(tmp_path, zh_vocab_file, zh_corpus_file, sig):
     big = tmp_path / "big.txt"
@@ -342,6 +347,7 @@ def test_killed_tool_leaves_no_whole_looking_index(tmp_path, zh_vocab_file, zh_c
         assert code == 130 and "interrupted" in remaining and "Traceback" not in remaining
 
 
+@pytest.mark.integration
 def test_config_errors(tmp_path, zh_vocab_file, zh_corpus_file):
     with pytest.raises(ConfigError, match="no such file"):
         preprocess(config(tmp_path, zh_vocab_file, [tmp_path / "missing.txt"]))
@@ -360,6 +366,7 @@ def test_config_errors(tmp_path, zh_vocab_file, zh_corpus_file):
     assert outputs_in(tmp_path) == []
 
 
+@pytest.mark.integration
 def test_memory_stays_bounded(tmp_path, zh_vocab_file, zh_corpus_file):
     """Chunks in flight are bounded: the main process's peak memory does not grow with the corpus."""
     script = (
@@ -386,6 +393,7 @@ def test_memory_stays_bounded(tmp_path, zh_vocab_file, zh_corpus_file):
     assert peaks[1] < peaks[0] + 10, f"peak RSS {peaks[0]:.0f} MB for 2 MB of input, {peaks[1]:.0f} MB for 31 MB"
 
 
+@pytest.mark.integration
 def test_bench_preprocess_runs(repo_root):
     """The benchmark script works end to end at a small size (its timings are not checked here)."""
     result = subprocess.run(
@@ -399,6 +407,7 @@ def test_bench_preprocess_runs(repo_root):
     assert "repeat 1: bound (tokenizers)" in result.stdout and "median of 1: preprocess" in result.stdout
 
 
+@pytest.mark.integration
 def test_preprocessing_does_not_import_torch():
     """Every module of data/preprocess (the driver and the workers' side) and data/indexed is torch-free: a
     worker starts fast and holds no CUDA state."""

@@ -27,6 +27,7 @@ def build_ext(repo_root, tmp_path, path: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("compiler", ["missing", "broken"])
 def test_compiler_problems_give_a_clear_message(compiler, repo_root, tmp_path):
     bin_dir = tmp_path / "bin"
