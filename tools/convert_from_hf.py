@@ -12,25 +12,14 @@ so start from it with --finetune.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from megatron_zh.checkpoint.safety import trusting_checkpoints
 from megatron_zh.cli import run_cli
-from megatron_zh.convert.flags import add_conversion_flags, add_vocab_flag
-from megatron_zh.convert.formats import import_model
+from megatron_zh.convert.commands import import_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hf", required=True, metavar="DIR", help="a Hugging Face GPT-2 folder")
-    add_vocab_flag(parser, "vocab.txt (default: the folder's)")
-    add_conversion_flags(parser, "checkpoint directory")
-    args = parser.parse_args(argv)
-    with trusting_checkpoints(args.trust_checkpoint):
-        folder = import_model("hf", args.hf, args.output, vocab_file=args.vocab_file, overwrite=args.overwrite)
-    print(f"wrote {folder}; continue training with: pretrain_gpt.py --load {args.output} --finetune ...")
-    return 0
+    return import_main(argv, description=__doc__ or "", fmt="hf")
 
 
 if __name__ == "__main__":

@@ -19,39 +19,14 @@ sqrt(biased var + 1e-5): the converted model's logits differ slightly from UER-p
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from megatron_zh.checkpoint.safety import trusting_checkpoints
 from megatron_zh.cli import run_cli
-from megatron_zh.convert.flags import add_conversion_flags, add_vocab_flag
-from megatron_zh.convert.formats import import_model
-from megatron_zh.convert.uer.names import LAYER_NORM_NOTE
+from megatron_zh.convert.commands import import_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, metavar="MODEL.bin", help="a UER-py GPT-2 model file")
-    parser.add_argument("--uer-config", metavar="CONFIG.json", help="its UER-py config (models/gpt2/*.json)")
-    parser.add_argument(
-        "--num-attention-heads", type=int, help="heads per layer, when there is no --uer-config (12 for distil)"
-    )
-    add_vocab_flag(parser, "the vocab.txt the model was trained with (required: the model file carries none)")
-    add_conversion_flags(parser, "checkpoint directory")
-    args = parser.parse_args(argv)
-    with trusting_checkpoints(args.trust_checkpoint):
-        folder = import_model(
-            "uer",
-            args.input,
-            args.output,
-            vocab_file=args.vocab_file,
-            overwrite=args.overwrite,
-            uer_config=args.uer_config,
-            num_attention_heads=args.num_attention_heads,
-        )
-    print(f"wrote {folder}; continue training with: pretrain_gpt.py --load {args.output} --finetune ...")
-    print(f"note: {LAYER_NORM_NOTE}")
-    return 0
+    return import_main(argv, description=__doc__ or "", fmt="uer")
 
 
 if __name__ == "__main__":

@@ -14,37 +14,14 @@ target, tied weights). Both files are written under temporary names and renamed 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from megatron_zh.checkpoint.safety import trusting_checkpoints
 from megatron_zh.cli import run_cli
-from megatron_zh.convert.flags import add_checkpoint_flags, add_conversion_flags
-from megatron_zh.convert.formats import export_checkpoint
-from megatron_zh.convert.uer.names import LAYER_NORM_NOTE
+from megatron_zh.convert.commands import export_main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_checkpoint_flags(parser)
-    add_conversion_flags(parser, "UER-py model file", metavar="MODEL.bin")
-    parser.add_argument(
-        "--uer-config-output", metavar="CONFIG.json", help="where to write its UER-py config (default: MODEL.json)"
-    )
-    args = parser.parse_args(argv)
-    with trusting_checkpoints(args.trust_checkpoint):
-        result = export_checkpoint(
-            "uer",
-            args.checkpoint,
-            args.output,
-            tag=args.tag,
-            overwrite=args.overwrite,
-            config_output=args.uer_config_output,
-        )
-    print(f"exported {result.checkpoint} (weights: {result.weights_source}, {result.parameters:,} parameters)")
-    print(f"wrote {result.model_file} (--load_model_path) and {result.config_file} (--config_path)")
-    print(f"note: {LAYER_NORM_NOTE}")
-    return 0
+    return export_main(argv, description=__doc__ or "", fmt="uer")
 
 
 if __name__ == "__main__":

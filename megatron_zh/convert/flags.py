@@ -1,14 +1,12 @@
-"""The flags every conversion tool shares, spelled once: which checkpoint, where the output goes, trust.
+"""The flags every tool that reads or writes models shares, spelled once: which checkpoint, the vocab, the output.
 
-tools/convert_to_*.py read a checkpoint and write a format; tools/convert_from_*.py read a format
-and write a checkpoint; tools/generate.py and evaluate.py read either (inference/runtime.py).
+The conversion commands (commands.py) and tools/generate.py and evaluate.py (inference/runtime.py)
+use them; --trust-checkpoint is checkpoint.safety.add_trust_flag.
 """
 
 from __future__ import annotations
 
 import argparse
-
-from megatron_zh.checkpoint.safety import add_trust_flag
 
 Group = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -34,9 +32,3 @@ def add_output_flags(parser: argparse.ArgumentParser, what: str, metavar: str = 
     parser.add_argument(
         "--overwrite", action="store_true", help="replace --output if it exists (after the new one is complete)"
     )
-
-
-def add_conversion_flags(parser: argparse.ArgumentParser, what: str, metavar: str = "DIR") -> None:
-    """--output, --overwrite and --trust-checkpoint: every conversion writes an output and reads pickles."""
-    add_output_flags(parser, what, metavar)
-    add_trust_flag(parser)

@@ -4,23 +4,27 @@
     export_checkpoint("hf", "checkpoints/stage2", "gpt2-distil-chinese")
 
 Around a format's own read or write, the drivers do what every conversion needs: no output that
-is, holds or lies inside an input (real paths compared); the checkpoint's fp32 master weights
-read through checkpoint/weights.py; an import's vocab checked against its embeddings and written
-as a checkpoint that `pretrain_gpt.py --load DIR --finetune` starts from.
+is, holds or lies inside an input (real paths compared, the format's own path options included);
+the checkpoint's fp32 master weights read through checkpoint/weights.py; an import's vocab checked
+against its embeddings and written as a checkpoint that `pretrain_gpt.py --load DIR --finetune`
+starts from.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from megatron_zh.checkpoint.weights import load_checkpoint_weights, write_checkpoint
-from megatron_zh.convert.hf.exporter import write_hf_export
+from megatron_zh.convert.hf.exporter import HFExportOptions, report_hf_export, write_hf_export
 from megatron_zh.convert.hf.importer import read_hf_folder
-from megatron_zh.convert.interface import ExternalModel, ModelFormat
-from megatron_zh.convert.uer.exporter import write_uer_export
-from megatron_zh.convert.uer.importer import read_uer_model
+from megatron_zh.convert.interface import Exporter, ExternalModel, Importer, ModelFormat
+from megatron_zh.convert.uer.exporter import UERExportOptions, report_uer_export, write_uer_export
+from megatron_zh.convert.uer.importer import UERImportOptions, read_uer_model
+from megatron_zh.convert.uer.names import LAYER_NORM_NOTE
 from megatron_zh.errors import ConfigError
+from megatron_zh.knobs import flag_name
 from megatron_zh.log import get_logger
 from megatron_zh.paths import refuse_overlap
 from megatron_zh.tokenizer import BertChineseTokenizer
@@ -32,28 +36,38 @@ FORMATS: dict[str, ModelFormat] = {
         "hf",
         "a Hugging Face GPT-2 folder",
         "the --hf folder",
-        read=read_hf_folder,
-        write=write_hf_export,
+        Importer(read_hf_folder, "--hf", "DIR"),
+        Exporter(write_hf_export, "Hugging Face folder", "DIR", report_hf_export, HFExportOptions),
         readable_alone=True,
     ),
     "uer": ModelFormat(
-        "uer", "a UER-py GPT-2 model file", "the UER-py model", read=read_uer_model, write=write_uer_export
+        "uer",
+        "a UER-py GPT-2 model file",
+        "the UER-py model",
+        Importer(read_uer_model, "--input", "MODEL.bin", UERImportOptions, notes=(LAYER_NORM_NOTE,)),
+        Exporter(write_uer_export, "UER-py model file", "MODEL.bin", report_uer_export, UERExportOptions),
     ),
 }
 
 
 def model_format(name: str, direction: str) -> ModelFormat:
-    """The format called `name` that can `direction` ("read" or "write"); ConfigError naming the ones that can."""
+    """The format called `name` that can `direction` ("importer" or "exporter"); ConfigError naming those that can."""
     able = [key for key, spec in FORMATS.items() if getattr(spec, direction) is not None]
     if name not in able:
-        raise ConfigError(f"no model format {name!r} to {direction}; choose one of {', '.join(able)}")
+        what = "read" if direction == "importer" else "write"
+        raise ConfigError(f"no model format {name!r} to {what}; choose one of {', '.join(able)}")
     return FORMATS[name]
 
 
+def _input_paths(options: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The import options that name files (all of them inputs), as refuse_overlap takes them: (flag, path)."""
+    return [(flag_name(key), value) for key, value in options.items() if isinstance(value, (str, os.PathLike))]
+
+
 def read_model(name: str, source: str | Path, vocab_file: str | Path | None = None, **options: Any) -> ExternalModel:
-    spec = model_format(name, "read")
-    assert spec.read is not None
-    return spec.read(Path(source), None if vocab_file is None else Path(vocab_file), options)
+    importer = model_format(name, "importer").importer
+    assert importer is not None
+    return importer.read(Path(source), None if vocab_file is None else Path(vocab_file), options)
 
 
 def import_model(
@@ -66,12 +80,8 @@ def import_model(
     **options: Any,
 ) -> Path:
     """`source` in format `name` as a new checkpoint directory `output`; returns its global_step0 folder."""
-    spec = model_format(name, "read")
-    inputs = [(spec.source_name, source), ("--vocab-file", vocab_file)]
-    inputs += [
-        (f"--{key.replace('_', '-')}", value) for key, value in options.items() if isinstance(value, (str, Path))
-    ]
-    refuse_overlap(output, inputs)
+    spec = model_format(name, "importer")
+    refuse_overlap(output, [(spec.source_name, source), ("--vocab-file", vocab_file), *_input_paths(options)])
     model = read_model(name, source, vocab_file, **options)
     if model.vocab_file is None:
         raise ConfigError(f"{source} ({spec.title}) carries no vocab: pass --vocab-file, the vocab it was trained with")
@@ -104,18 +114,18 @@ def export_checkpoint(
     output: str | Path,
     *,
     tag: str | None = None,
-    vocab_file: str | Path | None = None,
     overwrite: bool = False,
     **options: Any,
 ) -> Any:
     """Checkpoint `tag` (default: the one `latest` names) of `checkpoint` written in format `name` at `output`;
-    returns what the format's writer reports."""
-    spec = model_format(name, "write")
-    assert spec.write is not None
+    returns what the format's writer reports. `options` are the format's (e.g. vocab_file for "hf")."""
+    exporter = model_format(name, "exporter").exporter
+    assert exporter is not None
     output = Path(output)
-    refuse_overlap(output, [("the checkpoint directory", checkpoint), ("--vocab-file", vocab_file)])
+    # The format checks its own further outputs (a UER-py config beside the model file) the same way.
+    refuse_overlap(output, [("the checkpoint directory", checkpoint), ("--vocab-file", options.get("vocab_file"))])
     loaded = load_checkpoint_weights(checkpoint, tag)
-    flags = {"--checkpoint": checkpoint, "--tag": tag, "--vocab-file": vocab_file, "--output": output}
-    command = " ".join([f"python tools/convert_to_{name}.py", *(f"{k} {v}" for k, v in flags.items() if v)])
-    vocab = None if vocab_file is None else Path(vocab_file)
-    return spec.write(loaded, output, vocab, overwrite, {**options, "command": command})
+    flags = {"--to": name, "--checkpoint": checkpoint, "--tag": tag, "--output": output}
+    flags.update({flag_name(key): value for key, value in options.items() if value is not None})
+    command = " ".join(["python tools/convert_checkpoint.py", *(f"{k} {v}" for k, v in flags.items() if v)])
+    return exporter.write(loaded, output, overwrite, {**options, "command": command})

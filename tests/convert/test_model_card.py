@@ -54,7 +54,7 @@ def test_card_numbers_are_the_checkpoints(card, tiny_checkpoint):
 
     # The commands: the training command line as recorded (without the launcher's --local_rank), and the export.
     assert "pretrain_gpt.py --ds_config" in card and "--train-iters 8" in card and "--local_rank" not in card
-    assert f"python tools/convert_to_hf.py --checkpoint {save} --output" in card
+    assert f"python tools/convert_checkpoint.py --to hf --checkpoint {save} --output" in card
     assert 'GPT2LMHeadModel.from_pretrained("gpt2-tiny-chinese")' in card and "TextGenerationPipeline" in card
     assert MISSING not in card
 

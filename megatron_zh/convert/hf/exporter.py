@@ -21,6 +21,7 @@ from megatron_zh.convert.hf.model_card import write_model_card
 from megatron_zh.convert.hf.names import HF_LM_HEAD, from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import commit_directory, staging_directory
+from megatron_zh.knobs import knob
 from megatron_zh.log import get_logger
 from megatron_zh.model.config import GPT2Config
 from megatron_zh.model.gpt2 import model_from_state_dict
@@ -60,11 +61,17 @@ class ExportResult:
     self_check_tokens: int
 
 
-def write_hf_export(
-    loaded: LoadedCheckpoint, output: Path, vocab_file: Path | None, overwrite: bool, options: dict[str, Any]
-) -> ExportResult:
-    """Write a checkpoint's weights as a Hugging Face folder at `output` (options: "command", for the card)."""
-    tokenizer = checkpoint_tokenizer(loaded, vocab_file)
+@dataclass(frozen=True)
+class HFExportOptions:
+    vocab_file: str | None = knob(
+        None, help="vocab.txt (default: the run's; must be the vocab it was trained with)", metavar="VOCAB.txt"
+    )
+
+
+def write_hf_export(loaded: LoadedCheckpoint, output: Path, overwrite: bool, options: dict[str, Any]) -> ExportResult:
+    """Write a checkpoint's weights as a Hugging Face folder at `output` (options: HFExportOptions' keys, and
+    "command", the command line the model card quotes)."""
+    tokenizer = checkpoint_tokenizer(loaded, options.get("vocab_file"))
     refuse_overlap(output, [("the checkpoint's vocab", tokenizer.vocab_file)])
     hf_config = _hf_config(loaded.model_config, tokenizer)
     with staging_directory(output, overwrite=overwrite) as staging:
@@ -209,3 +216,12 @@ def self_check(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTok
         LOGIT_TOLERANCE,
     )
     return max_diff, batch.numel() + encoded["input_ids"].numel()
+
+
+def report_hf_export(result: ExportResult) -> list[str]:
+    return [
+        f"exported {result.checkpoint} (iteration {result.iteration}, weights: {result.weights_source})",
+        f"self-check: max |logit diff| = {result.max_logit_diff:.3g} over {result.self_check_tokens} tokens "
+        f"(fp32, tolerance {LOGIT_TOLERANCE:g})",
+        f"wrote {result.output}: load it with GPT2LMHeadModel.from_pretrained / BertTokenizer.from_pretrained",
+    ]

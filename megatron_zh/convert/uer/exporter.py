@@ -17,6 +17,7 @@ from megatron_zh.checkpoint.weights import LoadedCheckpoint
 from megatron_zh.convert.uer.names import LAYER_NORM_NOTE, to_uer_config, to_uer_state_dict
 from megatron_zh.errors import ConfigError
 from megatron_zh.fileio import atomic_write
+from megatron_zh.knobs import knob
 from megatron_zh.log import get_logger
 from megatron_zh.paths import refuse_overlap
 
@@ -37,12 +38,20 @@ def default_config_path(model_file: Path) -> Path:
     return model_file.with_suffix(".json")
 
 
-def write_uer_export(
-    loaded: LoadedCheckpoint, output: Path, vocab_file: Path | None, overwrite: bool, options: dict[str, Any]
-) -> UERExport:
-    """Write a checkpoint's weights as a UER-py model file and config JSON (options: config_output, default
-    MODEL.json beside MODEL.bin), each atomically. UER-py reads its vocab on its own: `vocab_file` is not used."""
-    config_output = options.get("config_output")
+@dataclass(frozen=True)
+class UERExportOptions:
+    config_output: str | None = knob(
+        None,
+        help="where to write its UER-py config (default: MODEL.json beside MODEL.bin)",
+        option="--uer-config-output",
+        metavar="CONFIG.json",
+    )
+
+
+def write_uer_export(loaded: LoadedCheckpoint, output: Path, overwrite: bool, options: dict[str, Any]) -> UERExport:
+    """Write a checkpoint's weights as a UER-py model file and config JSON (options: UERExportOptions' keys),
+    each atomically. UER-py reads its vocab on its own: none is written or needed."""
+    config_output = UERExportOptions(**{k: v for k, v in options.items() if k != "command"}).config_output
     config_path = Path(config_output) if config_output is not None else default_config_path(output)
     if output.resolve() == config_path.resolve():
         raise ConfigError(f"the model file and the config would both be {output}; pass --uer-config-output")
@@ -66,3 +75,11 @@ def write_uer_export(
         weights_source=loaded.weights_source,
         parameters=sum(t.numel() for t in loaded.state_dict.values()),
     )
+
+
+def report_uer_export(result: UERExport) -> list[str]:
+    return [
+        f"exported {result.checkpoint} (weights: {result.weights_source}, {result.parameters:,} parameters)",
+        f"wrote {result.model_file} (--load_model_path) and {result.config_file} (--config_path)",
+        f"note: {LAYER_NORM_NOTE}",
+    ]

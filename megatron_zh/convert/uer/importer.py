@@ -8,6 +8,7 @@ names.py.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,20 @@ from megatron_zh.convert.interface import ExternalModel
 from megatron_zh.convert.uer.names import config_from_tensors, config_from_uer, from_uer_state_dict
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import read_json_object
+from megatron_zh.knobs import flag_name, knob
 from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.validators import POSITIVE_INT, optional, validate_fields
+
+
+@dataclass(frozen=True)
+class UERImportOptions:
+    uer_config: str | None = knob(None, help="its UER-py config (models/gpt2/*.json)", metavar="CONFIG.json")
+    num_attention_heads: int | None = knob(
+        None, help="heads per layer, when there is no --uer-config (12 for distil)", check=optional(POSITIVE_INT)
+    )
+
+    def __post_init__(self) -> None:
+        validate_fields(self, "UER-py import options", label=flag_name)
 
 
 def read_uer_config(path: str | Path) -> dict[str, Any]:
@@ -43,7 +57,8 @@ def read_uer_model(path: Path, vocab_file: Path | None, options: dict[str, Any])
     """Our config and float32 state dict from a UER-py model file and its config (options: uer_config, or
     num_attention_heads with the sizes read from the tensors). The file carries no vocab: `vocab_file` must be
     the one it was trained with (UER-py sizes the embedding by it, so the counts must be equal)."""
-    uer_config, num_attention_heads = options.get("uer_config"), options.get("num_attention_heads")
+    chosen = UERImportOptions(**options)
+    uer_config, num_attention_heads = chosen.uer_config, chosen.num_attention_heads
     if vocab_file is None:
         raise ConfigError(f"a UER-py model file carries no vocab: pass --vocab-file, the vocab {path} was trained with")
     weights = load_uer_weights(path)
