@@ -310,7 +310,9 @@ def test_interrupted_run_leaves_old_dataset_and_no_temporary_files(
 def test_killed_tool_leaves_no_whole_looking_index(tmp_path, zh_vocab_file, zh_corpus_file, sig):
     big = tmp_path / "big.txt"
     data = zh_corpus_file.read_bytes()
-    big.write_bytes(data * 12)  # ~23 MB: several seconds of work with one worker and small chunks
+    # ~115 MB: several seconds of work with one worker and small chunks, so the signal lands while it tokenizes
+    # even when this test is scheduled late (a loaded machine once let ~23 MB finish before the signal came).
+    big.write_bytes(data * 60)
     process = subprocess.Popen(
         [
             sys.executable,
