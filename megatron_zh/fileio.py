@@ -2,6 +2,7 @@
 
 Files: `atomic_write` (a temporary sibling renamed into place). Folders: `staging_directory` + `commit_directory`
 (built beside the target, renamed into place when done; an existing target is swapped out, then deleted).
+JSON: `loads_json` (json.loads that refuses a key written twice in one object) and `read_json_object`.
 """
 
 from __future__ import annotations
@@ -139,14 +140,120 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         raise
 
 
-def read_json_object(path: str | os.PathLike, error: type[MegatronZhError], what: str = "") -> dict[str, Any]:
-    """The JSON object in `path`; `error` (naming `what` and the path) if it is unreadable or not an object."""
+class DuplicateKeyError(json.JSONDecodeError):
+    """A JSON object with a key written twice: `json` would silently keep the last one.
+
+    A JSONDecodeError (msg, lineno, colno name the second occurrence), so every reader that handles
+    malformed JSON handles this too.
+    """
+
+
+class _KeyWrittenTwice(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _KeyWrittenTwice
+    return obj
+
+
+# One decoder for every call: json.loads(text, object_pairs_hook=...) builds a new one each time, which costs
+# more than parsing a short JSON-lines record.
+_UNIQUE_KEYS = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+# A JSON string, or one of the characters that shape a document; everything else (numbers, true,
+# false, null, blanks) lies between the matches. Strings are matched whole, so brackets in them don't count.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]:,]')
+
+
+def _first_duplicate(text: str) -> tuple[str, int, int] | None:
+    """(the key's path, offset of its first and of its second occurrence) of the first key written twice."""
+    # One frame per open container: an object's keys seen so far (offsets), or None for an array.
+    keys: list[dict[str, int] | None] = []
+    names: list[str] = []  # the path to each open container: its key in the parent, or [index]
+    indices: list[int] = []  # the element each open array is at
+    current: list[str] = []  # the key each open object is at
+    previous = ""
+    for match in _JSON_TOKEN.finditer(text):
+        token = match.group()
+        if token[0] == '"':
+            seen = keys[-1] if keys else None
+            if seen is not None and previous in ("{", ","):
+                key = json.loads(token)
+                if key in seen:
+                    return ".".join([*names[1:], key]).replace(".[", "["), seen[key], match.start()
+                seen[key] = match.start()
+                current[-1] = key
+        elif token in "{[":
+            parent = keys[-1] if keys else {}
+            names.append(f"[{indices[-1]}]" if parent is None else (current[-1] if current else ""))
+            keys.append({} if token == "{" else None)
+            indices.append(0)
+            current.append("")
+        elif token in "}]":
+            for stack in (keys, names, indices, current):
+                stack.pop()
+        elif token == "," and keys and keys[-1] is None:
+            indices[-1] += 1
+        previous = token[0]
+    return None
+
+
+def _duplicate_key_error(text: str) -> DuplicateKeyError:
+    found = _first_duplicate(text)
+    if found is None:  # cannot happen for text json parsed this far; still say what was found
+        return DuplicateKeyError("a key is written twice in one object", text, 0)
+    path, first, second = found
+
+    def line_column(offset: int) -> tuple[int, int]:
+        return text.count("\n", 0, offset) + 1, offset - text.rfind("\n", 0, offset)
+
+    (line_a, column_a), (line_b, column_b) = line_column(first), line_column(second)
+    if line_a != line_b:
+        where = f"lines {line_a} and {line_b}"
+    elif "\n" in text.strip():
+        where = f"line {line_a}, columns {column_a} and {column_b}"
+    else:  # a one-line document (a JSON-lines record): the caller names the line
+        where = f"columns {column_a} and {column_b}"
+    message = f'key "{path}" is written twice ({where}); JSON readers silently keep only the last: remove one'
+    return DuplicateKeyError(message, text, second)
+
+
+def loads_json(text: str) -> Any:
+    """json.loads, but a key written twice in one object raises DuplicateKeyError (naming the key and both places)
+    instead of silently keeping the last (a ds_config's second "train_batch_size" would win unseen)."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise error(f"cannot read {what}{path}: {exc}") from None
+        return _UNIQUE_KEYS.decode(text)
+    except _KeyWrittenTwice:
+        raise _duplicate_key_error(text) from None
+
+
+def json_type_name(value: object) -> str:
+    """What JSON calls the type of a parsed value: object, array, string, number, boolean, null."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null", int: "number"}
+    return names.get(type(value), "number" if isinstance(value, float) else type(value).__name__)
+
+
+def read_json_object(
+    path: str | os.PathLike, error: type[MegatronZhError], what: str = "", fix: str = ""
+) -> dict[str, Any]:
+    """The JSON object in `path`; `error` (naming `what`, the path, the line and `fix`) if it is unreadable, not
+    JSON, has a key written twice, or is not an object."""
+    suffix = f"; {fix}" if fix else ""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read {what}{path}: {exc}{suffix}") from None
+    try:
+        data = loads_json(text)
+    except DuplicateKeyError as exc:
+        raise error(f"{what}{path}: {exc.msg}{suffix}") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{what}{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}{suffix}") from None
     if not isinstance(data, dict):
-        raise error(f"{what}{path} is not a JSON object")
+        raise error(f"{what}{path} holds a JSON {json_type_name(data)}, not an object{suffix}")
     return data
 
 

@@ -23,7 +23,6 @@ without torch. `to_dict` writes, and `from_dict` reads, exactly these keys, in t
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any, get_args
 from megatron_zh.checkpoint.layout import CLIENT_STATE_FILE, LATEST_FILE, MODEL_STATES_FILE
 from megatron_zh.checkpoint.safety import safe_load
 from megatron_zh.errors import CheckpointError
+from megatron_zh.fileio import read_json_object
 from megatron_zh.model.config import Precision
 from megatron_zh.validators import (
     BOOLEAN,
@@ -111,12 +111,7 @@ def read_client_state(directory: str | os.PathLike[str], tag: str) -> ClientStat
         )
     sidecar = folder / CLIENT_STATE_FILE
     if sidecar.is_file():
-        try:
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{sidecar} is not valid JSON ({exc.msg}); the checkpoint is damaged") from None
-        if not isinstance(data, dict):
-            raise CheckpointError(f"{sidecar} does not hold a JSON object; the checkpoint is damaged")
+        data = read_json_object(sidecar, CheckpointError, fix="the checkpoint is damaged")
         return ClientState.from_dict(data, str(sidecar)).without_rng_states()
     # A checkpoint written by another tool: read the client state from DeepSpeed's file (heavier).
     states = safe_load(folder / MODEL_STATES_FILE)

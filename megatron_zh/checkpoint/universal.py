@@ -42,7 +42,7 @@ import torch
 
 from megatron_zh.checkpoint.layout import LATEST_UNIVERSAL_FILE, UNIVERSAL_PATTERN
 from megatron_zh.checkpoint.safety import check_checkpoint_files
-from megatron_zh.fileio import atomic_write, fsync_path, fsync_tree
+from megatron_zh.fileio import atomic_write, fsync_path, fsync_tree, loads_json
 from megatron_zh.log import get_logger
 
 logger = get_logger(__name__)
@@ -83,8 +83,8 @@ def cache_is_valid(folder: Path, cache: Path) -> bool:
     if not marker.is_file():
         return False  # an older tool's folder, or one DeepSpeed's converter left without our marker
     try:
-        recorded = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        recorded = loads_json(marker.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
     return recorded.get("source") == folder.name and recorded.get("files") == source_files(folder)
 

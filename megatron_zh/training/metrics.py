@@ -19,7 +19,7 @@ from typing import Any, TextIO
 import torch
 
 from megatron_zh.checkpoint.layout import METRICS_FILE
-from megatron_zh.fileio import atomic_write
+from megatron_zh.fileio import atomic_write, loads_json
 from megatron_zh.log import get_logger
 from megatron_zh.progress import format_duration
 
@@ -221,8 +221,8 @@ def read_metrics(path: str | os.PathLike, kind: str = "train") -> list[dict[str,
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
+            record = loads_json(line)
+        except json.JSONDecodeError:  # also a key written twice: the record is damaged
             continue
         if isinstance(record, dict) and record.get("kind") == kind:
             records.append(record)

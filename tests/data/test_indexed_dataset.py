@@ -253,10 +253,13 @@ def test_metadata(tmp_path):
     write_metadata(prefix, {"vocab_fingerprint": "sha256:00", "tokens": 3, "name": "中文"})
     assert read_metadata(prefix) == {"vocab_fingerprint": "sha256:00", "tokens": 3, "name": "中文"}
     (tmp_path / "m.meta.json").write_text("{not json")
-    with pytest.raises(DataFormatError, match=r"m\.meta\.json: not valid JSON"):
+    with pytest.raises(DataFormatError, match=r"m\.meta\.json:1:2: not valid JSON: .*; delete it or re-run"):
         read_metadata(prefix)
     (tmp_path / "m.meta.json").write_text("[1, 2]")
-    with pytest.raises(DataFormatError, match="expected a JSON object"):
+    with pytest.raises(DataFormatError, match="holds a JSON array, not an object"):
+        read_metadata(prefix)
+    (tmp_path / "m.meta.json").write_text('{\n  "tokens": 3,\n  "documents": 1,\n  "tokens": 30\n}\n')
+    with pytest.raises(DataFormatError, match=r'm\.meta\.json: key "tokens" is written twice \(lines 2 and 4\)'):
         read_metadata(prefix)
 
 

@@ -193,6 +193,27 @@ def test_invalid_json_reports_line_and_column(tmp_path):
         resolve(path)
 
 
+def test_a_key_written_twice_is_refused_not_silently_the_last(config, tmp_path):
+    lines = json.dumps(json.loads(config.read_text()), indent=2).splitlines()
+    assert lines[1].startswith('  "train_batch_size": ')  # the seed's case: 16 here, 1600 further down
+    path = tmp_path / "twice.json"
+    path.write_text("\n".join([*lines[:-2], lines[-2] + ",", '  "train_batch_size": 1600', "}"]) + "\n")
+    second = len(lines)  # the new line, before the closing brace
+    with pytest.raises(ConfigError) as caught:
+        resolve(path)
+    assert str(caught.value) == (
+        f'{path}: key "train_batch_size" is written twice (lines 2 and {second}); JSON readers silently keep only '
+        "the last: remove one"
+    )
+    pretrain = json.loads(config.read_text())
+    text = json.dumps(pretrain, indent=2).replace('"seq_length": ', '"seq_length": 64,\n    "seq_length": ', 1)
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        resolve(path)
+    found = re.search(r'key "pretrain.seq_length" is written twice \(lines (\d+) and (\d+)\)', str(caught.value))
+    assert found and int(found[2]) == int(found[1]) + 1, caught.value
+
+
 @pytest.mark.parametrize("flag", ["--bf16", "--fp16"])
 def test_half_precision_without_a_gpu_is_refused(config, flag):
     if __import__("torch").cuda.is_available():

@@ -30,7 +30,7 @@ import numpy as np
 import torch.distributed as dist
 
 from megatron_zh.errors import ConfigError, MegatronZhError
-from megatron_zh.fileio import atomic_write
+from megatron_zh.fileio import atomic_write, loads_json
 from megatron_zh.log import get_logger
 
 logger = get_logger(__name__)
@@ -76,10 +76,10 @@ class IndexCache:
         if not self.description_path.is_file():
             return None
         try:
-            with open(self.description_path, encoding="utf-8") as f:
-                if json.load(f) != self.description:
-                    logger.warning("%s describes other inputs (hash collision?); rebuilding", self.description_path)
-                    return None
+            # A damaged description (not JSON, a key written twice) is a ValueError: rebuilt below.
+            if loads_json(self.description_path.read_text(encoding="utf-8")) != self.description:
+                logger.warning("%s describes other inputs (hash collision?); rebuilding", self.description_path)
+                return None
             # Plain ndarray views of the maps: indexing an np.memmap goes through its Python
             # subclass hooks, which costs a third of a sample read.
             return {

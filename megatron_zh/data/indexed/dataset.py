@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from megatron_zh.errors import DataFormatError
-from megatron_zh.fileio import atomic_write
+from megatron_zh.fileio import atomic_write, read_json_object
 
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -268,13 +268,6 @@ def write_metadata(prefix: str | os.PathLike[str], meta: dict[str, Any]) -> None
 def read_metadata(prefix: str | os.PathLike[str]) -> dict[str, Any] | None:
     """PREFIX.meta.json as a dict, or None if the dataset has none (e.g. made by Megatron-LM)."""
     path = metadata_file_path(prefix)
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFormatError(f"{path}: not valid JSON ({exc}); delete it or re-run preprocessing") from exc
-    if not isinstance(meta, dict):
-        raise DataFormatError(f"{path}: expected a JSON object, found {type(meta).__name__}")
-    return meta
+    return read_json_object(path, DataFormatError, fix="delete it or re-run preprocessing")

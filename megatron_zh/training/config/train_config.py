@@ -9,7 +9,6 @@ the working directory, as Megatron's flags are.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from megatron_zh.checkpoint.layout import TENSORBOARD_DIR
 from megatron_zh.checkpoint.safety import TRUST_FLAG_HELP
 from megatron_zh.data.datasets.config import DATA, DatasetConfig
 from megatron_zh.errors import ConfigError
+from megatron_zh.fileio import read_json_object
 from megatron_zh.knobs import from_flat, knob, nested, to_flat
 from megatron_zh.model.config import ModelChoice
 from megatron_zh.validators import (
@@ -164,13 +164,7 @@ def load_config_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str,
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found (pass --ds_config ds_configs/stage1.json or similar)")
-    text = path.read_text(encoding="utf-8")
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: the top level must be a JSON object")
+    config = read_json_object(path, ConfigError)
     pretrain = config.pop(PRETRAIN_KEY, None)
     if not isinstance(pretrain, dict):
         raise ConfigError(
