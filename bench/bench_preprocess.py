@@ -24,6 +24,11 @@ per line, separated by blank lines; read with --document-boundary blank-line) as
 --size-mb in all (the text is about twice that), and preprocesses each in a fresh process, in turn
 within each repeat. It prints tokens/s of each, the ratio compressed / plain tokens/s (target >= 0.75),
 and the peak RSS of the main process and of the largest worker.
+
+  python bench/bench_preprocess.py --jsonl --size-mb 40 --repeats 5   # the duplicate-key check on JSON lines
+
+--jsonl writes the sample's documents as JSON-lines records and preprocesses them with the duplicate-key
+check (fileio.loads_json) against plain json.loads, in turn within each repeat, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ def main() -> None:
     parser.add_argument("--min-mb", "--size-mb", dest="min_mb", type=float, default=None)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compressed", action="store_true", help="compressed inputs against the same plain text")
+    parser.add_argument("--jsonl", action="store_true", help="JSON lines: the duplicate-key check against json.loads")
     args = parser.parse_args()
     vocab = DATA_DIR / "google_zh_vocab.txt"
     for path in (vocab, DATA_DIR / "CLUECorpusSmall_sampled.txt"):
@@ -140,6 +146,11 @@ def main() -> None:
         run_compressed(
             vocab, DATA_DIR / "CLUECorpusSmall_sampled.txt", args.min_mb or 200.0, args.workers, args.repeats
         )
+        return
+    if args.jsonl:
+        from preprocess_jsonl import run_jsonl  # bench/preprocess_jsonl.py
+
+        run_jsonl(vocab, DATA_DIR / "CLUECorpusSmall_sampled.txt", args.min_mb or 40.0, args.workers, args.repeats)
         return
     args.min_mb = args.min_mb or 40.0
     with tempfile.TemporaryDirectory() as tmp:

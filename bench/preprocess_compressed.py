@@ -82,9 +82,13 @@ def build_inputs(directory: Path, sample: Path, zip_mb: float) -> dict[str, list
     }
 
 
-def measure(inputs: list[Path], vocab: Path, workers: int, out: Path) -> dict[str, float]:
+def measure(
+    inputs: list[Path], vocab: Path, workers: int, out: Path, child: str = CHILD, extra: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """One preprocessing run of `inputs` in a fresh process running `child` (CHILD, or a variant of it that reads
+    `extra` after the four arguments)."""
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, "|".join(map(str, inputs)), str(out / "bench"), str(vocab), str(workers)],
+        [sys.executable, "-c", child, "|".join(map(str, inputs)), str(out / "bench"), str(vocab), str(workers), *extra],
         capture_output=True,
         text=True,
         cwd=REPO,

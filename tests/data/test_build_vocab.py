@@ -58,7 +58,9 @@ def test_trained_vocab_on_real_corpus(tmp_path, zh_corpus_file):
 def test_compact_layout_and_jsonl(tmp_path):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(
-        '{"text": "hello world 你好"}\n{"text": "hello there"}\nnot json\n{"other": 1}\n', encoding="utf-8"
+        '{"text": "hello world 你好"}\n{"text": "hello there"}\nnot json\n{"other": 1}\n'
+        '{"text": "鲸", "text": "鳄"}\n',  # a key written twice: an unreadable line, neither text is learnt
+        encoding="utf-8",
     )
     tokens = train_vocab(
         VocabConfig(
@@ -67,6 +69,7 @@ def test_compact_layout_and_jsonl(tmp_path):
     )
     assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     assert "hello" in tokens and "你" in tokens
+    assert "鲸" not in tokens and "鳄" not in tokens
     assert BertChineseTokenizer(tmp_path / "v.txt").encode("hello 你好") == [
         tokens.index(t) for t in ("hello", "你", "好")
     ]

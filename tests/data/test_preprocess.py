@@ -199,6 +199,8 @@ BAD_LINES = [
     (b'["not", "an", "object"]', "a JSON list, not an object"),
     (b'{"text": "bad \xff\xfe utf-8"}', "invalid UTF-8 at byte 14"),
     (b'{"text": "escaped \\ud800 surrogate"}', "key 'text' holds a lone surrogate '\\ud800'"),
+    # Which text is the document? Neither: json alone would keep "second" silently.
+    (b'{"text": "first", "text": "second"}', 'key "text" is written twice (columns 2 and 19)'),
     (b"", None),  # blank: an empty document, dropped
     (b'{"text": "\xe4\xb8\xad\xe6\x96\x87 fine"}', None),
 ]
@@ -209,12 +211,12 @@ def test_bad_json_lines_are_reported_and_skipped(tmp_path, zh_vocab_file, bert, 
     corpus.write_bytes(b"\n".join(line for line, _ in BAD_LINES) + b"\n")
     with caplog.at_level("WARNING", logger="megatron_zh"):
         stats = preprocess(config(tmp_path, zh_vocab_file, [corpus], workers=2))
-    assert stats.bad_lines == 8 and stats.documents["text"] == 2 and stats.dropped_empty["text"] == 1
+    assert stats.bad_lines == 9 and stats.documents["text"] == 2 and stats.dropped_empty["text"] == 1
     assert documents_of(tmp_path / "out_text_document") == framed(bert, ["good one", "中文 fine"])
     for line_no, (_, reason) in enumerate(BAD_LINES, start=1):
         if reason:
             assert any(f"{corpus}:{line_no}: {reason}" in r.getMessage() for r in caplog.records), reason
-    assert read_metadata(tmp_path / "out_text_document")["bad_lines"] == 8
+    assert read_metadata(tmp_path / "out_text_document")["bad_lines"] == 9
 
 
 def test_bad_text_lines_and_empty_documents(tmp_path, zh_vocab_file, bert, caplog):

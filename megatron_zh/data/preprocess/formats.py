@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from megatron_zh.errors import DataFormatError
+from megatron_zh.fileio import DuplicateKeyError, json_type_name, loads_json
 
 FormatName = Literal["text", "jsonl", "parquet"]
 InputFormat = Literal["auto", "text", "jsonl"]  # --input-format: "auto", or a streamed format forced on every input
@@ -136,7 +137,9 @@ def _parse_json_line(raw: bytes, keys: tuple[str, ...]) -> tuple[dict[str, Any] 
     if not line.strip():
         return None, None
     try:
-        record = json.loads(line)
+        record = loads_json(line)
+    except DuplicateKeyError as exc:  # which of the two texts is the document? Neither: the line is bad
+        return None, exc.msg
     except json.JSONDecodeError as exc:
         return None, f"invalid JSON ({exc.msg} at column {exc.colno})"
     if not isinstance(record, dict):
@@ -145,18 +148,12 @@ def _parse_json_line(raw: bytes, keys: tuple[str, ...]) -> tuple[dict[str, Any] 
         if key not in record:
             return None, f"missing key {key!r}"
         if not isinstance(record[key], str):
-            return None, f"key {key!r} holds a {_json_type(record[key])}, not a string"
+            return None, f"key {key!r} holds a {json_type_name(record[key])}, not a string"
         try:
             record[key].encode("utf-8")
         except UnicodeEncodeError as exc:  # JSON escapes can spell lone surrogates ("\ud800")
             return None, f"key {key!r} holds a lone surrogate {exc.object[exc.start]!r}, not valid Unicode"
     return record, None
-
-
-def _json_type(value: object) -> str:
-    return {dict: "object", list: "array", bool: "boolean", type(None): "null", int: "number", float: "number"}.get(
-        type(value), type(value).__name__
-    )
 
 
 # -------------------------------------------------------------------------------------- Parquet

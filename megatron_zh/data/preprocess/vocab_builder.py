@@ -21,7 +21,7 @@ from tokenizers.models import WordPiece
 from megatron_zh.data.preprocess.formats import recognise
 from megatron_zh.data.preprocess.sources import expand_inputs
 from megatron_zh.errors import ConfigError
-from megatron_zh.fileio import atomic_write
+from megatron_zh.fileio import atomic_write, loads_json
 from megatron_zh.log import get_logger
 from megatron_zh.paths import refuse_overlap
 from megatron_zh.tokenizer import CLS, MASK, PAD, SEP, UNK, bert_normalizer
@@ -62,14 +62,15 @@ class VocabConfig:
 
 
 def _documents(paths: list[Path], json_key: str, counts: dict[str, int]) -> Iterator[str]:
-    """Lines of every input; JSON lines yield their `json_key`; unreadable lines are counted and skipped."""
+    """Lines of every input; JSON lines yield their `json_key`; unreadable lines (a record with a key written twice
+    too) are counted and skipped."""
     for path in paths:
         is_json = recognise(path.name).name == "jsonl"
         with open(path, "rb") as f:
             for raw in f:
                 try:
                     line = raw.decode("utf-8").rstrip("\r\n")
-                    text = json.loads(line)[json_key] if is_json and line.strip() else line
+                    text = loads_json(line)[json_key] if is_json and line.strip() else line
                 except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
                     counts["bad"] += 1
                     continue
