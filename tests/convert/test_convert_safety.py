@@ -97,15 +97,19 @@ def test_convert_to_hf_refuses_an_output_holding_the_vocab(tiny_checkpoint_dir, 
     assert "contains --vocab-file" in capsys.readouterr().err and vocab.is_file()
 
 
-def test_a_vocab_other_than_the_folders_is_refused_everywhere(tiny_hf, other_vocab, tmp_path, capsys):
+def tools_reading(folder: Path, tmp_path: Path) -> dict[str, list[str]]:
+    """Each tool that reads a Hugging Face folder, with arguments for a quick run (an import goes to tmp_path/out)."""
     corpus = tmp_path / "text.txt"
     corpus.write_text("今天天气很好。\n我们去公园散步吧。\n", encoding="utf-8")
-    commands = {
-        "convert_from_hf": ["--hf", str(tiny_hf), "--output", str(tmp_path / "out")],
-        "evaluate": ["--hf", str(tiny_hf), "--input", str(corpus), "--seq-length", "16", "--device", "cpu"],
-        "generate": ["--hf", str(tiny_hf), "--prompt", "今天", "--max-new-tokens", "2", "--device", "cpu"],
+    return {
+        "convert_from_hf": ["--hf", str(folder), "--output", str(tmp_path / "out")],
+        "evaluate": ["--hf", str(folder), "--input", str(corpus), "--seq-length", "16", "--device", "cpu"],
+        "generate": ["--hf", str(folder), "--prompt", "今天", "--max-new-tokens", "2", "--device", "cpu"],
     }
-    for name, argv in commands.items():
+
+
+def test_a_vocab_other_than_the_folders_is_refused_everywhere(tiny_hf, other_vocab, tmp_path, capsys):
+    for name, argv in tools_reading(tiny_hf, tmp_path).items():
         assert run_tool(name, [*argv, "--vocab-file", str(other_vocab)]) == 2, name
         err = last_line_only_error(capsys.readouterr().err)
         assert f"--vocab-file {other_vocab} is not the vocab of the model in {tiny_hf}" in err, err
@@ -123,3 +127,65 @@ def test_the_folders_own_vocab_is_used_or_an_identical_copy_accepted(tiny_hf, zh
     assert json.loads(first) == json.loads(second)
     out = tmp_path / "imported"
     assert run_tool("convert_from_hf", ["--hf", str(tiny_hf), "--output", str(out), "--vocab-file", str(copy)]) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_checkpoint_dir, zh_vocab_file, tmp_path_factory) -> Path:
+    """A folder tools/convert_to_hf.py wrote (with its export_info.json), from the imported tiny checkpoint."""
+    output = tmp_path_factory.mktemp("tiny_export") / "hf"
+    argv = ["--checkpoint", str(tiny_checkpoint_dir), "--output", str(output), "--vocab-file", str(zh_vocab_file)]
+    assert run_tool("convert_to_hf", argv) == 0
+    return output
+
+
+def test_a_vocab_swapped_in_an_export_is_refused_everywhere(tiny_export, zh_vocab_file, other_vocab, tmp_path, capsys):
+    from megatron_zh.tokenizer import vocab_fingerprint
+
+    folder = tmp_path / "hf"
+    shutil.copytree(tiny_export, folder)
+    shutil.copy(other_vocab, folder / "vocab.txt")  # same size, two ids swapped: nothing else would notice
+    recorded = json.loads((folder / "export_info.json").read_text())["vocab_fingerprint"]
+    assert recorded == vocab_fingerprint(zh_vocab_file) != vocab_fingerprint(other_vocab)
+    expected = (
+        f"error: {folder / 'vocab.txt'} is not the vocab the model in {folder} was exported with: its fingerprint "
+        f"is {vocab_fingerprint(other_vocab)}, export_info.json records {recorded}; put back the vocab.txt the "
+        "export wrote, or export the checkpoint again"
+    )
+    commands = tools_reading(folder, tmp_path)
+    for name, argv in commands.items():
+        for extra in ([], ["--vocab-file", str(zh_vocab_file)]):  # the right vocab given does not mend the folder
+            assert run_tool(name, [*argv, *extra]) == 2, name
+            assert last_line_only_error(capsys.readouterr().err) == expected, (name, extra)
+    assert not (tmp_path / "out").exists()
+
+    shutil.copy(zh_vocab_file, folder / "vocab.txt")  # the way out
+    assert run_tool("generate", commands["generate"]) == 0
+    # A --vocab-file other than the recorded one is named as such.
+    assert run_tool("generate", [*commands["generate"], "--vocab-file", str(other_vocab)]) == 2
+    err = last_line_only_error(capsys.readouterr().err)
+    assert err.startswith(f"error: --vocab-file {other_vocab} is not the vocab the model in {folder} was exported"), err
+    assert err.endswith("drop --vocab-file to use the folder's own"), err
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json", "export_info.json"])
+def test_a_folder_file_with_a_key_written_twice_is_refused(tiny_export, tmp_path, capsys, name):
+    folder = tmp_path / "hf"
+    shutil.copytree(tiny_export, folder)
+    data = json.loads((folder / name).read_text())
+    key = next(iter(data))
+    (folder / name).write_text(json.dumps(data, indent=2)[:-2] + f',\n  "{key}": {json.dumps(data[key])}\n}}\n')
+    assert run_tool("convert_from_hf", ["--hf", str(folder), "--output", str(tmp_path / "out")]) == 2
+    err = last_line_only_error(capsys.readouterr().err)
+    assert err.startswith(f'error: {folder / name}: key "{key}" is written twice (lines 2 and '), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_uer_config_with_a_key_written_twice_is_refused(tmp_path):
+    from megatron_zh.convert.uer.importer import read_uer_config
+    from megatron_zh.errors import ConfigError
+
+    path = tmp_path / "gpt2_distil_config.json"
+    path.write_text('{\n  "emb_size": 768,\n  "heads_num": 12,\n  "layers_num": 6,\n  "heads_num": 8\n}\n')
+    with pytest.raises(ConfigError) as caught:
+        read_uer_config(path)
+    assert str(caught.value).startswith(f'UER-py config {path}: key "heads_num" is written twice (lines 3 and 5)')

@@ -18,7 +18,14 @@ import torch
 
 from megatron_zh.checkpoint.weights import LoadedCheckpoint, checkpoint_tokenizer
 from megatron_zh.convert.hf.model_card import write_model_card
-from megatron_zh.convert.hf.names import HF_LM_HEAD, from_hf_config, from_hf_state_dict, to_hf_config, to_hf_state_dict
+from megatron_zh.convert.hf.names import (
+    EXPORT_INFO_FILE,
+    HF_LM_HEAD,
+    from_hf_config,
+    from_hf_state_dict,
+    to_hf_config,
+    to_hf_state_dict,
+)
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import commit_directory, staging_directory
 from megatron_zh.knobs import knob
@@ -35,7 +42,6 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 LOGIT_TOLERANCE = 1e-4  # fp32, both models on CPU
-EXPORT_INFO_FILE = "export_info.json"
 # Real text of the kinds the corpus holds (news, reviews, dialogue), with the cases lower-casing,
 # digits, Latin words and full-width punctuation exercise.
 SELF_CHECK_TEXTS = (

@@ -2,7 +2,8 @@
 
 Accepts what `save_pretrained` writes and what the hub holds for uer/gpt2-*-chinese-*:
 config.json, model.safetensors or pytorch_model.bin (or their sharded *.index.json forms),
-vocab.txt, and tokenizer_config.json for do_lower_case (absent: true, as BERT-Chinese is trained).
+vocab.txt, and tokenizer_config.json for do_lower_case (absent: true, as BERT-Chinese is trained). A folder
+we exported also holds export_info.json: its vocab fingerprint must be the vocab.txt's (a swapped one is refused).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from megatron_zh.checkpoint.safety import safe_load
-from megatron_zh.convert.hf.names import from_hf_config, from_hf_state_dict
+from megatron_zh.convert.hf.names import EXPORT_INFO_FILE, from_hf_config, from_hf_state_dict
 from megatron_zh.convert.interface import ExternalModel
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import read_json_object
@@ -82,11 +83,34 @@ def read_hf_folder(
     vocab = Path(vocab_file) if vocab_file is not None else folder / VOCAB_FILE
     if not vocab.is_file():
         raise ConfigError(f"{vocab} not found: the folder has no {VOCAB_FILE}; pass --vocab-file")
+    check_exported_vocab(folder, vocab_file)
     if vocab_file is not None and (folder / VOCAB_FILE).is_file():
         check_same_vocab(folder / VOCAB_FILE, vocab)
     tokenizer_config = folder / "tokenizer_config.json"
     lower_case = bool(_read_json(tokenizer_config).get("do_lower_case", True)) if tokenizer_config.is_file() else True
     return ExternalModel(model_config, state_dict, vocab, lower_case, f"Hugging Face folder {folder.resolve()}")
+
+
+def check_exported_vocab(folder: Path, vocab_file: Path | None) -> None:
+    """A folder we exported records its vocab's fingerprint (export_info.json): its vocab.txt, and a --vocab-file
+    given with it, must be that vocab. A vocab.txt swapped after the export would otherwise be read, and stamped
+    on an imported checkpoint, as the model's own."""
+    info = folder / EXPORT_INFO_FILE
+    if not info.is_file():
+        return  # not our export (the hub's folders have no record): nothing to compare with
+    recorded = read_json_object(info, CheckpointError).get("vocab_fingerprint")
+    if not isinstance(recorded, str):
+        raise CheckpointError(f"{info} records no vocab_fingerprint; it is damaged: export the checkpoint again")
+    checks = [("", folder / VOCAB_FILE, "put back the vocab.txt the export wrote, or export the checkpoint again")]
+    if vocab_file is not None:
+        checks.append(("--vocab-file ", Path(vocab_file), "drop --vocab-file to use the folder's own"))
+    for flag, vocab, fix in checks:
+        found = vocab_fingerprint(vocab) if vocab.is_file() else None
+        if found is not None and found != recorded:
+            raise CheckpointError(
+                f"{flag}{vocab} is not the vocab the model in {folder} was exported with: its fingerprint is "
+                f"{found}, {info.name} records {recorded}; {fix}"
+            )
 
 
 def check_same_vocab(own: Path, given: Path) -> None:

@@ -4,6 +4,7 @@ Hugging Face keeps GPT-2's `Conv1D` layout, [in_features, out_features], for the
 projections of a block; ours are `nn.Linear`, [out, in], so those weights are transposed.
 Both fuse Q, K and V into one projection in the same [Q heads | K heads | V heads] order,
 so no re-ordering is needed. The LM head is tied to the word embedding on both sides.
+Also the name of the file an export records itself in (EXPORT_INFO_FILE), which both directions read.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     from transformers import GPT2Config as HFGPT2Config
 
 logger = get_logger(__name__)
+
+# What an export records about itself (checkpoint, vocab fingerprint, self-check); the importer checks the vocab by it.
+EXPORT_INFO_FILE = "export_info.json"
 
 # (ours, Hugging Face, transposed)
 _GLOBAL_NAMES = [
