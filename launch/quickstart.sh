@@ -111,7 +111,7 @@ cat <<EOF
   held-out documents      $OUT/data/heldout.txt
   checkpoints (DeepSpeed) $CKPT/$(cat "$CKPT/latest")   (metrics: $CKPT/metrics.jsonl, TensorBoard: $CKPT/tensorboard)
   held-out evaluation     $OUT/eval.json   $(cat "$OUT/eval.json")
-  Hugging Face export     $OUT/hf   (GPT2LMHeadModel.from_pretrained / BertTokenizer.from_pretrained)
+  Hugging Face export     $OUT/hf   (GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained)
   generated sample        $OUT/sample.txt
   loss curve              $OUT/loss.png
 EOF

@@ -3,7 +3,7 @@
 The checkpoints come from real runs of pretrain_gpt.py: `tiny_checkpoint` (2 ranks, ZeRO-1, fp32)
 and a 3-rank bf16 run through DeepSpeed's BF16_Optimizer (fp32 masters in
 bf16_zero_pp_rank_* files, alignment padding on the last rank). References are DeepSpeed's own
-files (the module copy) and `transformers` (GPT2LMHeadModel, BertTokenizer, TextGenerationPipeline).
+files (the module copy) and `transformers` (GPT2LMHeadModel, BertTokenizer, AutoTokenizer, TextGenerationPipeline).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from megatron_zh.checkpoint.layout import MODEL_STATES_FILE
 from megatron_zh.checkpoint.weights import load_checkpoint_weights, model_state_keys
 from megatron_zh.convert.formats import export_checkpoint, import_model
 from megatron_zh.convert.hf import exporter as hf_export
+from megatron_zh.convert.hf import model_card
 from megatron_zh.convert.loading import load_model
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.training.metrics import read_metrics
@@ -124,8 +125,10 @@ def test_export_loads_in_transformers_with_our_logits(tiny_checkpoint, hf_export
     ) == (2, 128, 4, 512, 256, 21128, 1e-5)
     tokenizer_config = json.loads((hf_export_dir / "tokenizer_config.json").read_text())
     assert tokenizer_config["do_lower_case"] is True and tokenizer_config["model_max_length"] == 256
+    assert tokenizer_config["tokenizer_class"] == "PreTrainedTokenizerFast"  # AutoTokenizer: tokenizer.json as written
     generation = json.loads((hf_export_dir / "generation_config.json").read_text())
     assert (generation["bos_token_id"], generation["eos_token_id"], generation["pad_token_id"]) == (101, 102, 0)
+    assert "max_new_tokens" not in generation and "max_length" not in generation  # the caller's length holds
     info = json.loads((hf_export_dir / hf_export.EXPORT_INFO_FILE).read_text())
     assert info["weights_source"] == "zero-fp32-master (2 ranks)" and info["max_logit_diff"] <= 1e-4
 
@@ -149,11 +152,63 @@ def test_export_loads_in_transformers_with_our_logits(tiny_checkpoint, hf_export
     assert (theirs - mine).abs().max().item() <= 1e-4
 
 
+def card_code(folder: Path) -> str:
+    """The Python block of the export's model card, loading from `folder` (the card names the model)."""
+    card = (folder / "README.md").read_text(encoding="utf-8")
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    return code.replace(f'"{folder.name}"', repr(str(folder)))
+
+
+def test_the_cards_usage_snippet_continues_the_prompt_for_max_length_tokens(hf_export_dir, monkeypatch):
+    """The seed's call, TextGenerationPipeline(model, tokenizer)(prompt, max_length=100, do_sample=True), as the
+    card gives it: the model is fed [CLS] prompt (no [SEP] after it), and the text is 100 tokens long."""
+    from transformers import BertTokenizer, GPT2LMHeadModel
+
+    calls = []
+    generate = GPT2LMHeadModel.generate
+
+    def recorded(model, *args, **kwargs):
+        output = generate(model, *args, **kwargs)
+        calls.append((kwargs["input_ids"][0].tolist(), output[0].tolist(), kwargs.get("max_new_tokens")))
+        return output
+
+    monkeypatch.setattr(GPT2LMHeadModel, "generate", recorded)
+    code = card_code(hf_export_dir)
+    usage_call, bert_call, _ = model_card.usage_calls(256)
+    assert (
+        code.splitlines()[-1] == usage_call == 'text_generator("这是很久之前的事情了", max_length=100, do_sample=True)'
+    )
+
+    assert "tokenizer = AutoTokenizer.from_pretrained(" in code
+    bert = BertTokenizer.from_pretrained(hf_export_dir, local_files_only=True)
+    prompt = bert("这是很久之前的事情了", add_special_tokens=False)["input_ids"]
+    torch.manual_seed(0)
+    namespace: dict = {}
+    exec(code, namespace)  # the card's own lines, nothing else
+    fed, output, max_new_tokens = calls[-1]
+    assert fed == [101, *prompt] and max_new_tokens is None
+    # max_length counts the prompt; generation may only end earlier by sampling [SEP], the end of a document.
+    assert len(output) == 100 or (output[-1] == 102 and len(output) < 100), output
+    assert output[: len(fed)] == fed
+    assert not {"max_new_tokens", "max_length"} & set(namespace["model"].generation_config.to_diff_dict())
+
+    # What the card says of BertTokenizer (transformers 5.24): the same call feeds [CLS] prompt [SEP];
+    # the card's call for it feeds [CLS] prompt, and the pipeline counts the prefix: max_length 101.
+    namespace["text_generator"] = type(namespace["text_generator"])(namespace["model"], bert)
+    exec(usage_call, namespace)
+    assert calls[-1][0] == [101, *prompt, 102]
+    exec(bert_call, namespace)
+    fed, output, _ = calls[-1]
+    assert fed == [101, *prompt] and (len(output) == 101 or output[-1] == 102)
+    card = (hf_export_dir / "README.md").read_text(encoding="utf-8")
+    assert bert_call in card and "101 tokens in all" in card and "256 positions" in card
+
+
 def test_text_generation_pipeline_generates_from_the_export(hf_export_dir):
-    from transformers import BertTokenizer, GPT2LMHeadModel, TextGenerationPipeline
+    from transformers import AutoTokenizer, GPT2LMHeadModel, TextGenerationPipeline
 
     model = GPT2LMHeadModel.from_pretrained(hf_export_dir, local_files_only=True)
-    tokenizer = BertTokenizer.from_pretrained(hf_export_dir, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(hf_export_dir, local_files_only=True)
     generator = TextGenerationPipeline(model=model, tokenizer=tokenizer)
     torch.manual_seed(0)
     first = generator("今天天气很好", max_new_tokens=12, do_sample=True)[0]["generated_text"]

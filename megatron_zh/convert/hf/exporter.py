@@ -4,6 +4,11 @@ The folder is built beside --output and renamed into place only after the self-c
 loaded back with `transformers` (offline), its tokenizer must give our token ids, its weights
 must be ours bit for bit, and its logits on a batch of real text must match ours in fp32.
 README.md is the model card (model_card.py: every number from the checkpoint's files).
+
+The folder is also made for TextGenerationPipeline, which hands the model whatever its tokenizer
+adds around a prompt (transformers 5.24): AutoTokenizer frames a prompt `[CLS] prompt`, the start of
+a document as training framed them, and generation_config.json sets no length, so the caller's
+max_length or max_new_tokens holds (`make_prompts_start_documents`, checked by `check_generation_files`).
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ from megatron_zh.convert.hf.names import (
     to_hf_state_dict,
 )
 from megatron_zh.errors import CheckpointError, ConfigError
-from megatron_zh.fileio import commit_directory, staging_directory
+from megatron_zh.fileio import commit_directory, read_json_object, staging_directory
 from megatron_zh.knobs import knob
 from megatron_zh.log import get_logger
 from megatron_zh.model.config import GPT2Config
 from megatron_zh.model.gpt2 import model_from_state_dict
 from megatron_zh.paths import refuse_overlap
-from megatron_zh.tokenizer import SPECIAL_TOKENS, BertChineseTokenizer
+from megatron_zh.tokenizer import CLS, SEP, SPECIAL_TOKENS, BertChineseTokenizer
 
 if TYPE_CHECKING:
     from transformers import GPT2Config as HFGPT2Config
@@ -54,6 +59,13 @@ SELF_CHECK_TEXTS = (
 )
 SELF_CHECK_ROWS = 4
 SELF_CHECK_MAX_LENGTH = 128
+# The class name that makes AutoTokenizer build the tokenizer from tokenizer.json as written: an alias of
+# TokenizersBackend in transformers 5, the fast-tokenizer class of that name in 4. With "BertTokenizer" there,
+# BertTokenizer.__init__ rebuilds BERT's "[CLS] text [SEP]" whatever tokenizer.json says.
+GENERIC_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+# A length in generation_config.json beats the caller's: a written max_new_tokens overrides a pipeline call's
+# max_length (with a warning), a written max_length makes every call's max_new_tokens warn. So none is written.
+LENGTH_KEYS = ("max_new_tokens", "max_length")
 
 
 @dataclass(frozen=True)
@@ -149,7 +161,8 @@ def write_hf_folder(
     (folder / "special_tokens_map.json").write_text(
         json.dumps(dict(zip(names, SPECIAL_TOKENS)), indent=2) + "\n", encoding="utf-8"
     )
-    GenerationConfig(
+    make_prompts_start_documents(folder)
+    GenerationConfig(  # no length (LENGTH_KEYS): the caller's max_length or max_new_tokens holds
         bos_token_id=tokenizer.cls,
         eos_token_id=tokenizer.sep,
         pad_token_id=tokenizer.pad,
@@ -158,8 +171,56 @@ def write_hf_folder(
         top_p=0.95,
         temperature=1.0,
         repetition_penalty=1.0,
-        max_new_tokens=100,
     ).save_pretrained(folder)
+
+
+def make_prompts_start_documents(folder: Path) -> None:
+    """Rewrite the saved BertTokenizer files so that AutoTokenizer frames one text `[CLS] text`.
+
+    Training framed documents `[CLS] tokens [SEP]`: a prompt is a document's start, and a `[SEP]` after it
+    would make the model continue after an end of document. tokenizer.json's single-text template loses its
+    `[SEP]` (a pair keeps BERT's); tokenizer_config.json names GENERIC_TOKENIZER_CLASS so AutoTokenizer uses
+    that template. BertTokenizer.from_pretrained still gives `[CLS] text [SEP]`: no file can change it.
+    """
+    from tokenizers import Tokenizer, processors
+
+    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    cls_id, sep_id = backend.token_to_id(CLS), backend.token_to_id(SEP)
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{CLS}:0 $A:0",
+        pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
+        special_tokens=[(CLS, cls_id), (SEP, sep_id)],
+    )
+    backend.save(str(folder / "tokenizer.json"))
+    config = read_json_object(folder / "tokenizer_config.json", CheckpointError)
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**config, "tokenizer_class": GENERIC_TOKENIZER_CLASS}, indent=2, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+
+
+def check_generation_files(folder: Path, tokenizer: BertChineseTokenizer) -> None:
+    """CheckpointError unless, loaded offline from `folder`, AutoTokenizer frames the self-check texts `[CLS] ids`
+    (what TextGenerationPipeline feeds the model), BertTokenizer `[CLS] ids [SEP]`, neither adds token_type_ids,
+    and generation_config.json sets no length."""
+    from transformers import AutoTokenizer, BertTokenizer, GenerationConfig
+
+    auto = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    bert = BertTokenizer.from_pretrained(folder, local_files_only=True)
+    for text, ids in zip(SELF_CHECK_TEXTS, tokenizer.encode_batch(list(SELF_CHECK_TEXTS)), strict=True):
+        framings = {
+            f"AutoTokenizer ({type(auto).__name__})": (auto(text), [tokenizer.cls, *ids]),
+            "BertTokenizer": (bert(text), [tokenizer.cls, *ids, tokenizer.sep]),
+        }
+        for name, (encoded, expected) in framings.items():
+            if encoded["input_ids"] != expected or set(encoded) != {"input_ids", "attention_mask"}:
+                raise CheckpointError(
+                    f"self-check failed: the exported {name} gives {dict(encoded)} for {text!r}; "
+                    f"expected input_ids {expected} and attention_mask only"
+                )
+    written = set(LENGTH_KEYS) & set(GenerationConfig.from_pretrained(folder, local_files_only=True).to_diff_dict())
+    if written:
+        raise CheckpointError(f"self-check failed: generation_config.json sets {sorted(written)}")
 
 
 def self_check_batch(tokenizer: BertChineseTokenizer, max_positions: int) -> torch.Tensor:
@@ -175,7 +236,7 @@ def self_check_batch(tokenizer: BertChineseTokenizer, max_positions: int) -> tor
 
 def self_check(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTokenizer) -> tuple[float, int]:
     """Load `folder` with transformers offline and compare it with our model. Returns (max |logit diff|, tokens)."""
-    from transformers import BertTokenizer, GPT2LMHeadModel
+    from transformers import AutoTokenizer, BertTokenizer, GPT2LMHeadModel
 
     hf_tokenizer = BertTokenizer.from_pretrained(folder, local_files_only=True)
     ours_ids = tokenizer.encode_batch(list(SELF_CHECK_TEXTS))
@@ -203,8 +264,9 @@ def self_check(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTok
 
     ours = model_from_state_dict(loaded.model_config, loaded.state_dict)
     batch = self_check_batch(tokenizer, loaded.model_config.max_position_embeddings)
-    # Also exactly what the exported tokenizer hands the model (a pipeline's input), special tokens and all.
-    encoded = hf_tokenizer(SELF_CHECK_TEXTS[0], return_tensors="pt")
+    check_generation_files(folder, tokenizer)
+    # Also exactly what AutoTokenizer hands the model (a pipeline's input), special tokens and all.
+    encoded = AutoTokenizer.from_pretrained(folder, local_files_only=True)(SELF_CHECK_TEXTS[0], return_tensors="pt")
     with torch.no_grad():
         max_diff = max(
             (ours(batch).logits - hf_model(input_ids=batch).logits).abs().max().item(),
@@ -229,5 +291,6 @@ def report_hf_export(result: ExportResult) -> list[str]:
         f"exported {result.checkpoint} (iteration {result.iteration}, weights: {result.weights_source})",
         f"self-check: max |logit diff| = {result.max_logit_diff:.3g} over {result.self_check_tokens} tokens "
         f"(fp32, tolerance {LOGIT_TOLERANCE:g})",
-        f"wrote {result.output}: load it with GPT2LMHeadModel.from_pretrained / BertTokenizer.from_pretrained",
+        f"wrote {result.output}: load it with GPT2LMHeadModel.from_pretrained and AutoTokenizer.from_pretrained "
+        "(its README.md shows how)",
     ]
