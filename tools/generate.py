@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +30,31 @@ from megatron_zh.log import get_logger
 logger = get_logger("tools.generate")
 
 
+def not_utf8(where: str, exc: UnicodeError, fix: str) -> DataFormatError:
+    """The one wording for a prompt that is not UTF-8, from a file or from the command line."""
+    return DataFormatError(f"{where}: not UTF-8 text ({exc}); {fix}")
+
+
+def check_prompts(prompts: list[str]) -> list[str]:
+    """The --prompt texts, refused if one is not UTF-8 text.
+
+    Python keeps command-line bytes that are not UTF-8 (a shell with a Latin-1 or GBK locale) as lone
+    surrogates, which no tokenizer can take; the error names the byte the shell passed.
+    """
+    for number, text in enumerate(prompts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as encode_error:
+            error: UnicodeError = encode_error
+            try:
+                os.fsencode(text).decode("utf-8")  # the bytes as the shell passed them
+            except UnicodeError as exc:
+                error = exc
+            fix = "run it in a UTF-8 locale (e.g. LANG=C.UTF-8) or put the prompts in a UTF-8 --prompt-file"
+            raise not_utf8(f"prompt {number} of --prompt", error, fix) from None
+    return prompts
+
+
 def read_prompts(path: str) -> list[str]:
     """One prompt per line; blank lines are skipped."""
     try:
@@ -37,7 +63,7 @@ def read_prompts(path: str) -> list[str]:
     except FileNotFoundError:
         raise DataFormatError(f"--prompt-file {path}: no such file") from None
     except UnicodeDecodeError as exc:
-        raise DataFormatError(f"--prompt-file {path}: not UTF-8 text ({exc})") from None
+        raise not_utf8(f"--prompt-file {path}", exc, "convert the file to UTF-8 (e.g. with iconv)") from None
     prompts = [line for line in lines if line.strip()]
     if not prompts:
         raise DataFormatError(f"--prompt-file {path}: no prompts (one per line; blank lines are skipped)")
@@ -84,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     config = generation_from_args(args)
-    texts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
+    texts = check_prompts(args.prompt) if args.prompt is not None else read_prompts(args.prompt_file)
     loaded, _ = load_from_args(args)
     stream = args.stream and not args.json
     batch_size = 1 if stream else args.batch_size

@@ -4,6 +4,7 @@ decoding, logit filtering against transformers' warpers, streaming, and tools/ge
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -317,3 +318,44 @@ def test_generate_tool_refuses_bad_flags(tiny_checkpoint, repo_root, tmp_path):
     not_a_checkpoint = run_tool(repo_root, "--checkpoint", tmp_path, "--prompt", "你好")
     assert not_a_checkpoint.returncode == 2 and str(tmp_path) in not_a_checkpoint.stderr
     assert "Traceback" not in not_a_checkpoint.stderr
+
+
+NOT_UTF8 = b"\xff\xe4\xbb\x8a\xe5\xa4\xa9"  # a stray byte, then UTF-8 "今天"
+DECODE_ERROR = "('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)"
+
+
+def test_a_prompt_that_is_not_utf8_is_one_line_before_any_model_is_read(tmp_path, capsys):
+    from tool_runs import run_tool as run_in_process
+
+    missing = str(tmp_path / "no_model")  # never read: the prompts are checked first
+    # How Python hands a program command-line bytes that are not UTF-8: as lone surrogates.
+    assert run_in_process("generate", ["--hf", missing, "--prompt", "你好", os.fsdecode(NOT_UTF8)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: prompt 2 of --prompt: not UTF-8 text {DECODE_ERROR}; run it in a UTF-8 locale (e.g. LANG=C.UTF-8) "
+        "or put the prompts in a UTF-8 --prompt-file"
+    )
+    assert run_in_process("generate", ["--hf", missing, "--prompt", "\ud800"]) == 2  # no bytes behind it
+    assert "prompt 1 of --prompt: not UTF-8 text ('utf-8' codec can't encode character '\\ud800'" in (
+        capsys.readouterr().err
+    )
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(NOT_UTF8 + b"\n")
+    assert run_in_process("generate", ["--hf", missing, "--prompt-file", str(prompts)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --prompt-file {prompts}: not UTF-8 text {DECODE_ERROR}; convert the file to UTF-8 (e.g. with iconv)"
+    )
+
+
+@pytest.mark.integration
+def test_a_shell_without_a_utf8_locale_gets_one_line(repo_root, tmp_path):
+    """The bytes as a shell with a C or Latin-1 locale passes them, through a real process."""
+    result = subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "generate.py"), "--hf", str(tmp_path), "--prompt", NOT_UTF8],
+        cwd=repo_root,
+        capture_output=True,
+        env={**os.environ, "LC_ALL": "C", "LANG": "C"},
+        timeout=120,
+    )
+    err = result.stderr.decode("utf-8", "replace")
+    assert result.returncode == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith(f"error: prompt 1 of --prompt: not UTF-8 text {DECODE_ERROR}")
