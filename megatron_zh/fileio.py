@@ -260,6 +260,15 @@ def read_json_object(
 # ---------------------------------------------------------------------------------------- folders
 
 
+def refuse_existing_output(path: str | os.PathLike, overwrite: bool) -> None:
+    """Refuse to replace an existing file unless `overwrite` (the writer then replaces it only once complete)."""
+    if not overwrite and os.path.lexists(path):
+        raise ConfigError(
+            f"output {os.fspath(path)} exists; pass --overwrite to replace it "
+            "(it is replaced only after the new one is complete)"
+        )
+
+
 def check_output_directory(final: Path, overwrite: bool) -> None:
     """Refuse to replace an existing file, or a non-empty folder unless `overwrite`."""
     if final.exists() and not final.is_dir():

@@ -2,6 +2,7 @@
 
 `dir//name`, `a/../dir/name`, a symlink or a hard link to an input all name the input: paths are
 compared after `os.path.realpath`, and existing files also by `os.path.samefile` (same inode).
+And is an output prefix (PREFIX_text_document.bin, PREFIX.idx) a prefix, not "" or a folder?
 """
 
 from __future__ import annotations
@@ -48,3 +49,16 @@ def refuse_overlap(output: PathLike, sources: Iterable[tuple[str, PathLike | Non
             f"{flag} {os.fspath(output)} {how} {what} {os.fspath(source)}{resolved}: writing it could destroy "
             f"the input; choose another {flag}"
         )
+
+
+def refuse_directory_prefix(prefix: str, writes: str, *, flag: str = "--output-prefix") -> None:
+    """ConfigError if `prefix` names no file to write beside: empty, ending in a separator, or a folder.
+
+    `writes` says which files the prefix names, e.g. "PREFIX.bin/.idx"."""
+    if prefix and not prefix.endswith(("/", os.sep)) and not os.path.isdir(prefix):
+        return
+    what = "is empty" if not prefix else "names a directory"
+    example = os.path.join(prefix or "data", "corpus")
+    raise ConfigError(
+        f"{flag} {prefix!r} {what}; give a path prefix for the files it writes ({writes}), e.g. {flag} {example}"
+    )

@@ -24,6 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", required=True, help="the vocab.txt to write")
     parser.add_argument(
+        "--overwrite", action="store_true", help="replace --output if it exists (only once the new vocab is complete)"
+    )
+    parser.add_argument(
         "--vocab-size", type=int, default=21128, help="tokens in the vocab, reserved ones included (default: 21128)"
     )
     parser.add_argument(
@@ -47,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             min_frequency=args.min_frequency,
             limit_alphabet=args.limit_alphabet,
             json_key=args.json_key,
+            overwrite=args.overwrite,
         )
     )
     return 0

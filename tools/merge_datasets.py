@@ -6,7 +6,8 @@
 Documents keep their order (inputs in the order given; a glob expands sorted). Every input needs its
 PREFIX.meta.json, and all must share the vocab fingerprint, lower-casing, document framing and token
 dtype; --allow-missing-metadata merges inputs without metadata too (the output then claims no vocab
-fingerprint). The output may not be any input's file, whatever the spelling of the path.
+fingerprint). The output may not be any input's file, whatever the spelling of the path; an output
+that exists is refused unless --overwrite (then replaced once the merged dataset is complete).
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="merge inputs without PREFIX.meta.json (e.g. made by Megatron-LM); the output then has no vocab "
         "fingerprint, so training cannot check the vocab",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the output dataset if it exists (only once the merged one is complete)",
+    )
     args = parser.parse_args(argv)
     inputs = expand_prefixes(args.input)
-    meta = merge_datasets(inputs, args.output_prefix, allow_missing_metadata=args.allow_missing_metadata)
+    meta = merge_datasets(
+        inputs, args.output_prefix, allow_missing_metadata=args.allow_missing_metadata, overwrite=args.overwrite
+    )
     logger.info(
         "merged %d datasets into %s: %d documents, %d tokens",
         len(inputs),

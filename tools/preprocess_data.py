@@ -19,6 +19,7 @@ tools/preprocess_data.py where it has them.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ from megatron_zh.cli import run_cli
 from megatron_zh.data.preprocess.config import RUNTIME, TOKENIZER, TOKENIZER_TYPES, PreprocessConfig
 from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.knobs import add_flags, given_values
+from megatron_zh.validators import POSITIVE_NUMBER
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,11 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    POSITIVE_NUMBER("--chunk-mb", args.chunk_mb)
     preprocess(
         PreprocessConfig(
             **given_values(args, PreprocessConfig),
             lower_case=TOKENIZER_TYPES[args.tokenizer_type],
-            chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
+            chunk_bytes=math.ceil(args.chunk_mb * (1 << 20)),  # at least one byte: whole lines, the fewest
         )
     )
     return 0

@@ -19,8 +19,9 @@ from megatron_zh.data.indexed.dataset import (
     read_metadata,
 )
 from megatron_zh.errors import DataFormatError
+from megatron_zh.fileio import refuse_existing_output
 from megatron_zh.log import get_logger
-from megatron_zh.paths import overlap
+from megatron_zh.paths import overlap, refuse_directory_prefix
 
 logger = get_logger(__name__)
 
@@ -59,19 +60,24 @@ def merge_datasets(
     output_prefix: str | os.PathLike[str],
     *,
     allow_missing_metadata: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Concatenate datasets (in the order given) into one; returns the merged metadata.
 
     Every input needs PREFIX.meta.json with its vocab fingerprint, and all must agree on the
     tokenizer settings (`TOKENIZER_SETTINGS`). With `allow_missing_metadata` inputs without it are
     merged too, and the output then claims no vocab fingerprint (training warns instead of checking).
-    The output may not be any input's file, however the path is spelled.
+    The output may not be any input's file, however the path is spelled, nor replace a dataset unless
+    `overwrite` (it is then replaced only once the merged one is complete).
     """
     prefixes = [os.fspath(p) for p in input_prefixes]
     if not prefixes:
         raise DataFormatError("nothing to merge: give at least one input prefix")
     output = os.fspath(output_prefix)
+    refuse_directory_prefix(output, "PREFIX.bin/.idx/.meta.json")
     _refuse_output_over_inputs(output, prefixes)
+    for path in _files_of(output):
+        refuse_existing_output(path, overwrite)
     _warn_about_repeats(prefixes)
     settings = [_settings_of(prefix) for prefix in prefixes]
     unverified = [p for p, s in zip(prefixes, settings) if "vocab_fingerprint" not in s]

@@ -2,12 +2,15 @@
 
 Torch-free, so the workers start in milliseconds (a test imports every module and checks).
 
-  0  formats, zstd_stream, dedup, workers   the corpus formats table; zstd that refuses a truncated
-                                            file; document hashes; worker count, orphan-free workers
-  1  archives, config                       .zip/.tar members; PreprocessConfig, PreprocessStats
-  2  sources, encode                        inputs as ordered units, shards; the workers' per-chunk
-                                            work (documents, tokens, framing)
-  3  readers                                units as chunks: decompression, encoding checks
-  4  results                                results into the datasets; counts, metadata
-  5  pipeline, vocab_builder                preprocess(): the driver; WordPiece vocab training
+  0  charsets, zstd_stream, dedup, workers  UTF-8 or not (GB18030, Big5, UTF-16); zstd that refuses a
+                                            truncated file; document hashes; worker count, orphan-free
+                                            workers
+  1  formats, archives                      the corpus formats table, what each looks like; .zip/.tar
+                                            members, and those skipped
+  2  config                                 PreprocessConfig, PreprocessStats
+  3  sources, encode                        inputs as ordered units, shards, what is skipped; the
+                                            workers' per-chunk work (documents, tokens, framing)
+  4  readers                                units as chunks: decompression, first-bytes and change checks
+  5  results                                results into the datasets; counts, metadata
+  6  pipeline, vocab_builder                preprocess(): the driver; WordPiece vocab training
 """

@@ -7,6 +7,11 @@ in the order they are stored) and back (when the name order differs from the sto
 and a backward seek by starting the stream again, as tarfile does for gzip (zstd_stream.ZstdReader
 decompresses, and refuses a truncated file).
 
+Members that are not corpus text are skipped, each with its reason (`member_skip_reason`): links (a
+hard link repeats another member's bytes; a symbolic link's are a path), dot files and macOS resource
+forks, empty members, and names that lead out of the archive (`../x`, `/x`), which no extraction would
+write where they say either.
+
 Zip members that this tool cannot read (encrypted, or a compression method Python lacks, such as
 Deflate64 from Windows' "send to compressed folder") are refused when the archive is listed, before
 any output is written, naming the member.
@@ -18,16 +23,28 @@ from __future__ import annotations
 
 import io
 import lzma
+import stat
 import sys
 import tarfile
 import zipfile
-from pathlib import Path
+import zlib
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from megatron_zh.data.preprocess.zstd_stream import ZstdReader
 from megatron_zh.errors import DataFormatError
 
 ZSTD_TAR_SUFFIXES = (".tar.zst", ".tzst")
+# A tar's own compression, by name ending (readers.damage reads it whole to check it).
+TAR_COMPRESSIONS = {
+    ".tar.gz": "gzip",
+    ".tgz": "gzip",
+    ".tar.bz2": "bz2",
+    ".tbz2": "bz2",
+    ".tar.xz": "xz",
+    ".txz": "xz",
+    **dict.fromkeys(ZSTD_TAR_SUFFIXES, "zstd"),
+}
 _READABLE_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 # The methods found in the wild that zipfile lacks (APPNOTE.TXT 4.4.5), to name them in the refusal.
 _ZIP_METHOD_NAMES = {6: "Implode", 9: "Deflate64", 93: "Zstandard", 95: "XZ", 98: "PPMd", 99: "WinZip AES"}
@@ -96,7 +113,14 @@ class _ZstdTarFile(tarfile.TarFile):
 
 def read_errors() -> tuple[type[BaseException], ...]:
     """What a damaged or truncated file raises while it is listed or decompressed (zstandard's error if loaded)."""
-    errors: list[type[BaseException]] = [OSError, EOFError, zipfile.BadZipFile, tarfile.TarError, lzma.LZMAError]
+    errors: list[type[BaseException]] = [
+        OSError,  # gzip.BadGzipFile, bz2's "Invalid data stream", a member cut short
+        EOFError,
+        zlib.error,  # corrupt deflate data, in a .gz or a zip member
+        zipfile.BadZipFile,
+        tarfile.TarError,
+        lzma.LZMAError,
+    ]
     zstandard = sys.modules.get("zstandard")
     if zstandard is not None:
         errors.append(zstandard.ZstdError)
@@ -113,6 +137,41 @@ def open_tar(path: Path) -> tarfile.TarFile:
             stream.close()
             raise
     return tarfile.open(path, "r:*")
+
+
+def tar_compression(name: str) -> str | None:
+    """ "gzip", "bz2", "xz" or "zstd" for a compressed tar called `name`; None for a plain one."""
+    return next((kind for suffix, kind in TAR_COMPRESSIONS.items() if name.lower().endswith(suffix)), None)
+
+
+def name_skip_reason(name: str) -> str | None:
+    """Why a member (or a file under a directory) called `name` is not corpus text, or None."""
+    parts = PurePosixPath(name).parts
+    if name.startswith("/") or ".." in parts:
+        return "its path leads out of the archive (absolute, or through ..)"
+    if "__MACOSX" in parts:
+        return "a macOS resource fork (__MACOSX)"
+    if any(part.startswith(".") for part in parts):
+        return "a dot file (hidden)"
+    return None
+
+
+def tar_skip_reason(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member (not a directory) is not read, or None."""
+    if member.islnk():
+        return f"a hard link to {member.linkname} (the same bytes as that member)"
+    if member.issym():
+        return f"a symbolic link to {member.linkname}"
+    if not member.isfile():
+        return "not a regular file (a device or a pipe)"
+    return name_skip_reason(member.name) or ("empty" if member.size == 0 else None)
+
+
+def zip_skip_reason(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member (not a directory) is not read, or None."""
+    if stat.S_ISLNK(info.external_attr >> 16):  # Unix zips keep the mode in the high bytes
+        return "a symbolic link (its bytes are the path it points to)"
+    return name_skip_reason(info.filename) or ("empty" if info.file_size == 0 else None)
 
 
 def check_zip_member(path: Path, info: zipfile.ZipInfo) -> None:

@@ -34,7 +34,10 @@ class PreprocessConfig:
         required=True,
     )
     output_prefix: str = knob(
-        help="writes {output_prefix}_{key}_document.bin/.idx/.meta.json per JSON key", group=OUTPUT, required=True
+        help="writes {output_prefix}_{key}_document.bin/.idx/.meta.json per JSON key",
+        check=Check(lambda v: isinstance(v, str) and bool(v), "a path prefix such as data/corpus, not empty"),
+        group=OUTPUT,
+        required=True,
     )
     vocab_file: str = knob(
         help="BERT vocab.txt (the default BERT-Chinese one: python tools/fetch_assets.py)",
@@ -84,6 +87,11 @@ class PreprocessConfig:
     )
     prepend_cls: bool = knob(True, help="start every document with [CLS]", group=TOKENIZER)
     append_eod: bool = knob(True, help="end every document with [SEP], the end-of-document token", group=TOKENIZER)
+    overwrite: bool = knob(
+        False,
+        help="replace output datasets that exist (each only once its new one is complete); without it they are refused",
+        group=OUTPUT,
+    )
     workers: int = knob(
         1,
         help="tokenizer processes (default: 1; in tools/preprocess_data.py, the CPUs this process may use)",
@@ -103,7 +111,10 @@ class PreprocessConfig:
         group=RUNTIME,
     )
     max_reported_bad_lines: int = knob(
-        100, help="bad lines reported one by one; the rest are counted", check=NON_NEGATIVE_INT, group=RUNTIME
+        100,
+        help="bad lines (and skipped inputs) reported one by one; the rest are counted",
+        check=NON_NEGATIVE_INT,
+        group=RUNTIME,
     )
     progress: bool = knob(True, help="a progress bar on a terminal, progress lines otherwise", group=RUNTIME)
 
@@ -144,6 +155,7 @@ class PreprocessStats:
     dropped_short: dict[str, int] = field(default_factory=dict)  # under --min-doc-chars
     dropped_duplicate: dict[str, int] = field(default_factory=dict)  # --dedup
     bad_lines: int = 0
+    skipped_inputs: int = 0  # files and archive members left out (sources.Skipped)
     input_bytes: int = 0  # after decompression
     seconds: float = 0.0
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from megatron_zh.data.indexed.dataset import best_token_dtype
+from megatron_zh.data.preprocess.charsets import DecodeTally
 from megatron_zh.data.preprocess.config import PreprocessConfig
 from megatron_zh.data.preprocess.dedup import document_hashes
 from megatron_zh.data.preprocess.formats import FORMATS, BadRecord, Chunk
@@ -36,6 +37,7 @@ class ChunkResult:
     bad: list[BadRecord] = field(default_factory=list)
     input_bytes: int = 0
     disk_bytes: int = 0
+    decoded: DecodeTally = field(default_factory=DecodeTally)  # lines that were UTF-8, and those that were not
 
 
 class ChunkEncoder:
@@ -48,8 +50,8 @@ class ChunkEncoder:
         self.blank_line = config.document_boundary == "blank-line"
 
     def __call__(self, chunk: Chunk) -> ChunkResult:
-        texts, blank, bad = FORMATS[chunk.fmt].documents(chunk, self.config.json_keys, self.blank_line)
-        result = ChunkResult({}, {}, {}, {}, {}, chunk.unit, bad, chunk.input_bytes, chunk.disk_bytes)
+        texts, blank, bad, decoded = FORMATS[chunk.fmt].documents(chunk, self.config.json_keys, self.blank_line)
+        result = ChunkResult({}, {}, {}, {}, {}, chunk.unit, bad, chunk.input_bytes, chunk.disk_bytes, decoded)
         for key in self.config.json_keys:
             # Blank lines and lines of nothing but whitespace or control characters give no tokens.
             ids, lengths = self.tokenizer.encode_batch_flat(texts[key])

@@ -1,7 +1,11 @@
 """Corpus formats in one table: how each is recognised, read into chunks, and split into documents.
 
 A format is recognised by its name's ending (under any compression suffix) or forced with
-`--input-format`. A *streamed* format is lines of bytes: it may be compressed or sit inside a
+`--input-format`; then the first bytes of a streamed input are checked against what the format
+looks like (`misfit`): gzip data in a file named .txt, a JSON array in a file named .json, a
+Megatron index, ... stop the run naming what the bytes really are.
+
+A *streamed* format is lines of bytes: it may be compressed or sit inside a
 .zip/.tar, and readers.py cuts it into chunks of whole lines however it is packed. Any other
 format is a file read by its own `read_file` (Parquet needs random access). In the workers,
 `documents` turns one chunk into the texts of each key.
@@ -19,13 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from megatron_zh.data.preprocess.charsets import DecodeTally
 from megatron_zh.errors import DataFormatError
 from megatron_zh.fileio import DuplicateKeyError, json_type_name, loads_json
 
 FormatName = Literal["text", "jsonl", "parquet"]
 InputFormat = Literal["auto", "text", "jsonl"]  # --input-format: "auto", or a streamed format forced on every input
 BadRecord = tuple[int, int, str]  # (unit index, line or row number, reason)
-Documents = tuple[dict[str, list[str]], int, list[BadRecord]]  # texts per key, blank records, bad records
+# Texts per key, blank records, bad records, and how many lines were UTF-8 (charsets.py; empty for Parquet).
+Documents = tuple[dict[str, list[str]], int, list[BadRecord], DecodeTally]
 
 
 @dataclass
@@ -52,6 +58,8 @@ class CorpusFormat:
     documents: Callable[[Chunk, tuple[str, ...], bool], Documents]
     # Not streamed: read_file(unit index, path, bytes on disk, keys, chunk bytes) -> chunks
     read_file: Callable[[int, Path, int, tuple[str, ...], int], Iterator[Chunk]] | None = None
+    # Streamed: sniff(first bytes) -> why they cannot be this format, or None
+    sniff: Callable[[bytes], Misfit | None] | None = None
 
     @property
     def streamed(self) -> bool:
@@ -64,18 +72,24 @@ class CorpusFormat:
 def _text_documents(chunk: Chunk, keys: tuple[str, ...], blank_line: bool) -> Documents:
     """Lines, or runs of non-blank lines with blank-line boundaries; invalid UTF-8 lines are bad records."""
     bad: list[BadRecord] = []
+    tally = DecodeTally()
     lines = _decode_lines(chunk.lines)  # the common case: valid UTF-8, decoded in one call
     if lines is None:  # some line is not UTF-8: go line by line, reporting and skipping those
         lines = []
         for line_no, raw in enumerate(chunk.lines, start=chunk.first_line):
             try:
                 lines.append(raw.decode("utf-8").rstrip("\r\n"))
+                tally.count(raw, True)
             except UnicodeDecodeError as exc:
                 bad.append((chunk.unit, line_no, _utf8_problem(raw, exc)))
+                tally.count(raw, False)
+    else:  # all UTF-8: only the counts, for a file whose other chunks are not
+        tally.lines = len(chunk.lines)
+        tally.non_ascii = sum(not raw.isascii() for raw in chunk.lines)
     if blank_line:
         lines = _join_paragraphs(lines)
     # Blank lines stay in: they give no tokens and are counted as empty documents by the caller.
-    return {keys[0]: lines}, 0, bad
+    return {keys[0]: lines}, 0, bad, tally
 
 
 def _decode_lines(lines: list[bytes]) -> list[str] | None:
@@ -105,8 +119,11 @@ def _join_paragraphs(lines: list[str]) -> list[str]:
     return documents
 
 
+_INVALID_UTF8 = "invalid UTF-8"
+
+
 def _utf8_problem(raw: bytes, exc: UnicodeDecodeError) -> str:
-    return f"invalid UTF-8 at byte {exc.start} ({raw[exc.start : exc.start + 4]!r})"
+    return f"{_INVALID_UTF8} at byte {exc.start} ({raw[exc.start : exc.start + 4]!r})"
 
 
 # ----------------------------------------------------------------------------------- JSON lines
@@ -116,8 +133,10 @@ def _json_documents(chunk: Chunk, keys: tuple[str, ...], blank_line: bool) -> Do
     texts: dict[str, list[str]] = {key: [] for key in keys}
     bad: list[BadRecord] = []
     blank = 0
+    tally = DecodeTally()
     for line_no, raw in enumerate(chunk.lines, start=chunk.first_line):
         record, reason = _parse_json_line(raw, keys)
+        tally.count(raw, reason is None or not reason.startswith(_INVALID_UTF8))
         if reason is not None:
             bad.append((chunk.unit, line_no, reason))
         elif record is None:
@@ -125,7 +144,7 @@ def _json_documents(chunk: Chunk, keys: tuple[str, ...], blank_line: bool) -> Do
         else:
             for key in texts:
                 texts[key].append(record[key])
-    return texts, blank, bad
+    return texts, blank, bad, tally
 
 
 def _parse_json_line(raw: bytes, keys: tuple[str, ...]) -> tuple[dict[str, Any] | None, str | None]:
@@ -170,7 +189,7 @@ def _column_documents(chunk: Chunk, keys: tuple[str, ...], blank_line: bool) -> 
             continue
         for key, value in zip(keys, values):
             texts[key].append(value)
-    return texts, 0, bad
+    return texts, 0, bad, DecodeTally()  # Arrow checks that strings are UTF-8 when it reads them
 
 
 def _parquet_chunks(
@@ -178,6 +197,20 @@ def _parquet_chunks(
 ) -> Iterator[Chunk]:
     """One record batch of about `chunk_bytes` at a time (pyarrow reads a row group at a time), the key columns only."""
     import pyarrow as pa  # only when a Parquet input is read
+
+    try:
+        yield from _parquet_batches(index, path, disk_bytes, keys, chunk_bytes)
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the disk's error (permissions, ...), which the tools name as such
+        # Empty, truncated or corrupt: Arrow's words (ArrowInvalid, or an OSError without errno).
+        words = " ".join(str(exc).split())  # Arrow's messages may end in a line break: keep the error one line
+        raise DataFormatError(f"{path}: not a readable Parquet file ({words}); check the download") from None
+
+
+def _parquet_batches(
+    index: int, path: Path, disk_bytes: int, keys: tuple[str, ...], chunk_bytes: int
+) -> Iterator[Chunk]:
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(path)
@@ -188,9 +221,10 @@ def _parquet_chunks(
                 f"{path}: no column {key!r} (columns: {', '.join(schema.names)}); name the text column(s) "
                 "with --json-keys"
             )
-        kind = schema.field(key).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-            raise DataFormatError(f"{path}: column {key!r} holds {kind}, not strings; name a text column")
+        if not _holds_strings(schema.field(key).type):
+            raise DataFormatError(
+                f"{path}: column {key!r} holds {schema.field(key).type}, not strings; name a text column"
+            )
     metadata = parquet.metadata
     rows = max(metadata.num_rows, 1)
     key_bytes = sum(
@@ -209,11 +243,81 @@ def _parquet_chunks(
         reported = done
 
 
+def _holds_strings(kind: Any) -> bool:
+    """string, large_string, string_view, or any of them dictionary-encoded (what pandas writes for `category`)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    is_view = getattr(pa.types, "is_string_view", lambda _: False)  # pyarrow >= 16
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or is_view(kind))
+
+
+# ------------------------------------------------------------------------------ what bytes are
+
+
+@dataclass(frozen=True)
+class Misfit:
+    """Why a streamed input's first bytes cannot be the format its name says, and the way out."""
+
+    seen: str  # what the bytes are: "gzip-compressed data"
+    advice: str = ""  # what to do, when no command converts it
+    convert: str = ""  # or: a filter that writes it as the format read (`jq -c '.[]'`); readers builds the command
+    suffix: str = ""  # the converted file's ending (the input's own when empty)
+
+
+# Other formats' first bytes: (offset, bytes, what they are, the name ending that reads them, if any).
+SIGNATURES = (
+    (0, b"\x1f\x8b", "gzip-compressed data", ".gz"),
+    (0, b"\xfd7zXZ\x00", "xz-compressed data", ".xz"),
+    (0, b"\x28\xb5\x2f\xfd", "zstd-compressed data", ".zst"),
+    *((0, b"BZh%d1AY&SY" % level, "bzip2-compressed data", ".bz2") for level in range(1, 10)),  # block size 1-9
+    (0, b"PK\x03\x04", "a zip archive", ".zip"),
+    (257, b"ustar", "a tar archive", ".tar"),
+    (0, b"PAR1\x15", "Parquet", ".parquet"),  # the magic, then the first page header's first field
+    (0, b"MMIDIDX\x00\x00", "a Megatron dataset index (.idx)", ""),
+)
+
+
+def misfit(head: bytes, spec: CorpusFormat, name: str) -> Misfit | None:
+    """Why the stream that begins with `head` (of a file or member called `name`) cannot be read as `spec`."""
+    for offset, magic, seen, suffix in SIGNATURES:
+        if head[offset : offset + len(magic)] != magic:
+            continue
+        at = f"its first bytes are {magic[:4].hex(' ')}" if offset == 0 else f"{magic.decode()!r} at byte {offset}"
+        if suffix:
+            return Misfit(
+                f"{seen}, not {spec.label} ({at})",
+                advice=f"rename it to {name}{suffix} and it is read as such",
+            )
+        return Misfit(f"{seen}, not a corpus ({at})", advice="leave it out of --input")
+    return spec.sniff(head) if spec.sniff is not None else None
+
+
+def _json_lines_misfit(head: bytes) -> Misfit | None:
+    """A JSON array, or objects spread over several lines (pretty-printed): JSON, but not one object per line.
+
+    Any array counts (a JSON-lines file of arrays has no record this tool reads); an object counts when its
+    first line is a lone `{`, as every pretty-printer writes it (a single bad line stays a bad line)."""
+    start = head.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")
+    if start.startswith(b"["):
+        return Misfit("a JSON array, not JSON lines (one object per line)", convert="jq -c '.[]'", suffix=".jsonl")
+    if start.split(b"\n", 1)[0].strip() == b"{":
+        return Misfit(
+            "JSON objects spread over several lines (pretty-printed), not JSON lines (one object per line)",
+            convert="jq -c .",
+            suffix=".jsonl",
+        )
+    return None
+
+
 # ---------------------------------------------------------------------------------------- table
 
 FORMATS: dict[FormatName, CorpusFormat] = {
     "text": CorpusFormat("text", "plain text", (), "line", named_fields=False, documents=_text_documents),
-    "jsonl": CorpusFormat("jsonl", "JSON lines", (".json", ".jsonl", ".ndjson"), "line", True, _json_documents),
+    "jsonl": CorpusFormat(
+        "jsonl", "JSON lines", (".json", ".jsonl", ".ndjson"), "line", True, _json_documents, sniff=_json_lines_misfit
+    ),
     "parquet": CorpusFormat(
         "parquet", "Parquet", (".parquet",), "row", True, _column_documents, read_file=_parquet_chunks
     ),

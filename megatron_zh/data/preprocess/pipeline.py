@@ -9,7 +9,9 @@ document becomes `[CLS] tokens [SEP]` (either end optional).
 
 Bad lines (invalid UTF-8, invalid JSON, a missing or non-string key) are reported with file and
 line number and skipped, or stop the run with `strict`. Outputs are written under temporary names
-and renamed only at the end (.idx last), so a failed or interrupted run leaves no .idx behind.
+and renamed only at the end (.idx last), so a failed or interrupted run leaves no .idx behind. An
+output dataset that exists is refused unless `overwrite`, and then replaced only once the new one
+is complete; an output that is (however spelled) a file the run reads, vocab included, is refused.
 
 The config is config.py, the per-chunk work the workers do encode.py, what the main process does
 with each result (duplicates, counts, metadata) results.py; this module is the driver.
@@ -25,9 +27,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from multiprocessing.context import BaseContext
+from pathlib import Path
 from types import FrameType
 
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
@@ -37,11 +40,12 @@ from megatron_zh.data.preprocess.encode import ChunkEncoder, ChunkResult, encode
 from megatron_zh.data.preprocess.formats import FORMATS, Chunk
 from megatron_zh.data.preprocess.readers import read_units
 from megatron_zh.data.preprocess.results import ResultWriter, log_summary, metadata, new_stats
-from megatron_zh.data.preprocess.sources import units_for
+from megatron_zh.data.preprocess.sources import log_skipped, units_for
 from megatron_zh.data.preprocess.workers import plan_workers
 from megatron_zh.errors import ConfigError
+from megatron_zh.fileio import refuse_existing_output
 from megatron_zh.log import get_logger
-from megatron_zh.paths import refuse_overlap
+from megatron_zh.paths import refuse_directory_prefix, refuse_overlap
 from megatron_zh.progress import Progress, format_duration
 from megatron_zh.tokenizer import BertChineseTokenizer
 
@@ -86,20 +90,21 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def preprocess(config: PreprocessConfig) -> PreprocessStats:
     """Tokenize `config.inputs` into one Megatron dataset per JSON key; returns counts and timing."""
-    units = units_for(config)
+    refuse_directory_prefix(config.output_prefix, "PREFIX_{key}_document.bin/.idx/.meta.json")
+    inputs = units_for(config)
+    units = inputs.units
+    log_skipped(inputs.skipped, config.max_reported_bad_lines)
     plain = next((unit for unit in units if not FORMATS[unit.fmt].named_fields), None)
     if plain is not None and len(config.json_keys) != 1:
         raise ConfigError(
             f"--json-keys {list(config.json_keys)}: {plain.label} is {FORMATS[plain.fmt].label} "
             f"(one document per {FORMATS[plain.fmt].record}), so give one key"
         )
-    tokenizer = BertChineseTokenizer(config.vocab_file, lower_case=config.lower_case)
-    dtype = best_token_dtype(tokenizer.vocab_size)
     prefixes = {key: output_prefix_for(config.run_prefix, key) for key in config.json_keys}
     input_files = list(dict.fromkeys(unit.path for unit in units))  # archives once, however many members
-    for prefix in prefixes.values():
-        for output in (data_file_path(prefix), index_file_path(prefix), metadata_file_path(prefix)):
-            refuse_overlap(output, [("--input", path) for path in input_files], flag="--output-prefix")
+    _check_outputs(config, prefixes.values(), input_files)
+    tokenizer = BertChineseTokenizer(config.vocab_file, lower_case=config.lower_case)
+    dtype = best_token_dtype(tokenizer.vocab_size)
     total_bytes = sum(unit.disk_bytes for unit in units)
     shard = f" (shard {config.shard_index} of {config.num_shards})" if config.num_shards > 1 else ""
     workers = plan_workers(config.workers, input_files, config.chunk_bytes)
@@ -112,6 +117,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
         ", ".join(f"{p}.bin/.idx" for p in prefixes.values()),
     )
     stats = new_stats(prefixes)
+    stats.skipped_inputs = len(inputs.skipped)
     start = time.perf_counter()
     builders: dict[str, IndexedDatasetBuilder] = {}
     progress = Progress(
@@ -144,7 +150,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
             writer.check_documents()
             stats.seconds = time.perf_counter() - start
             for key, builder in builders.items():
-                builder.finalize(metadata(config, units, tokenizer, key, stats, dtype))
+                builder.finalize(metadata(config, inputs, tokenizer, key, stats, dtype))
     except BaseException:
         for builder in builders.values():
             builder.abort()
@@ -155,6 +161,17 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
             pool.shutdown(wait=True, cancel_futures=True)
     log_summary(stats)
     return stats
+
+
+def _check_outputs(config: PreprocessConfig, prefixes: Iterable[str], input_files: list[Path]) -> None:
+    """No output may be a file the run reads (vocab included), nor replace a dataset unless `overwrite`."""
+    read = [("--input", path) for path in input_files] + [("--vocab-file", config.vocab_file)]
+    for prefix in prefixes:
+        outputs = (data_file_path(prefix), index_file_path(prefix), metadata_file_path(prefix))
+        for output in outputs:
+            refuse_overlap(output, read, flag="--output-prefix")
+        for output in outputs:
+            refuse_existing_output(output, config.overwrite)
 
 
 def _show_progress(

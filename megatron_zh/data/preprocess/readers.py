@@ -9,8 +9,12 @@ and zstandard release the GIL and decompress far faster than the workers tokeniz
 busy even on one large compressed file. Formats that are not streamed (Parquet) are read by their own
 `read_file` (formats.py).
 
-Each unit's first bytes are checked: a UTF-16/UTF-32 byte-order mark, or mostly NUL bytes, stops the
-run with the command that converts the file; a UTF-8 byte-order mark is dropped.
+Each unit's first bytes are checked before a line is cut: bytes of another format (gzip data named
+.txt, a JSON array named .json: formats.misfit), and text that is not UTF-8 (a UTF-16/UTF-32
+byte-order mark, UTF-16 without one, GB18030 or Big5: charsets.py) stop the run with what the bytes
+are and the command that converts them; a UTF-8 byte-order mark is dropped. Once a unit is read, its
+file must be as it was listed (size, modification time, inode): a file that changed meanwhile stops
+the run, as does a compressed stream that is corrupt or cut short.
 
 Torch-free: the driver imports it before it starts its workers.
 """
@@ -28,80 +32,129 @@ import zipfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from megatron_zh.data.preprocess.archives import open_tar, read_errors
+from megatron_zh.data.preprocess.archives import open_tar, read_errors, tar_compression
+from megatron_zh.data.preprocess.charsets import SNIFF_BYTES, UNKNOWN_ENCODING, UTF8_BOM, sniff_head
 from megatron_zh.data.preprocess.config import PreprocessConfig
-from megatron_zh.data.preprocess.formats import FORMATS, Chunk
-from megatron_zh.data.preprocess.sources import Unit
+from megatron_zh.data.preprocess.formats import FORMATS, Chunk, misfit
+from megatron_zh.data.preprocess.sources import FileStamp, Unit, file_stamp
 from megatron_zh.data.preprocess.zstd_stream import ZstdReader
 from megatron_zh.errors import DataFormatError
 
-UTF8_BOM = b"\xef\xbb\xbf"
-# Longest first: a UTF-32LE mark begins with the UTF-16LE one.
-WIDE_BOMS = (
-    (b"\x00\x00\xfe\xff", "UTF-32BE"),
-    (b"\xff\xfe\x00\x00", "UTF-32LE"),
-    (b"\xfe\xff", "UTF-16BE"),
-    (b"\xff\xfe", "UTF-16LE"),
-)
-SNIFF_BYTES = 1 << 16
 # A document longer than this without a blank line means the input is not blank-line separated.
 MAX_DOCUMENT_BYTES = 256 << 20
 Stream = IO[bytes] | io.BufferedIOBase  # a file, or a decompressor's reader (GzipFile, LZMAFile, ...)
 _DECOMPRESS_COMMANDS = {"gzip": "gzip -dc", "bz2": "bzip2 -dc", "xz": "xz -dc", "zstd": "zstd -dc"}
 
 
-def sniff_wide_encoding(head: bytes) -> tuple[str, str | None] | None:
-    """(what was seen, iconv's name for it) if `head` is UTF-16/UTF-32 rather than UTF-8, else None.
+def _check_head(head: bytes, unit: Unit) -> None:
+    """Refuse a unit whose first bytes are another format, or text that is not UTF-8."""
+    name = (unit.member or unit.path.name).rsplit("/", 1)[-1]
+    wrong = misfit(head, FORMATS[unit.fmt], name)
+    if wrong is not None:
+        fix = wrong.advice
+        if wrong.convert:
+            fix = f"convert it first: {convert_command(unit, wrong.convert, 'lines', wrong.suffix)}"
+        raise DataFormatError(f"{unit.label}: {wrong.seen}; {fix}")
+    found = sniff_head(head)
+    if found is not None:
+        problem = damage(unit) if found[0] == UNKNOWN_ENCODING else None
+        raise DataFormatError(damaged_error(unit, problem) if problem else encoding_error(unit, *found))
 
-    The name is None for NULs in no code-unit pattern: binary data, which no conversion makes text."""
-    for bom, name in WIDE_BOMS:
-        if head.startswith(bom):
-            return f"{name} (it starts with that byte-order mark)", name[:6]  # iconv reads the mark: UTF-16, UTF-32
-    sample = head[:SNIFF_BYTES]
-    if len(sample) < 4 or sample.count(0) * 4 < len(sample):  # a NUL in UTF-8 text is rare; a quarter is not text
+
+def damage(unit: Unit) -> str | None:
+    """Why the unit's compressed bytes are damaged, or None; read to the end, where decompressors check CRCs.
+
+    Garbage decompressed from a damaged file reads as text in no known encoding, often before the
+    decompressor notices: so a compressed unit is checked before it is refused as such. A member of a
+    compressed tar is checked with the whole archive (tarfile stops before the gzip/bz2 trailer)."""
+    if unit.compression is None and unit.archive is None:
         return None
-    # Mostly-ASCII text in a wide encoding: NULs fill the high bytes of each code unit.
-    nuls_at = [sample[i::4].count(0) for i in range(4)]
-    if min(nuls_at) * 2 > max(nuls_at):  # NULs everywhere, no code-unit pattern: binary, not text
-        return "mostly NUL bytes (binary data, not UTF-8 text)", None
-    if sum(nuls_at) > 0.6 * len(sample):
-        name = "UTF-32LE" if nuls_at[0] < nuls_at[3] else "UTF-32BE"
-    else:
-        name = "UTF-16LE" if nuls_at[1] + nuls_at[3] > nuls_at[0] + nuls_at[2] else "UTF-16BE"
-    return f"{name} without a byte-order mark (mostly NUL bytes)", name
+    archives = _OpenArchive()
+    try:
+        with contextlib.ExitStack() as stack:
+            stream = _decompressed(_open_outer(unit, archives, stack), unit.compression)
+            stack.callback(stream.close)
+            while stream.read(1 << 20):
+                pass
+        whole = tar_compression(unit.path.name) if unit.archive == "tar" else None
+        if whole is not None:
+            with open(unit.path, "rb") as raw, contextlib.closing(_decompressed(raw, whole)) as stream:
+                while stream.read(1 << 20):
+                    pass
+    except read_errors() as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the disk's error (permissions, ...), which the tools name as such
+        return " ".join(str(exc).split())
+    finally:
+        archives.close()
+    return None
 
 
-def _check_encoding(head: bytes, unit: Unit) -> None:
-    found = sniff_wide_encoding(head)
-    if found is None:
-        return
-    seen, iconv_name = found
+def damaged_error(unit: Unit, problem: str) -> str:
+    return f"{unit.label}: cannot be read to the end ({problem}); the file is corrupt or cut short: check it"
+
+
+def encoding_error(unit: Unit, seen: str, iconv_name: str | None, counts: str = "") -> str:
+    """The line that refuses a unit that is not UTF-8: what it is, and the command that converts it."""
+    if iconv_name is None and seen != UNKNOWN_ENCODING:  # NULs in no pattern: no conversion makes text of it
+        return f"{unit.label}: {seen}; leave it out of --input"
+    where = f"{unit.label}: {seen}, not UTF-8{counts}; "
     if iconv_name is None:
-        raise DataFormatError(f"{unit.label}: {seen}; leave it out of --input")
-    raise DataFormatError(f"{unit.label}: {seen}, not UTF-8; convert it first: {_convert_command(unit, iconv_name)}")
+        command = convert_command(unit, "iconv -f ENCODING -t UTF-8", "utf8")
+        return f"{where}find its encoding (`file -i`, `uchardet`) and convert it first: {command}"
+    return f"{where}convert it first: {convert_command(unit, f'iconv -f {iconv_name} -t UTF-8', 'utf8')}"
 
 
-def _convert_command(unit: Unit, encoding: str) -> str:
-    """The shell command that writes the unit's text as UTF-8 beside its file."""
+def convert_command(unit: Unit, command: str, tag: str, suffix: str = "") -> str:
+    """The shell command that writes the unit's bytes through `command` to a file beside its own.
+
+    The new file is named NAME.TAG.EXT (EXT: `suffix` or the unit's own ending): corpus.utf8.txt."""
     name = unit.member if unit.member is not None else unit.path.name
     stem = name.rsplit("/", 1)[-1]
-    for suffix in (".gz", ".bz2", ".xz", ".zst"):
-        stem = stem.removesuffix(suffix)
+    for compression in (".gz", ".bz2", ".xz", ".zst"):
+        stem = stem.removesuffix(compression)
     base, dot, ext = stem.rpartition(".")
-    target = shlex.quote(str(unit.path.parent / (f"{base}.utf8.{ext}" if dot else f"{stem}.utf8")))
-    iconv = f"iconv -f {encoding} -t UTF-8"
+    if not dot:
+        base, ext = stem, ""
+    ending = suffix or (f".{ext}" if ext else "")
+    target = shlex.quote(str(unit.path.parent / f"{base}.{tag}{ending}"))
     path = shlex.quote(str(unit.path))
     if unit.archive == "zip":
         source = f"unzip -p {path} {shlex.quote(name)}"
     elif unit.archive == "tar":
         source = f"tar -xOf {path} {shlex.quote(name)}"
     elif unit.compression is None:
-        return f"{iconv} {path} > {target}"
+        return f"{command} {path} > {target}"
     else:
         source = f"{_DECOMPRESS_COMMANDS[unit.compression]} {path}"
     if unit.compression is not None and unit.archive is not None:
         source += f" | {_DECOMPRESS_COMMANDS[unit.compression]}"
-    return f"{source} | {iconv} > {target}"
+    return f"{source} | {command} > {target}"
+
+
+def _check_unchanged(unit: Unit) -> None:
+    """Refuse a unit whose file changed since it was listed: what was read may be part of it, or of two versions."""
+    if unit.stamp is None:
+        return
+    try:
+        now: FileStamp | None = file_stamp(unit.path)
+    except FileNotFoundError:
+        now = None
+    if now != unit.stamp:
+        raise DataFormatError(
+            f"{unit.path}: changed while it was read ({_what_changed(unit.stamp, now)}), so what was read may be "
+            "part of it or of two versions; run again once nothing writes to it"
+        )
+
+
+def _what_changed(before: FileStamp, now: FileStamp | None) -> str:
+    if now is None:
+        return "deleted"
+    if now[2] != before[2]:
+        return "replaced by another file"
+    if now[0] != before[0]:
+        return f"{before[0]:,} bytes when listed, {now[0]:,} after"
+    return "modified, same size"
 
 
 def _decompressed(raw: IO[bytes], compression: str | None) -> Stream:
@@ -155,7 +208,7 @@ def _open_outer(unit: Unit, archives: _OpenArchive, stack: contextlib.ExitStack)
 def _line_chunks(index: int, unit: Unit, stream: Stream, outer: IO[bytes], config: PreprocessConfig) -> Iterator[Chunk]:
     """Chunks of whole lines (whole documents for blank-line boundaries) of one unit's decompressed stream."""
     # Before any line is read: a UTF-16 file may hold no newline byte for a long way.
-    _check_encoding(stream.peek(SNIFF_BYTES) if hasattr(stream, "peek") else b"", unit)
+    _check_head(stream.peek(SNIFF_BYTES) if hasattr(stream, "peek") else b"", unit)
     blank_line = config.document_boundary == "blank-line"
     line_no, assigned = 1, 0
     pending: list[bytes] = []  # blank-line boundaries: the lines of a document not yet complete
@@ -199,14 +252,21 @@ def read_units(units: list[Unit], config: PreprocessConfig) -> Iterator[Chunk]:
             read_file = FORMATS[unit.fmt].read_file
             if read_file is not None:
                 yield from read_file(index, unit.path, unit.disk_bytes, config.json_keys, config.chunk_bytes)
-                continue
-            with contextlib.ExitStack() as stack:
-                outer = _open_outer(unit, archives, stack)
-                stream = _decompressed(outer, unit.compression)
-                stack.callback(stream.close)  # a decompressor leaves the file under it open: the stack closes both
-                try:
-                    yield from _line_chunks(index, unit, stream, outer, config)
-                except read_errors() as exc:
-                    raise DataFormatError(f"{unit.label}: cannot be read to the end ({exc}); check the file") from exc
+            else:
+                yield from _streamed_chunks(index, unit, archives, config)
+            _check_unchanged(unit)
     finally:
         archives.close()
+
+
+def _streamed_chunks(index: int, unit: Unit, archives: _OpenArchive, config: PreprocessConfig) -> Iterator[Chunk]:
+    with contextlib.ExitStack() as stack:
+        try:
+            outer = _open_outer(unit, archives, stack)
+            stream = _decompressed(outer, unit.compression)
+            stack.callback(stream.close)  # a decompressor leaves the file under it open: the stack closes both
+            yield from _line_chunks(index, unit, stream, outer, config)
+        except read_errors() as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # the disk's error (permissions, ...), which the tools name as such
+            raise DataFormatError(damaged_error(unit, " ".join(str(exc).split()))) from None

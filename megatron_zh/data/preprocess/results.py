@@ -2,6 +2,9 @@
 
 Results arrive in input order (`preprocess._ordered_results`), so everything here sees documents in
 the order they are written: the first copy of a duplicate is the one kept, whatever the worker count.
+Each unit's lines are tallied as they come (UTF-8 or not, charsets.py), and once a unit's results are
+all in, a unit whose text is mostly not UTF-8 stops the run: its bad lines are not damage to skip
+but a file in another encoding (the first bytes' sniff in readers.py catches most such files sooner).
 
 Torch-free, like the rest of the preprocessing driver.
 """
@@ -16,11 +19,13 @@ import numpy as np
 
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed.dataset import data_file_path, index_file_path
+from megatron_zh.data.preprocess.charsets import UNKNOWN_ENCODING, DecodeTally, foreign_encoding
 from megatron_zh.data.preprocess.config import PreprocessConfig, PreprocessStats
 from megatron_zh.data.preprocess.dedup import SeenHashes
 from megatron_zh.data.preprocess.encode import ChunkResult
 from megatron_zh.data.preprocess.formats import FORMATS
-from megatron_zh.data.preprocess.sources import Unit
+from megatron_zh.data.preprocess.readers import damage, damaged_error, encoding_error
+from megatron_zh.data.preprocess.sources import Inputs, Unit
 from megatron_zh.errors import DataFormatError
 from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import BertChineseTokenizer
@@ -54,8 +59,14 @@ class ResultWriter:
         self.config, self.units, self.builders, self.stats = config, units, builders, stats
         self.seen = {key: SeenHashes() for key in builders} if config.dedup else {}
         self.unit_documents: collections.Counter[int] = collections.Counter()  # first key's documents per unit
+        self.decoded = DecodeTally()  # of the unit whose results are coming in
+        self.unit = 0
 
     def add(self, result: ChunkResult) -> None:
+        if result.unit != self.unit:  # the previous unit's results are all in
+            self._check_decoded()
+            self.decoded, self.unit = DecodeTally(), result.unit
+        self.decoded.add(result.decoded)
         self._report_bad_lines(result.bad)
         stats = self.stats
         for key, builder in self.builders.items():
@@ -72,8 +83,23 @@ class ResultWriter:
         self.unit_documents[result.unit] += len(result.lengths[self.config.json_keys[0]])
         stats.input_bytes += result.input_bytes
 
+    def _check_decoded(self) -> None:
+        """Refuse the unit just read if its text is mostly not UTF-8 (another encoding, not a few bad lines)."""
+        found = foreign_encoding(self.decoded)
+        if found is None:
+            return
+        unit, tally = self.units[self.unit], self.decoded
+        problem = damage(unit) if found[0] == UNKNOWN_ENCODING else None  # garbage from a damaged file?
+        if problem:
+            raise DataFormatError(damaged_error(unit, problem))
+        counts = f" ({tally.undecodable:,} of its {tally.non_ascii:,} lines with non-ASCII text are not UTF-8)"
+        raise DataFormatError(encoding_error(unit, *found, counts=counts))
+
     def check_documents(self) -> None:
-        """A unit that gave no documents is worth a warning; a run that gave none is an error, not a dataset."""
+        """A unit that gave no documents is worth a warning; a run that gave none is an error, not a dataset.
+
+        Called once every result is in: the last unit's encoding is checked first."""
+        self._check_decoded()
         empty_units = [unit.label for i, unit in enumerate(self.units) if not self.unit_documents[i]]
         for label in empty_units[: self.config.max_reported_bad_lines]:
             logger.warning("%s: no documents", label)
@@ -111,7 +137,7 @@ def _first_labels(units: list[Unit], count: int = 3) -> str:
 
 def metadata(
     config: PreprocessConfig,
-    units: list[Unit],
+    inputs: Inputs,
     tokenizer: BertChineseTokenizer,
     key: str,
     stats: PreprocessStats,
@@ -134,7 +160,9 @@ def metadata(
         "min_doc_chars": config.min_doc_chars,
         "dedup": "per shard" if config.dedup and config.num_shards > 1 else config.dedup,
         "shard": {"index": config.shard_index, "count": config.num_shards},
-        "inputs": [unit.describe() for unit in units],
+        "inputs": [unit.describe() for unit in inputs.units],
+        "skipped_inputs": stats.skipped_inputs,
+        "skipped": [entry.describe() for entry in inputs.skipped],
         "documents": stats.documents[key],
         "tokens": stats.tokens[key],
         "dropped_empty": stats.dropped_empty[key],
@@ -149,13 +177,14 @@ def log_summary(stats: PreprocessStats) -> None:
     for key, prefix in stats.outputs.items():
         logger.info(
             "done: %s documents, %s tokens, %s empty dropped, %s bad lines, %s short dropped, "
-            "%s duplicates dropped, %.1f s (%.2f M tokens/s, %.1f MB/s) -> %s, %s",
+            "%s duplicates dropped, %s inputs skipped, %.1f s (%.2f M tokens/s, %.1f MB/s) -> %s, %s",
             f"{stats.documents[key]:,}",
             f"{stats.tokens[key]:,}",
             f"{stats.dropped_empty[key]:,}",
             f"{stats.bad_lines:,}",
             f"{stats.dropped_short[key]:,}",
             f"{stats.dropped_duplicate[key]:,}",
+            f"{stats.skipped_inputs:,}",
             stats.seconds,
             stats.tokens[key] / seconds / 1e6,
             stats.input_bytes / seconds / 1e6,

@@ -19,9 +19,9 @@ from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 
 from megatron_zh.data.preprocess.formats import recognise
-from megatron_zh.data.preprocess.sources import expand_inputs
+from megatron_zh.data.preprocess.sources import expand_inputs, log_skipped
 from megatron_zh.errors import ConfigError
-from megatron_zh.fileio import atomic_write, loads_json
+from megatron_zh.fileio import atomic_write, loads_json, refuse_existing_output
 from megatron_zh.log import get_logger
 from megatron_zh.paths import refuse_overlap
 from megatron_zh.tokenizer import CLS, MASK, PAD, SEP, UNK, bert_normalizer
@@ -49,6 +49,7 @@ class VocabConfig:
     min_frequency: int = 2
     limit_alphabet: int | None = None  # keep at most this many initial characters (None: all)
     json_key: str = "text"
+    overwrite: bool = False  # replace an existing `output` (a vocab is what datasets and checkpoints are tied to)
 
     def __post_init__(self) -> None:
         reserved = len(reserved_tokens(self.layout))
@@ -81,8 +82,10 @@ def _documents(paths: list[Path], json_key: str, counts: dict[str, int]) -> Iter
 
 def train_vocab(config: VocabConfig) -> list[str]:
     """Train, write `config.output` atomically, and return the tokens in id order."""
-    paths = expand_inputs(config.inputs)
+    paths, skipped = expand_inputs(config.inputs)
+    log_skipped(skipped, shown=100)
     refuse_overlap(config.output, [("--input", path) for path in paths])
+    refuse_existing_output(config.output, config.overwrite)
     reserved = reserved_tokens(config.layout)
     tokenizer = Tokenizer(WordPiece(unk_token=UNK))
     tokenizer.normalizer = bert_normalizer(config.lower_case)
