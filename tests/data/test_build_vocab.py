@@ -83,3 +83,23 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="no text found"):
         train_vocab(VocabConfig(inputs=[str(empty)], output=str(tmp_path / "v.txt"), vocab_size=500))
     assert not (tmp_path / "v.txt").exists()
+
+
+def test_an_existing_vocab_is_refused_unless_overwrite(tmp_path, caplog):
+    """A vocab is what datasets and checkpoints are fingerprinted against: it is not replaced without asking."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world 你好\nhello there 世界\n", encoding="utf-8")
+    output = tmp_path / "out" / "v.txt"
+    output.parent.mkdir()
+    output.write_text("my vocab\n", encoding="utf-8")
+    config = dict(inputs=[str(tmp_path / "*.txt"), str(corpus)], output=str(output), vocab_size=40, layout="compact")
+    with pytest.raises(ConfigError) as error:
+        train_vocab(VocabConfig(**config, min_frequency=1))
+    assert str(error.value) == (
+        f"output {output} exists; pass --overwrite to replace it (it is replaced only after the new one is complete)"
+    )
+    assert output.read_text(encoding="utf-8") == "my vocab\n"
+    with caplog.at_level("WARNING", logger="megatron_zh"):
+        tokens = train_vocab(VocabConfig(**config, min_frequency=1, overwrite=True))
+    assert read_vocab(output) == tokens and "你" in tokens
+    assert f"{corpus}: the same file as {corpus}, which is read once; skipped" in caplog.messages

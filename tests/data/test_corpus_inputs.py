@@ -533,6 +533,7 @@ def test_every_tool_flag_is_a_knob_that_lands_in_its_field(tmp_path):
         "shard_index": 2,
         "prepend_cls": False,
         "append_eod": False,
+        "overwrite": True,
         "workers": 3,
         "strict": True,
         "log_interval": 5,

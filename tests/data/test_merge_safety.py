@@ -15,7 +15,7 @@ from repo_paths import REPO_ROOT as REPO
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed.dataset import IndexedDataset, read_metadata
 from megatron_zh.data.indexed.merge import merge_datasets
-from megatron_zh.errors import DataFormatError
+from megatron_zh.errors import ConfigError, DataFormatError
 
 SETTINGS = {
     "format": "megatron_zh.preprocess/1",
@@ -124,3 +124,45 @@ def test_merging_a_dataset_with_itself_warns(tmp_path, caplog):
         meta = merge_datasets([a, str(tmp_path / "." / "a")], tmp_path / "twice")
     assert meta["documents"] == 10
     assert any("merged more than once" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_an_existing_output_is_refused_unless_overwrite(tmp_path):
+    a, b = dataset(tmp_path / "a", 1), dataset(tmp_path / "b", 2)
+    merge_datasets([a], tmp_path / "out")
+    before = files_of(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        merge_datasets([a, b], tmp_path / "out")
+    assert str(error.value) == (
+        f"output {tmp_path}/out.bin exists; pass --overwrite to replace it (it is replaced only after the new one "
+        "is complete)"
+    )
+    assert files_of(tmp_path) == before
+    assert merge_datasets([a, b], tmp_path / "out", overwrite=True)["documents"] == 10
+    assert len(IndexedDataset(str(tmp_path / "out"))) == 10
+
+
+@pytest.mark.parametrize("output", ["", "folder", "folder/"])
+def test_an_output_prefix_that_is_empty_or_a_folder_is_refused(tmp_path, output):
+    a = dataset(tmp_path / "a", 1)
+    (tmp_path / "folder").mkdir()
+    prefix = str(tmp_path / output) if output else ""
+    with pytest.raises(ConfigError, match=f"--output-prefix {prefix!r} (is empty|names a directory); give a path"):
+        merge_datasets([a], prefix)
+    assert os.listdir(tmp_path / "folder") == []
+
+
+@pytest.mark.integration
+def test_the_tool_refuses_an_existing_output_and_replaces_it_with_overwrite(tmp_path):
+    a, b = dataset(tmp_path / "a", 1), dataset(tmp_path / "b", 2)
+    assert merge_tool("--input", a, "--output-prefix", str(tmp_path / "out")).returncode == 0
+    before = files_of(tmp_path)
+    result = merge_tool("--input", a, b, "--output-prefix", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip() == (
+        f"error: output {tmp_path}/out.bin exists; pass --overwrite to replace it (it is replaced only after the "
+        "new one is complete)"
+    )
+    assert files_of(tmp_path) == before
+    result = merge_tool("--input", a, b, "--output-prefix", str(tmp_path / "out"), "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert read_metadata(tmp_path / "out")["documents"] == 10

@@ -303,7 +303,7 @@ def test_interrupted_run_leaves_old_dataset_and_no_temporary_files(
 
     monkeypatch.setattr(IndexedDatasetBuilder, "add_documents", interrupt_on_third_chunk)
     with pytest.raises(KeyboardInterrupt):
-        preprocess(config(tmp_path, zh_vocab_file, [zh_corpus_file], workers=2, chunk_bytes=64 << 10))
+        preprocess(config(tmp_path, zh_vocab_file, [zh_corpus_file], workers=2, chunk_bytes=64 << 10, overwrite=True))
     assert {name: (tmp_path / name).read_bytes() for name in outputs_in(tmp_path)} == before
 
 

@@ -191,6 +191,11 @@ def test_token_ids_outside_the_vocab_are_refused(model, tokenizer, tmp_path):
         ("\n  \n", "no documents"),
         (b"\xff\xfe bad\n", "UTF-16LE .*iconv -f UTF-16 -t UTF-8"),  # a UTF-16 byte-order mark
         (b"fine\nbad \xc3\x28 byte\n", "invalid UTF-8"),
+        # A GBK corpus, even half ASCII: refused with the way out, not evaluated on its ASCII half.
+        (
+            "中文语料的一行，用 GBK 编码保存。\nplain ASCII line\n".encode("gbk") * 5,
+            "GB18030 .*iconv -f GB18030 -t UTF-8",
+        ),
     ],
 )
 def test_bad_inputs_get_clear_errors(model, tokenizer, tmp_path, content, message):
