@@ -120,6 +120,7 @@ def measure_preprocess(vocab: Path, corpus: Path, workers: int, out_dir: Path) -
             vocab_file=str(vocab),
             workers=workers,
             progress=False,
+            overwrite=True,  # each repeat replaces the last one's dataset
         )
     )
     return stats.tokens["text"], time.perf_counter() - start

@@ -63,8 +63,9 @@ cp "$VOCAB" "$OUT/data/vocab.txt"
 echo "train: $((TOTAL - HELD_OUT)) documents, held out: $HELD_OUT"
 
 step "preprocess to Megatron .bin/.idx"
+# --overwrite: a second quickstart into the same --out rebuilds its own dataset from the train.txt just written.
 "$PYTHON" tools/preprocess_data.py --input "$OUT/data/train.txt" --output-prefix "$OUT/data/corpus" \
-    --vocab-file "$OUT/data/vocab.txt" --workers 2
+    --vocab-file "$OUT/data/vocab.txt" --workers 2 --overwrite
 DATA_PREFIX="$OUT/data/corpus_text_document"
 
 step "pretrain with the DeepSpeed ZeRO-1 engine"
