@@ -386,6 +386,16 @@ def test_slurm_array_script_shards_and_merges(tmp_path, zh_vocab_file, docs):
         "--document-boundary", "blank-line",
     )  # fmt: skip
     assert dataset_bytes(tmp_path / "clue_text_document") == dataset_bytes(tmp_path / "single_text_document")
+    # Run again over finished outputs: refused, unless --overwrite (the login step passes it on as OVERWRITE=1).
+    shard = {**env, "SLURM_ARRAY_TASK_ID": "0"}
+    again = subprocess.run(script, cwd=REPO, env=shard, capture_output=True, text=True)
+    assert again.returncode == 2 and "exists; pass --overwrite to replace it" in again.stderr, again.stderr
+    subprocess.run([*script, "--overwrite"], cwd=REPO, env=shard, capture_output=True, check=True)
+    merge = {**env, "PREPROCESS_STEP": "merge"}
+    again = subprocess.run(script[:2], cwd=REPO, env=merge, capture_output=True, text=True)
+    assert again.returncode == 2 and "exists; pass --overwrite to replace it" in again.stderr, again.stderr
+    subprocess.run(script[:2], cwd=REPO, env={**merge, "OVERWRITE": "1"}, capture_output=True, check=True)
+    assert dataset_bytes(tmp_path / "clue_text_document") == dataset_bytes(tmp_path / "single_text_document")
 
 
 WIDE = [
