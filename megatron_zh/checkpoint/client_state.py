@@ -18,6 +18,9 @@ without torch. `to_dict` writes, and `from_dict` reads, exactly these keys, in t
     rng_states          only in the model-states file: list indexed by global rank of
                         {"python", "numpy", "torch", "cuda"} RNG states (dropout masks continue
                         exactly on resume); [] in a converted checkpoint
+    unlogged_losses     only when saved between two logged steps (a signal, --exit-interval): the
+                        loss of each step since the last logged one (null: non-finite), so that the
+                        resumed run's first logged loss averages the steps an uninterrupted run's would
 """
 
 from __future__ import annotations
@@ -47,10 +50,16 @@ from megatron_zh.validators import (
 )
 
 CHECKPOINT_FORMAT = "megatron_zh/1"
-OPTIONAL_KEYS = frozenset({"source", "weights_only", "rng_states"})  # written only when set
+OPTIONAL_KEYS = frozenset({"source", "weights_only", "rng_states", "unlogged_losses"})  # written only when set
 
 OBJECT = Check(lambda v: isinstance(v, dict), "an object")
 LIST = Check(lambda v: isinstance(v, list), "a list")
+LOSSES = Check(
+    lambda v: (
+        isinstance(v, list) and all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in v)
+    ),
+    "a list of numbers or nulls",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +78,7 @@ class ClientState:
     source: str | None = checked(optional(NON_EMPTY_STRING), None)
     weights_only: bool | None = checked(optional(BOOLEAN), None)
     rng_states: list[dict[str, Any]] | None = checked(optional(LIST), None)
+    unlogged_losses: list[float | None] | None = checked(optional(LOSSES), None)
 
     def __post_init__(self) -> None:
         problems = field_problems(self)
@@ -76,7 +86,7 @@ class ClientState:
             raise CheckpointError("invalid client state: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
-        """The keys as stored; the optional ones (source, weights_only, rng_states) only when set."""
+        """The keys as stored; the optional ones (OPTIONAL_KEYS) only when set."""
         values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
         return {k: v for k, v in values.items() if v is not None or k not in OPTIONAL_KEYS}
 

@@ -26,6 +26,14 @@ Layout of a save directory (what tools/convert_to_hf.py and `--load` read)::
                                    (preflight reads it before anything heavy starts)
       global_step<N>_universal/    a DeepSpeed universal copy of global_step<N>, made to resume on
                                    another number of ranks (universal.py); latest_universal names it
+      global_step<N>.<why>-<time>/ a checkpoint folder moved out of the way, never deleted
+                                   (completeness.set_aside): <why> is "incomplete" (a save that never
+                                   finished), "set-aside" (newer than the checkpoint a run was told to
+                                   start from: --set-aside-newer-checkpoints) or "replaced" (a complete
+                                   one at the step a save was about to write); <time> is
+                                   YYYYMMDD-HHMMSS. TAG_PATTERN and UNIVERSAL_PATTERN do not match these
+                                   names, so no start, save, resume or pruning reads or touches them
+                                   again: rename one back to use it.
 
 This module is the one place these names are spelled.
 """
@@ -34,7 +42,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
+from typing import Literal
 
 from megatron_zh.errors import CheckpointError
 
@@ -53,6 +63,8 @@ UNIVERSAL_SUFFIX = "_universal"
 LATEST_UNIVERSAL_FILE = "latest_universal"  # DeepSpeed's name: engine.load_checkpoint(tag=None) reads it
 UNIVERSAL_PATTERN = re.compile(r"^(global_step\d+)" + re.escape(UNIVERSAL_SUFFIX) + "$")
 
+AsideReason = Literal["incomplete", "set-aside", "replaced"]
+
 
 def tag_for(iteration: int) -> str:
     return f"global_step{iteration}"
@@ -68,14 +80,29 @@ def universal_tag(tag: str) -> str:
     return tag + UNIVERSAL_SUFFIX
 
 
+def aside_name(name: str, reason: AsideReason, when: float | None = None) -> str:
+    """global_step12.incomplete-20261205-101500: the name a folder is moved to instead of being deleted."""
+    return f"{name}.{reason}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(when))}"
+
+
 def read_latest_tag(directory: str | os.PathLike[str]) -> str | None:
     """The tag `latest` names, or None when the directory holds no committed checkpoint."""
     path = Path(directory) / LATEST_FILE
     if not path.is_file():
         return None
-    tag = path.read_text(encoding="utf-8").strip()
+    way_out = (
+        "it should hold one checkpoint's tag, such as global_step1000: write the tag to resume from there, "
+        "or remove the file to resume from the newest complete checkpoint"
+    )
+    data = path.read_bytes()
+    try:
+        tag = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path} is not text ({len(data)} bytes of binary data); {way_out}") from None
     if not tag:
-        raise CheckpointError(f"{path} is empty; it should name a checkpoint such as global_step1000")
+        raise CheckpointError(f"{path} is empty; {way_out}")
+    if "\n" in tag or "/" in tag or "\0" in tag:
+        raise CheckpointError(f"{path} holds {tag[:40]!r}, not the name of one checkpoint folder; {way_out}")
     return tag
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import importlib
 import pickle
 import re
@@ -141,22 +142,49 @@ def _first_sentence(exc: BaseException) -> str:
     return text.splitlines()[0].split(". ")[0].rstrip(".")
 
 
-def _describe_failure(path: Path, exc: BaseException) -> str:
-    """One line for a file that could not be read: what it looks like and what to do."""
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6 is a zip archive
+LEGACY_MAGIC = b"\x80\x02"  # ... before that, a bare pickle (protocol 2)
+
+
+def file_damage(path: Path) -> str | None:
+    """What is visibly wrong with a checkpoint file, judged from its size and its zip structure only (no
+    unpickling, a few KB read): "is empty (0 bytes)", "is truncated (...)", ...; None if it looks whole.
+
+    A file cut short (a kill mid-write, a full disk) loses the end of its zip archive, where the archive's
+    directory is, so a torch.save file without it is truncated."""
     try:
         size = path.stat().st_size
-    except OSError:
-        size = None
+        with path.open("rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
     if size == 0:
-        return f"{path} is empty (0 bytes): the checkpoint is damaged (an interrupted save or a full disk)"
-    if isinstance(exc, OSError):
+        return "is empty (0 bytes)"
+    if head.startswith(LEGACY_MAGIC):
+        return None  # an old-style torch.save pickle: nothing to check without reading it
+    if head != ZIP_MAGIC:
+        return f"is truncated or not a PyTorch checkpoint ({size} bytes, beginning {head!r})"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return f"is truncated ({size} bytes: a PyTorch zip file whose end, the archive's directory, is missing)"
+    if not any(name.endswith("data.pkl") for name in names):
+        return f"is not a PyTorch checkpoint ({size} bytes: a zip file without data.pkl)"
+    return None
+
+
+def _describe_failure(path: Path, exc: BaseException) -> str:
+    """One line for a file that could not be read: what it looks like and what to do."""
+    damage = file_damage(path)
+    if damage is not None:
+        return f"{path} {damage}: the checkpoint is damaged (an interrupted save, a full disk or a partial copy)"
+    # torch raises OSError(EINVAL) on a file it cannot parse; any other OSError is the storage's.
+    if isinstance(exc, OSError) and exc.errno != errno.EINVAL:
         return f"cannot read {path}: {exc.strerror or exc}"
-    if not zipfile.is_zipfile(path) or isinstance(exc, (EOFError, zipfile.BadZipFile)):
-        return (
-            f"{path} is truncated or not a PyTorch checkpoint ({size} bytes; {type(exc).__name__}: "
-            f"{_first_sentence(exc)}): the checkpoint is damaged"
-        )
-    return f"cannot read {path}: {type(exc).__name__}: {_first_sentence(exc)}"
+    return f"cannot read {path}: {type(exc).__name__}: {_first_sentence(exc)}: the checkpoint is damaged"
 
 
 def _refuse(path: Path, offending: str | None) -> CheckpointError:

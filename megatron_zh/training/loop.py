@@ -57,20 +57,36 @@ class TrainContext:
 
 @dataclass
 class LogWindow:
-    """What happened since the last logged step."""
+    """What happened since the last logged step.
+
+    A resumed run starts its first window with the losses its checkpoint carried (the steps between the
+    last logged one and the save), so its first logged loss averages the same steps an uninterrupted
+    run's does; `steps` and `seconds` count this process's steps only (they give the throughput)."""
 
     steps: int = 0
     seconds: float = 0.0
-    losses: list[float] = field(default_factory=list)
-    nonfinite: int = 0
+    unlogged: list[float | None] = field(default_factory=list)  # each step's loss; None: non-finite
+
+    @classmethod
+    def resumed(cls, state: TrainState, log_interval: int) -> LogWindow:
+        """The window a run continues: the carried losses of the steps after the last multiple of
+        log_interval (all of them, unless the interval changed since the save)."""
+        since_log = state.iteration % log_interval
+        carried = state.unlogged_losses[-since_log:] if since_log else []
+        return cls(unlogged=list(carried))
+
+    @property
+    def losses(self) -> list[float]:
+        return [loss for loss in self.unlogged if loss is not None]
+
+    @property
+    def nonfinite(self) -> int:
+        return sum(loss is None for loss in self.unlogged)
 
     def add(self, loss: float, seconds: float) -> None:
         self.steps += 1
         self.seconds += seconds
-        if math.isfinite(loss):
-            self.losses.append(loss)
-        else:
-            self.nonfinite += 1
+        self.unlogged.append(loss if math.isfinite(loss) else None)
 
 
 @dataclass
@@ -209,9 +225,12 @@ def _save(ctx: TrainContext, state: TrainState) -> None:
     )
 
 
-def _save_unless_suspect(ctx: TrainContext, state: TrainState, guard: NonFiniteGuard, saved_at: int) -> int:
+def _save_unless_suspect(
+    ctx: TrainContext, state: TrainState, window: LogWindow, guard: NonFiniteGuard, saved_at: int
+) -> int:
     """Save, unless a non-finite update may have corrupted the weights: `latest` keeps naming the last
     good checkpoint. Returns the iteration of the newest checkpoint."""
+    state.unlogged_losses = list(window.unlogged)  # carried by the checkpoint to the resumed run's first log
     if guard.weights_suspect:
         ctx.metrics.message(
             f"not saving at iteration {state.iteration}: an update from a non-finite loss "
@@ -225,7 +244,7 @@ def _save_unless_suspect(ctx: TrainContext, state: TrainState, guard: NonFiniteG
 def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
     """Run from state.iteration to train_iters (or an earlier exit). Mutates and returns `state`."""
     t = ctx.run.train
-    window = LogWindow()
+    window = LogWindow.resumed(state, t.log_interval)
     guard = NonFiniteGuard(t.max_nonfinite_steps)
     saved_at = state.iteration  # a resumed run starts from a saved checkpoint
     evaluated_at = None
@@ -242,7 +261,7 @@ def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
             _evaluate(ctx, state)
             evaluated_at = state.iteration
         if t.save and t.save_interval and state.iteration % t.save_interval == 0:
-            saved_at = _save_unless_suspect(ctx, state, guard, saved_at)
+            saved_at = _save_unless_suspect(ctx, state, window, guard, saved_at)
         if step.stop_requested:
             reason = stop.signal_name or "SIGTERM"  # another rank got it first
             break
@@ -253,7 +272,7 @@ def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
     if reason == "completed" and evaluated_at != state.iteration:
         _evaluate(ctx, state)
     if t.save and saved_at != state.iteration:
-        _save_unless_suspect(ctx, state, guard, saved_at)
+        _save_unless_suspect(ctx, state, window, guard, saved_at)
     if reason != "completed":
         ctx.metrics.message(f"stopping at iteration {state.iteration} ({reason})")
     return Outcome(state, reason)

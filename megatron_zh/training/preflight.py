@@ -5,8 +5,9 @@ while the config was built (config/arguments.py, config/deepspeed_config.py). He
 device can run the requested precision and optimizer, everything DeepSpeed would reject in its
 config (config/deepspeed_preflight.py), the vocab and its fingerprint, the datasets and theirs, the
 checkpoint directories (checkpointing/start_guard.py: --load exists, --save is writable and is
-not overwritten by a fresh start) and the checkpoint to start from (complete, its vocab and
-shapes, every file passing the restricted unpickler).
+not overwritten by a fresh start, no complete checkpoint newer than the one to start from is left
+to be overwritten) and the checkpoint to start from (complete, its vocab and shapes, every file
+passing the restricted unpickler).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from megatron_zh.training.checkpointing.start import StartPoint, check_compatibl
 from megatron_zh.training.checkpointing.start_guard import (
     check_checkpoint_complete,
     check_load_exists,
+    check_newer_checkpoints,
     check_not_overwriting,
     check_save_writable,
 )
@@ -99,8 +101,10 @@ def validate(run: RunConfig) -> Preflight:
     check_data(run, fingerprint)
     check_load_exists(run.train)
     check_save_writable(run.train.save)
-    start = resolve_start(run.train)
-    check_not_overwriting(run.train, start)
+    zero = run.zero_stage > 0  # whether a complete checkpoint of this run holds ZeRO optimizer files
+    start = resolve_start(run.train, zero)
+    check_not_overwriting(run.train, start, zero)
+    check_newer_checkpoints(run.train, start, zero)
     check_compatible(start, run, fingerprint)
-    check_checkpoint_complete(start)
+    check_checkpoint_complete(start, zero)
     return Preflight(vocab_fingerprint=fingerprint, vocab_size=vocab_size, pad_id=pad_id, start=start)

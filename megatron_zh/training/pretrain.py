@@ -22,7 +22,7 @@ from megatron_zh.model import model_flops_per_token
 from megatron_zh.training.checkpointing.resume import load_checkpoint, prepare_resume
 from megatron_zh.training.checkpointing.rng import restore_rng_state
 from megatron_zh.training.checkpointing.save import write_run_config
-from megatron_zh.training.checkpointing.start_guard import remove_uncommitted
+from megatron_zh.training.checkpointing.start_guard import tidy_save_directory
 from megatron_zh.training.config.arguments import build_parser, build_run_config
 from megatron_zh.training.config.run_config import RunConfig
 from megatron_zh.training.distributed.process_group import (
@@ -131,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("effective configuration:\n" + json.dumps(effective, indent=2, default=str), flush=True)
             if run.train.save:
                 write_run_config(run.train.save, effective)
-                remove_uncommitted(run.train)  # folders of a save that was killed before `latest` named them
+            # Incomplete folders (a save killed mid-way) renamed, never deleted; what the flags ask, done.
+            tidy_save_directory(run.train, preflight.start, run.zero_stage > 0)
         outcome = run_training(run, env, preflight)
     logger.info("finished at iteration %d (%s)", outcome.state.iteration, outcome.reason)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -184,8 +185,14 @@ def _truncate(path: Path) -> None:
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda f: _truncate(f / MODEL_STATES), f"{MODEL_STATES} is truncated or not a PyTorch checkpoint"),
-        (lambda f: (f / SHARD_1).write_bytes(b""), f"{SHARD_1} is empty (0 bytes): the checkpoint is damaged"),
+        (
+            lambda f: _truncate(f / MODEL_STATES),
+            f"{MODEL_STATES} is truncated (4096 bytes: a PyTorch zip file whose end",
+        ),
+        (
+            lambda f: (f / SHARD_1).write_bytes(b""),
+            f"{SHARD_1} is empty (0 bytes): checkpoint global_step8 is incomplete",
+        ),
         (lambda f: (f / SHARD_1).write_text("not a checkpoint"), f"{SHARD_1} is truncated or not a PyTorch checkpoint"),
         (lambda f: (f / SHARD_1).unlink(), "has no optimizer shard of rank(s) 1 (written by 2 ranks"),
         (lambda f: (f / MODEL_STATES).unlink(), "not found"),
@@ -209,7 +216,9 @@ def test_a_damaged_checkpoint_stops_every_tool_with_one_line(tiny_checkpoint, zh
     save = copy_checkpoint(tiny_checkpoint["save"], tmp_path / "damaged")
     _truncate(save / latest(save) / MODEL_STATES)
     config = write_config(tmp_path, zh_text_document, save=str(save), load=str(save), train_iters=10)
-    expected = f"{MODEL_STATES} is truncated or not a PyTorch checkpoint"
+    expected = (
+        f"{MODEL_STATES} is truncated (4096 bytes: a PyTorch zip file whose end, the archive's directory, is missing)"
+    )
     assert_one_line_error(tool("pretrain_gpt.py", "--ds_config", str(config)), expected)
     assert_one_line_error(
         tool("tools/convert_to_hf.py", "--checkpoint", str(save), "--output", str(tmp_path / "hf")), expected
@@ -220,7 +229,8 @@ def test_a_full_disk_or_a_kill_during_a_save_leaves_a_resumable_run(zh_text_docu
     """2 ranks save every 2 steps. (1) The disk fills while rank 1 writes its step-4 shard: every rank stops
     with one line, `latest` stays on global_step2 and the half-written global_step4 is gone. (2) All ranks are
     killed with SIGKILL while rank 1 writes its step-4 shard: `latest` stays on global_step2. (3) The same
-    command then removes the unfinished folder, says so, resumes from step 2 and finishes."""
+    command then moves the unfinished folder aside (renamed, not deleted), says so, resumes from step 2 and
+    finishes."""
     save = tmp_path / "run"
     args = pretrain_args(
         zh_text_document, save, train_iters=4, save_interval=2, eval_interval=0, eval_iters=1, log_interval=1
@@ -250,7 +260,13 @@ def test_a_full_disk_or_a_kill_during_a_save_leaves_a_resumable_run(zh_text_docu
 
     monkeypatch.delenv("FAULTY_SAVE")
     output = run(args)
-    assert "removed global_step4: left by a save that never finished (`latest` names global_step2)" in output
+    moved = re.search(
+        rf"moved {save / 'global_step4'} to (global_step4\.incomplete-\d{{8}}-\d{{6}}): it is not a "
+        r"complete checkpoint \(.*\), left by a save that never finished",
+        output,
+    )
+    assert moved, output[-3000:]
+    assert sorted(p.name for p in (save / moved.group(1)).iterdir()) == [MODEL_STATES]  # kept as the kill left it
     assert "at iteration 2, 32 samples consumed" in output
     assert latest(save) == "global_step4"
     assert len(check_checkpoint_files(save / "global_step4")) == 3

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from training_runs import REPO_ROOT, environment, write_config
 
 from megatron_zh.checkpoint.client_state import CHECKPOINT_FORMAT, ClientState
@@ -286,10 +287,15 @@ def fake_client_state(**fields: object) -> dict[str, object]:
 
 
 def fake_checkpoint(directory: Path, tag: str, **client_state: object) -> None:
-    """A committed checkpoint as validation sees it: `latest`, the model-states file, client_state.json."""
-    (directory / tag).mkdir(parents=True)
-    (directory / tag / "mp_rank_00_model_states.pt").write_bytes(b"")
-    (directory / tag / "client_state.json").write_text(json.dumps(fake_client_state(**client_state)))
+    """A committed checkpoint as validation sees it: `latest`, client_state.json, and a model-states file and
+    one ZeRO shard per rank that are PyTorch files (of nothing: enough for the checks that read no weights)."""
+    folder = directory / tag
+    folder.mkdir(parents=True)
+    state = fake_client_state(**client_state)
+    torch.save({}, folder / "mp_rank_00_model_states.pt")
+    for rank in range(int(state["world_size"])):
+        torch.save({}, folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    (folder / "client_state.json").write_text(json.dumps(state))
     (directory / "latest").write_text(tag)
 
 
@@ -372,8 +378,31 @@ def test_checkpoint_of_another_model_shape(config, tmp_path):
 def test_latest_naming_a_missing_checkpoint(config, tmp_path):
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "latest").write_text("global_step9")
-    with pytest.raises(MegatronZhError, match="global_step9.*missing or incomplete"):
+    with pytest.raises(MegatronZhError, match=r"latest names global_step9, but \S+global_step9 does not exist"):
         validate(resolve(config))
+    fake_checkpoint(tmp_path / "ckpt", "global_step4")
+    (tmp_path / "ckpt" / "latest").write_text("global_step9")
+    with pytest.raises(CheckpointError) as caught:
+        validate(resolve(config))
+    expected = "(complete checkpoints there: global_step4); pass --ckpt-step 4 to start from the newest"
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize("content", [b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8", b"\xff\xfe"])
+def test_a_binary_latest_is_one_line(config, tmp_path, content):
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "latest").write_bytes(content)
+    with pytest.raises(CheckpointError) as caught:
+        validate(resolve(config))
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'ckpt' / 'latest'} is not text ({len(content)} bytes of binary data)")
+    assert "remove the file to resume from the newest complete checkpoint" in message and "\n" not in message
+
+
+def test_ckpt_step_needs_a_load(tmp_path, zh_text_document):
+    config = write_config(tmp_path, zh_text_document, load=None)
+    with pytest.raises(ConfigError, match="ckpt_step names a checkpoint of --load, but there is no --load"):
+        resolve(config, "--ckpt-step", "5")
 
 
 def test_finetune_without_a_checkpoint(config, tmp_path):
@@ -467,7 +496,16 @@ def test_prune_keeps_the_newest_complete_checkpoints(tmp_path):
     for step in (10, 20, 30, 40):
         fake_checkpoint(tmp_path, f"global_step{step}", iteration=step)
     (tmp_path / "global_step35").mkdir()  # abandoned by a killed save: older than latest, never committed
+    (tmp_path / "global_step41").write_text("a file, not a checkpoint folder")
+    aside = tmp_path / "global_step5.incomplete-20261205-101500"  # moved aside by a start: pruning never sees it
+    (tmp_path / "global_step20").rename(aside)
+    fake_checkpoint(tmp_path, "global_step20", iteration=20)
     (tmp_path / "latest").write_text("global_step40")
     removed = prune_checkpoints(tmp_path, keep_last=2)
     assert sorted(p.name for p in removed) == ["global_step10", "global_step20", "global_step35"]
-    assert sorted(p.name for p in tmp_path.glob("global_step*")) == ["global_step30", "global_step40"]
+    assert sorted(p.name for p in tmp_path.glob("global_step*")) == [
+        "global_step30",
+        "global_step40",
+        "global_step41",
+        aside.name,
+    ]

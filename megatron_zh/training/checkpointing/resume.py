@@ -6,7 +6,9 @@ copy of it (checkpoint/universal.py):
 
 * every rank checks the checkpoint is whole (one optimizer file per saved rank) before anything heavy;
 * rank 0 converts it ONCE into `<load>/global_stepK_universal/`, or reuses the cache when its source
-  files are unchanged; the other ranks wait, and learn the outcome, at a broadcast;
+  files are unchanged; either way every file of the cache passes the restricted unpickler first
+  (DeepSpeed's universal loader reads them with weights_only=False, and a cached file is no more
+  trusted than any other); the other ranks wait, and learn the outcome, at a broadcast;
 * the engine loads the cache with load_universal on for that one load (`universal_loading`).
 
 The step counters, the lr schedule and our client state (iteration, consumed_samples, RNG states)
@@ -29,7 +31,7 @@ import torch
 from megatron_zh.checkpoint.client_state import ClientState
 from megatron_zh.checkpoint.layout import find_shards, universal_tag
 from megatron_zh.checkpoint.master_weights import read_fp32_weights, set_fp32_masters
-from megatron_zh.checkpoint.safety import guard_engine_loads
+from megatron_zh.checkpoint.safety import check_checkpoint_files, guard_engine_loads
 from megatron_zh.checkpoint.universal import cache_is_valid, convert_to_universal, remove_orphan_caches
 from megatron_zh.errors import CheckpointError
 from megatron_zh.log import get_logger
@@ -56,7 +58,7 @@ def prepare_resume(start: StartPoint, run: RunConfig, env: DistEnv) -> StartPoin
     """
     if start.mode != "resume" or start.directory is None or start.tag is None:
         return start  # scratch, or finetune: weights only, which DeepSpeed loads on any number of ranks
-    if int(run.deepspeed.get("zero_optimization", {}).get("stage", 0)) == 0:
+    if run.zero_stage == 0:
         return start  # no ZeRO: the whole optimizer state is in the model-states file, for any world size
     folder = Path(start.directory) / start.tag
     shards = find_shards(folder)  # CheckpointError when ranks are missing or two layouts are mixed
@@ -123,9 +125,16 @@ def _convert_or_reuse(folder: Path, cache: Path, saved: int, ranks: int, advice:
     """Rank 0's part: {"message": ...} on success, else the error line (so it can be broadcast)."""
     what = f"checkpoint {folder} was written by {saved} rank(s), this run has {ranks}"
     if cache_is_valid(folder, cache):
+        try:  # DeepSpeed's universal loader unpickles these with weights_only=False: cached is not trusted
+            check_checkpoint_files(cache)
+        except CheckpointError as exc:
+            return f"{exc} (it is in the universal copy cached at {cache}: delete that folder to convert again)"
         return {"message": f"{what}: loading its universal checkpoint (DeepSpeed) cached at {cache}"}
     try:
         seconds = convert_to_universal(folder, cache)
+        check_checkpoint_files(cache)
+    except CheckpointError as exc:
+        return str(exc)
     except OSError as exc:
         return f"{what}; cannot write its universal checkpoint beside it ({exc}); make {folder.parent} writable"
     except Exception as exc:  # DeepSpeed's converter asserts, and raises many types, on what it cannot convert
@@ -166,7 +175,11 @@ def load_checkpoint(engine: DeepSpeedEngine, start: StartPoint, env: DistEnv) ->
         logger.info("initialised the weights from %s (fresh optimizer, schedule and sample counter)", path)
         return TrainState(), None
     saved = ClientState.from_dict(client, str(path))
-    state = TrainState(iteration=saved.iteration, consumed_samples=saved.consumed_samples)
+    state = TrainState(
+        iteration=saved.iteration,
+        consumed_samples=saved.consumed_samples,
+        unlogged_losses=list(saved.unlogged_losses or []),
+    )
     # DeepSpeed restores the scheduler's step count; make the optimizer's lr agree with it now rather than
     # after the first step, so step N+1 runs at exactly the lr the uninterrupted run used.
     scheduler = engine.lr_scheduler

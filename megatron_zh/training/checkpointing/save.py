@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from megatron_zh.checkpoint.client_state import ClientState
+from megatron_zh.checkpoint.completeness import checkpoint_folders, inspect_checkpoint, set_aside
 from megatron_zh.checkpoint.layout import (
     CLIENT_STATE_FILE,
     LATEST_FILE,
     RUN_CONFIG_FILE,
-    TAG_PATTERN,
     read_latest_tag,
     tag_for,
+    tag_iteration,
 )
 from megatron_zh.checkpoint.universal import remove_orphan_caches
 from megatron_zh.errors import ConfigError
@@ -46,8 +47,12 @@ def save_checkpoint(
     save_dir = Path(run.train.save)
     tag = tag_for(state.iteration)
     folder = save_dir / tag
-    if env.is_main and folder.exists() and read_latest_tag(save_dir) != tag:
-        shutil.rmtree(folder)  # left by a run killed while saving: never committed, so never loaded
+    if env.is_main and folder.exists():
+        # A checkpoint of an earlier history at this step (the run started from an older one: --ckpt-step,
+        # --override-existing-save), or a save killed meanwhile: DeepSpeed would write into it. Moved, not deleted.
+        found = inspect_checkpoint(folder, zero=run.zero_stage > 0)
+        target = set_aside(folder, "replaced" if found.complete else "incomplete")
+        logger.warning("moved %s to %s before saving this run's checkpoint %s", folder, target.name, tag)
     barrier()
     client_state = ClientState(
         iteration=state.iteration,
@@ -59,6 +64,7 @@ def save_checkpoint(
         world_size=env.world_size,
         precision=run.precision,
         rng_states=gather_rng_states(env),
+        unlogged_losses=state.unlogged_losses or None,
     )
     # Every rank writes and fsyncs its files; a failure on any rank (full disk, read-only) fails all of them
     # together and removes the unfinished folder (save_guard), so `latest` keeps naming a whole checkpoint.
@@ -73,28 +79,24 @@ def save_checkpoint(
     commit_checkpoint(env, save_dir, tag, commit)
     if env.is_main:
         if run.train.keep_last is not None:
-            prune_checkpoints(save_dir, run.train.keep_last)
+            prune_checkpoints(save_dir, run.train.keep_last, zero=run.zero_stage > 0)
     barrier()
     return folder
 
 
-def prune_checkpoints(save_dir: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints, and any abandoned partial ones older
-    than `latest`. Never touches what `latest` names."""
+def prune_checkpoints(save_dir: Path, keep_last: int, zero: bool = True) -> list[Path]:
+    """--keep-last: delete all but the newest `keep_last` complete checkpoints up to `latest`, and any
+    incomplete ones older than `latest`. Never touches what `latest` names, nor anything newer."""
     latest = read_latest_tag(save_dir)
-    latest_match = TAG_PATTERN.match(latest) if latest is not None else None
-    if latest is None or latest_match is None:
+    latest_step = tag_iteration(latest) if latest is not None else None
+    if latest is None or latest_step is None:
         return []
-    latest_step = int(latest_match.group(1))
-    found = sorted(
-        ((int(m.group(1)), p) for p in save_dir.iterdir() if p.is_dir() and (m := TAG_PATTERN.match(p.name))),
-        reverse=True,
-    )
-    complete = [(step, p) for step, p in found if (p / CLIENT_STATE_FILE).is_file() and step <= latest_step]
-    keep = {p for _, p in complete[:keep_last]} | {save_dir / latest}
+    found = [(step, p) for step, p in reversed(checkpoint_folders(save_dir)) if step <= latest_step]
+    complete = [p for _, p in found if inspect_checkpoint(p, zero=zero).complete]
+    keep = set(complete[:keep_last]) | {save_dir / latest}
     removed: list[Path] = []
-    for step, path in found:
-        if path not in keep and step <= latest_step:
+    for _, path in found:
+        if path not in keep:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:

@@ -1,17 +1,23 @@
 """Where a run starts: from scratch, resuming a checkpoint, or from a checkpoint's weights only.
 
-`resolve_start` is cheap (it reads `latest` and client_state.json only), so the preflight can
-decide, and check the checkpoint against the run, before anything heavy starts.
+Which checkpoint of a directory: the one `--ckpt-step N` names; else the one `latest` names; else,
+when there is no `latest` (deleted, or lost in a copy), the newest complete one, said in one line:
+complete checkpoints are never passed over for a fresh start.
+
+`resolve_start` is cheap (it reads `latest`, client_state.json files and file sizes, no unpickling),
+so the preflight can decide, and check the checkpoint against the run, before anything heavy starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from megatron_zh.checkpoint.client_state import ClientState, read_client_state
-from megatron_zh.checkpoint.layout import read_latest_tag
+from megatron_zh.checkpoint.completeness import complete_checkpoints, list_tags
+from megatron_zh.checkpoint.layout import LATEST_FILE, read_latest_tag, tag_for
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
 from megatron_zh.tokenizer import check_fingerprint
@@ -39,9 +45,13 @@ class TrainState:
 
     iteration: int = 0
     consumed_samples: int = 0
+    # The loss of each step since the last logged one (None: non-finite), so that the first logged loss
+    # of a resumed run averages the same steps as an uninterrupted run's (training/loop.py LogWindow).
+    unlogged_losses: list[float | None] = field(default_factory=list)
 
 
 StartMode = Literal["scratch", "resume", "finetune"]
+ChosenBy = Literal["latest", "--ckpt-step", "newest complete"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class StartPoint:
     # Tag of a DeepSpeed universal copy of `tag` to load instead (set by resume.prepare_resume when the
     # data-parallel size changed since the save).
     universal: str | None = None
+    chosen_by: ChosenBy = "latest"  # how `tag` was chosen among the directory's checkpoints
 
     @property
     def folder(self) -> Path:
@@ -64,31 +75,79 @@ class StartPoint:
         return Path(self.directory) / self.tag
 
 
-def resolve_start(train: TrainConfig) -> StartPoint:
-    """Decide where the run starts. Cheap: reads `latest` and client_state.json only.
+def _default_tag(directory: str, zero: bool) -> tuple[str | None, ChosenBy]:
+    """The tag `latest` names; without `latest`, the newest complete checkpoint (None: there is none)."""
+    tag = read_latest_tag(directory) if Path(directory).is_dir() else None
+    if tag is not None:
+        if not (Path(directory) / tag).is_dir():
+            complete = complete_checkpoints(directory, zero)
+            fix = f"pass --ckpt-step {complete[-1][0]} to start from the newest" if complete else "remove `latest`"
+            raise CheckpointError(
+                f"{Path(directory) / LATEST_FILE} names {tag}, but {Path(directory) / tag} does not exist "
+                f"(complete checkpoints there: {list_tags(complete)}); {fix}"
+            )
+        return tag, "latest"
+    complete = complete_checkpoints(directory, zero)
+    if not complete:
+        return None, "latest"
+    newest = complete[-1][1].name
+    logger.warning(
+        "%s has no `latest` file: starting from %s, the newest complete checkpoint there (complete: %s)",
+        directory,
+        newest,
+        list_tags(complete),
+    )
+    return newest, "newest complete"
+
+
+def _chosen_tag(train: TrainConfig, directory: str, zero: bool) -> tuple[str | None, ChosenBy]:
+    """The checkpoint of --load to start from: --ckpt-step's, else _default_tag's."""
+    if train.ckpt_step is None:
+        return _default_tag(directory, zero)
+    tag = tag_for(train.ckpt_step)
+    if not (Path(directory) / tag).is_dir():
+        raise ConfigError(
+            f"--ckpt-step {train.ckpt_step}: {Path(directory) / tag} does not exist "
+            f"(complete checkpoints in {directory}: {list_tags(complete_checkpoints(directory, zero))})"
+        )
+    latest = None
+    with contextlib.suppress(CheckpointError):  # a damaged `latest` may be why --ckpt-step was given
+        latest = read_latest_tag(directory)
+    if latest != tag:
+        logger.info("--ckpt-step %d: starting from %s/%s (`latest` names %s)", train.ckpt_step, directory, tag, latest)
+    return tag, "--ckpt-step"
+
+
+def resolve_start(train: TrainConfig, zero: bool = True) -> StartPoint:
+    """Decide where the run starts. Cheap: reads `latest`, client_state.json files and file sizes.
 
     A stage-2 style run (finetune) that already has a checkpoint in its own save directory resumes
     that one instead of starting over from the stage-1 weights, so a pre-empted job can simply be
-    resubmitted with the same command.
+    resubmitted with the same command. `zero`: whether the run's checkpoints hold ZeRO optimizer files
+    (what "complete" asks of them).
     """
-    if train.finetune and train.save and (saved := read_latest_tag(train.save)) is not None:
-        logger.info(
-            "%s already holds checkpoint %s: resuming it instead of starting again from %s",
-            train.save,
-            saved,
-            train.load,
-        )
-        return StartPoint("resume", train.save, saved, read_client_state(train.save, saved))
+    if train.finetune and train.save:
+        saved, chosen_by = _default_tag(train.save, zero)
+        if saved is not None:
+            logger.info(
+                "%s already holds checkpoint %s: resuming it instead of starting again from %s",
+                train.save,
+                saved,
+                train.load,
+            )
+            return StartPoint("resume", train.save, saved, read_client_state(train.save, saved), chosen_by=chosen_by)
     if train.load is None:
         return StartPoint("scratch")
-    tag = read_latest_tag(train.load) if Path(train.load).is_dir() else None
+    tag, chosen_by = _chosen_tag(train, train.load, zero)
     if tag is None:
         if train.finetune:
             raise ConfigError(
-                f"finetune: no checkpoint to start from in {train.load} (no `latest` file); "
-                "train stage 1 first or point --load at its save directory"
+                f"finetune: no checkpoint to start from in {train.load} (no `latest` file, no complete "
+                "global_step* folder); train stage 1 first or point --load at its save directory"
             )
-        logger.warning("no checkpoint in %s (no `latest` file): starting from scratch", train.load)
+        logger.warning(
+            "no checkpoint in %s (no `latest` file, no complete global_step* folder): starting from scratch", train.load
+        )
         return StartPoint("scratch")
     info = read_client_state(train.load, tag)
     planned = (info.train_config or {}).get("train_iters")
@@ -101,7 +160,8 @@ def resolve_start(train: TrainConfig) -> StartPoint:
             info.iteration,
             planned,
         )
-    return StartPoint("finetune" if train.finetune else "resume", train.load, tag, info)
+    mode: StartMode = "finetune" if train.finetune else "resume"
+    return StartPoint(mode, train.load, tag, info, chosen_by=chosen_by)
 
 
 def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) -> None:

@@ -1,32 +1,40 @@
-"""Preflight checks on the checkpoint directories, run on every rank before the process group starts.
+"""Checks on the checkpoint directories before the process group starts, and what rank 0 then tidies.
 
+Every rank, in the preflight (cheap, read-only, so all ranks decide alike):
 - `--load` must exist (a typo would otherwise start a fresh run silently), except when it is the
   run's own `--save` directory that a first submission has not created yet.
-- A `--save` that already holds a committed checkpoint is never overwritten by a run that would
+- A `--save` that already holds a complete checkpoint is never overwritten by a run that would
   start from scratch; `--override-existing-save` is the deliberate way to do it.
 - `--save` must be writable: found now, not at the first save an hour into the run.
-- The checkpoint to start from must be complete (its model-states file and one optimizer shard per
-  rank that wrote it) and every file in it must pass the restricted unpickler (checkpoint/safety.py).
+- When the directory to start from holds complete checkpoints newer than the one `latest` names
+  (a rolled-back or stale `latest`), the run refuses to guess: `--ckpt-step N` starts from the one
+  wanted, `--set-aside-newer-checkpoints` starts from `latest` and moves the newer ones aside.
+- The checkpoint to start from must be complete (checkpoint/completeness.py) and every file in it
+  must pass the restricted unpickler (checkpoint/safety.py).
+
+Rank 0, once the preflight passed (`tidy_save_directory`): folders that are not complete (a save
+killed before it finished) are renamed global_stepN.incomplete-<time>, never deleted; the newer
+ones are set aside when asked; `latest` is pointed at the checkpoint --ckpt-step chose. A complete
+checkpoint is never deleted by a start.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
-from megatron_zh.checkpoint.layout import (
-    LATEST_FILE,
-    MODEL_STATES_FILE,
-    SHARD_NAME_HELP,
-    TAG_PATTERN,
-    read_latest_tag,
-    shard_ranks,
+from megatron_zh.checkpoint.completeness import (
+    checkpoint_folders,
+    complete_checkpoints,
+    inspect_checkpoint,
+    list_tags,
+    set_aside,
 )
+from megatron_zh.checkpoint.layout import LATEST_FILE, read_latest_tag, tag_iteration
 from megatron_zh.checkpoint.safety import check_checkpoint_files
 from megatron_zh.errors import CheckpointError, ConfigError
+from megatron_zh.fileio import atomic_write
 from megatron_zh.log import get_logger
 from megatron_zh.training.checkpointing.start import StartPoint
 from megatron_zh.training.config.train_config import TrainConfig
@@ -54,17 +62,27 @@ def check_load_exists(train: TrainConfig) -> None:
         raise ConfigError(f"--load {load} is a file; pass the --save directory of the run to continue")
 
 
-def check_not_overwriting(train: TrainConfig, start: StartPoint) -> None:
+def _held_checkpoint(directory: str, zero: bool) -> str | None:
+    """The checkpoint a directory holds: the tag `latest` names, else its newest complete one."""
+    if not Path(directory).is_dir():
+        return None
+    tag = read_latest_tag(directory)
+    if tag is None and (complete := complete_checkpoints(directory, zero)):
+        tag = complete[-1][1].name
+    return tag
+
+
+def check_not_overwriting(train: TrainConfig, start: StartPoint, zero: bool = True) -> None:
     """A fresh start must not write into a --save directory that holds another run's checkpoints."""
     if start.mode != "scratch" or train.save is None:
         return
-    tag = read_latest_tag(train.save) if Path(train.save).is_dir() else None
+    tag = _held_checkpoint(train.save, zero)
     if tag is None:
         return
     if train.override_existing_save:
         logger.warning(
-            "--override-existing-save: starting from scratch in %s, which holds checkpoint %s; "
-            "its checkpoints are replaced as this run saves",
+            "--override-existing-save: starting from scratch in %s, which holds checkpoint %s; its "
+            "checkpoints are set aside (renamed global_stepN.replaced-<time>) as this run saves the same steps",
             train.save,
             tag,
         )
@@ -102,55 +120,85 @@ def check_save_writable(save: str | None) -> None:
         ) from None
 
 
-def check_checkpoint_complete(start: StartPoint) -> None:
+def newer_checkpoints(start: StartPoint, zero: bool = True) -> list[tuple[int, Path]]:
+    """(N, folder) of the complete checkpoints in the start's directory newer than the one it starts from."""
+    step = tag_iteration(start.tag) if start.tag is not None else None
+    if start.mode == "scratch" or start.directory is None or step is None:
+        return []
+    return [(n, p) for n, p in complete_checkpoints(start.directory, zero) if n > step]
+
+
+def check_newer_checkpoints(train: TrainConfig, start: StartPoint, zero: bool = True) -> None:
+    """`latest` older than complete checkpoints beside it: rolled back on purpose, or stale (an old copy).
+    Starting from it would leave the newer ones to be overwritten, so the run asks which was meant."""
+    if start.chosen_by != "latest" or train.set_aside_newer_checkpoints:
+        return
+    newer = newer_checkpoints(start, zero)
+    if newer:
+        raise ConfigError(
+            f"{Path(str(start.directory)) / LATEST_FILE} names {start.tag}, but {start.directory} holds newer "
+            f"complete checkpoint(s): {list_tags(newer)}; pass --ckpt-step {newer[-1][0]} to start from the "
+            f"newest (or --ckpt-step N for another), or --set-aside-newer-checkpoints to start from {start.tag} "
+            "and rename the newer ones global_stepN.set-aside-<time> (nothing is deleted)"
+        )
+
+
+def check_checkpoint_complete(start: StartPoint, zero: bool = True) -> None:
     """The files DeepSpeed will read are all there, and each passes the restricted unpickler."""
     if start.mode == "scratch" or start.directory is None or start.tag is None:
         return
-    folder = Path(start.directory) / start.tag
-    way_out = (
-        f"write the tag of an earlier complete checkpoint into {Path(start.directory) / LATEST_FILE} "
-        f"(ls {start.directory}) to resume from it"
-    )
-    if not (folder / MODEL_STATES_FILE).is_file():
-        raise CheckpointError(f"{folder / MODEL_STATES_FILE} is missing: the checkpoint is incomplete; {way_out}")
-    ranks = set(shard_ranks(folder))
-    writers = start.info.world_size if start.info is not None else 0
-    needs_shards = start.mode == "resume" and not (start.info is not None and start.info.weights_only)
-    if needs_shards and writers > 0:
-        missing = sorted(set(range(writers)) - ranks)
-        if missing:
-            raise CheckpointError(
-                f"{folder} has no optimizer shard of rank(s) {', '.join(map(str, missing))} "
-                f"(written by {writers} ranks; {SHARD_NAME_HELP}): "
-                f"the checkpoint is incomplete; {way_out}"
-            )
-    check_checkpoint_files(folder)
-
-
-def remove_uncommitted(train: TrainConfig) -> list[Path]:
-    """Rank 0, before training: delete checkpoint folders a killed save left behind in the run's own directory.
-
-    `latest` is written last, after every rank has written and fsynced its files, so a global_stepN
-    newer than the tag `latest` names (or any, when there is no `latest`) was never committed."""
-    if train.save is None or not same_directory(train.load, train.save) or not Path(train.save).is_dir():
-        return []
-    save = Path(train.save)
-    latest = read_latest_tag(save)
-    committed = TAG_PATTERN.match(latest) if latest else None
-    if latest is not None and committed is None:
-        return []  # a tag we did not write: leave the directory alone
-    newest = int(committed.group(1)) if committed else -1
-    removed = []
-    for path in sorted(save.iterdir()):
-        match = TAG_PATTERN.match(path.name)
-        if match and path.is_dir() and int(match.group(1)) > newest:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(path)
-            removed.append(path)
-    if removed:
-        logger.warning(
-            "removed %s: left by a save that never finished (`latest` names %s)",
-            ", ".join(p.name for p in removed),
-            latest or "nothing",
+    # A resume needs every rank's optimizer file; --finetune reads the weights only.
+    found = inspect_checkpoint(start.folder, start.info, zero=zero and start.mode == "resume")
+    if not found.complete:
+        others = [(n, p) for n, p in complete_checkpoints(start.directory, zero) if p.name != start.tag]
+        way_out = (
+            f"start from an earlier complete one with --ckpt-step N ({list_tags(others)})"
+            if others
+            else f"{start.directory} holds no other complete checkpoint"
         )
-    return removed
+        raise CheckpointError(f"{found.problems[0]}: checkpoint {start.tag} is incomplete or damaged; {way_out}")
+    check_checkpoint_files(start.folder)
+
+
+def tidy_save_directory(train: TrainConfig, start: StartPoint, zero: bool = True) -> list[Path]:
+    """Rank 0, after the preflight and before training: what the start decided, done on disk. Returns the
+    folders moved aside. Nothing is deleted:
+
+    - with --set-aside-newer-checkpoints, every global_stepN of the start's directory newer than the
+      checkpoint it starts from is renamed global_stepN.set-aside-<time>;
+    - when --ckpt-step chose the checkpoint in the run's own directory, `latest` is pointed at it (so a
+      kill before the next save resumes it again, and a later save never finds `latest` naming a folder
+      it replaces);
+    - in --save, every global_stepN that is not complete (a save killed before it finished; not the one
+      the run starts from) is renamed global_stepN.incomplete-<time>.
+    """
+    moved: list[Path] = []
+    own = start.directory is not None and same_directory(start.directory, train.save)
+    step = tag_iteration(start.tag) if start.tag is not None else None
+    if train.set_aside_newer_checkpoints and start.directory is not None and step is not None:
+        for n, folder in checkpoint_folders(start.directory):
+            if n > step:
+                target = set_aside(folder, "set-aside")
+                moved.append(target)
+                logger.warning("--set-aside-newer-checkpoints: moved %s to %s", folder, target.name)
+    if own and start.chosen_by == "--ckpt-step" and start.directory is not None:
+        if read_latest_tag(start.directory) != start.tag:
+            with atomic_write(Path(start.directory) / LATEST_FILE) as f:
+                f.write(str(start.tag))
+            logger.warning("`latest` in %s now names %s, the checkpoint --ckpt-step chose", start.directory, start.tag)
+    if train.save is None:
+        return moved
+    for _, folder in checkpoint_folders(train.save):
+        if own and folder.name == start.tag:
+            continue
+        found = inspect_checkpoint(folder, zero=zero)
+        if not found.complete:
+            target = set_aside(folder, "incomplete")
+            moved.append(target)
+            logger.warning(
+                "moved %s to %s: it is not a complete checkpoint (%s), left by a save that never finished",
+                folder,
+                target.name,
+                found.problems[0],
+            )
+    return moved

@@ -9,7 +9,8 @@ engine. Here the same rules run up front, against DeepSpeed 0.19's own definitio
 - `data_types.grad_accum_dtype`: DeepSpeed's `DtypeEnum`, and the mixes its engine supports;
 - the optimizer: a type DeepSpeed knows (its list, or a `torch.optim` class), the class DeepSpeed
   will construct for it, and every `optimizer.params` key against that constructor's signature;
-  torch optimizers are built once on a dummy parameter, so a bad value (a beta of 1.5) is found too;
+  `betas` is two numbers; torch optimizers are built on a dummy parameter and stepped once, so a bad
+  value (a beta of 1.5) is found too;
 - the scheduler: a DeepSpeed schedule or a `torch.optim.lr_scheduler` class, its params against its
   signature, `warmup_type` (DeepSpeed would silently fall back to "log"), then built on a dummy
   optimizer.
@@ -239,10 +240,21 @@ def check_optimizer(ds: dict[str, Any], source: str) -> None:
             '"zero_allow_untested_optimizer": true to use it anyway, or choose AdamW'
         )
     _check_params(params, cls.__init__, 2, what, "optimizer.params", source, engine_kwargs)
+    betas = params.get("betas")
+    if betas is not None and not (
+        isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas)
+    ):
+        raise ConfigError(
+            f"{source}: optimizer.params.betas must be two numbers [beta1, beta2] (e.g. [0.9, 0.999]), got {betas!r}"
+        )
     if cls.__module__.startswith("torch.optim"):
+        # Built on a dummy parameter and stepped once: some values pass the constructor and fail only at
+        # the first step, after the whole start-up.
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        parameter.grad = torch.zeros(1)
         try:
-            cls([torch.nn.Parameter(torch.zeros(1))], **params)
-        except (ValueError, TypeError) as exc:
+            cls([parameter], **params).step()
+        except (ValueError, TypeError, RuntimeError) as exc:
             raise ConfigError(f"{source}: optimizer.params: {what} rejects them: {exc}") from None
 
 

@@ -42,6 +42,11 @@ class RunConfig:
         return "fp32"
 
     @property
+    def zero_stage(self) -> int:
+        """DeepSpeed's ZeRO stage: above 0, checkpoints hold one optimizer file per rank."""
+        return int(self.deepspeed.get("zero_optimization", {}).get("stage", 0))
+
+    @property
     def tokens_per_step(self) -> int:
         return self.global_batch_size * self.train.data.seq_length
 

@@ -74,6 +74,19 @@ class TrainConfig:
         zero_means_off=True,
         group=CHECKPOINTS,
     )
+    ckpt_step: int | None = knob(
+        None,
+        help="start from global_step<N> of --load instead of the checkpoint `latest` names (Megatron's flag)",
+        check=optional(NON_NEGATIVE_INT),
+        group=CHECKPOINTS,
+    )
+    set_aside_newer_checkpoints: bool = knob(
+        False,
+        help="when --load holds complete checkpoints newer than the one to start from, rename them "
+        "global_step<N>.set-aside-<time> (nothing is deleted) instead of refusing to start",
+        check=BOOLEAN,
+        group=CHECKPOINTS,
+    )
     finetune: bool = knob(
         False,
         help="load only the weights from --load (fresh optimizer, schedule and sample counter)",
@@ -130,6 +143,8 @@ class TrainConfig:
             problems.append("save_interval is set but there is no save directory (pretrain.save or --save)")
         if self.keep_last is not None and self.save is None:
             problems.append("keep_last is set but there is no save directory (pretrain.save or --save)")
+        if self.ckpt_step is not None and self.load is None:
+            problems.append("ckpt_step names a checkpoint of --load, but there is no --load (pretrain.load)")
         if self.finetune and self.load is None:
             problems.append("finetune needs the checkpoint to start from: set pretrain.load or --load")
         raise_problems("pretrain config", problems)

@@ -22,6 +22,7 @@ import torch
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.training.distributed import fail_fast, slurm
+from megatron_zh.training.distributed.extension_lock import check_deepspeed_shm_lock
 
 LaunchedBy = Literal["launcher", "slurm", "single"]
 
@@ -126,6 +127,9 @@ def init_process_group(env: DistEnv, timeout_minutes: float = 10.0) -> str:
     else:
         # DeepSpeed's CPU accelerator prefers oneCCL when installed; plain torch has gloo everywhere.
         backend = "gloo"
+        # init_distributed JIT-loads its shared-memory op first, and waits forever on the build lock a killed
+        # build left: every rank checks it, since every rank would wait (no process group yet to time out).
+        check_deepspeed_shm_lock()
     timeout = timedelta(minutes=timeout_minutes)
     fail_fast.set_nccl_fail_fast_env()
     fail_fast.set_default_group_timeout(timeout)
