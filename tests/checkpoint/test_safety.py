@@ -6,7 +6,7 @@ import pytest
 import torch
 from hostile import Payload
 
-from megatron_zh.checkpoint.safety import safe_load, trusting_checkpoints
+from megatron_zh.checkpoint.safety import file_damage, safe_load, trusting_checkpoints
 from megatron_zh.errors import CheckpointError
 
 
@@ -50,3 +50,26 @@ def test_trust_lasts_for_its_block_only(tmp_path):
     with trusting_checkpoints(False), pytest.raises(CheckpointError, match="needs global posix.system"):
         safe_load(tmp_path / "hostile.pt")
     assert not marker.exists()
+
+
+def test_a_file_cut_short_anywhere_is_called_truncated(tmp_path):
+    """A small torch.save file (a UER-py model, a model-states file of a tiny model) cut at any length: torch
+    says "Invalid argument" (OSError EINVAL) for most cuts; the line says truncated, and how long it is.
+    (The UER-py importer reads through safe_load: tests/convert/test_convert_safety.py.)"""
+    whole = tmp_path / "whole.bin"
+    torch.save({"embedding.word.embedding.weight": torch.randn(50, 20), "b": torch.randn(300)}, whole)
+    data = whole.read_bytes()
+    assert file_damage(whole) is None
+    cut = tmp_path / "cut.bin"
+    for length in range(1, len(data), 97):
+        cut.write_bytes(data[:length])
+        for mmap in (False, True):
+            with pytest.raises(CheckpointError) as caught:
+                safe_load(cut, mmap=mmap)
+            message = str(caught.value)
+            assert message.startswith(f"{cut} is truncated"), message
+            assert f"({length} bytes" in message and "the checkpoint is damaged" in message
+    cut.write_bytes(b"")
+    assert file_damage(cut) == "is empty (0 bytes)"
+    cut.write_text("not a checkpoint")
+    assert file_damage(cut) == "is truncated or not a PyTorch checkpoint (16 bytes, beginning b'not ')"

@@ -12,9 +12,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import make_tiny_hf
 from tool_runs import run_tool
 
+from megatron_zh.convert.uer.importer import load_uer_weights
+from megatron_zh.errors import CheckpointError
 from megatron_zh.paths import overlap
 
 
@@ -189,3 +192,18 @@ def test_a_uer_config_with_a_key_written_twice_is_refused(tmp_path):
     with pytest.raises(ConfigError) as caught:
         read_uer_config(path)
     assert str(caught.value).startswith(f'UER-py config {path}: key "heads_num" is written twice (lines 3 and 5)')
+
+
+def test_a_truncated_uer_model_file_is_called_truncated(tmp_path):
+    """Before: "cannot read ...: Invalid argument" (torch's OSError on a cut zip)."""
+    model = tmp_path / "model.bin"
+    torch.save({"embedding.word.embedding.weight": torch.randn(50, 20)}, model)
+    size = model.stat().st_size // 2
+    model.write_bytes(model.read_bytes()[:size])
+    with pytest.raises(CheckpointError) as caught:
+        load_uer_weights(model)
+    assert str(caught.value) == (
+        f"cannot read UER-py model {model} as a state dict of tensors: {model} is truncated ({size} bytes: a "
+        "PyTorch zip file whose end, the archive's directory, is missing): the checkpoint is damaged (an "
+        "interrupted save, a full disk or a partial copy)"
+    )

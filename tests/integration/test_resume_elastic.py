@@ -18,11 +18,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from hostile import poison
 from training_runs import bf16_pretrain_args, latest, pretrain_args, run
 
 from megatron_zh.checkpoint.client_state import read_client_state
 from megatron_zh.checkpoint.layout import LATEST_UNIVERSAL_FILE, MODEL_STATES_FILE
 from megatron_zh.checkpoint.master_weights import read_fp32_weights
+from megatron_zh.checkpoint.safety import trusting_checkpoints
 from megatron_zh.checkpoint.universal import CACHE_MARKER
 from megatron_zh.errors import CheckpointError
 from megatron_zh.model import GPT2Config
@@ -233,6 +235,40 @@ def test_an_incomplete_or_unconvertible_checkpoint_stops_with_one_line(elastic, 
     ):
         prepare_resume(start, run_config(start), single_rank())
     assert sorted(p.name for p in broken.iterdir()) == ["global_step2", "latest"]  # no cache, no staging left
+
+
+def test_a_payload_planted_in_the_universal_cache_is_refused(elastic, zh_text_document, tmp_path):
+    """The cache is reused while its source files are unchanged, and DeepSpeed's universal loader torch.loads
+    its zero/<param>/*.pt with weights_only=False: before, a payload planted there ran on the next resume on
+    another rank count. Now every file of the cache passes the restricted unpickler first, reused or not."""
+    save = tmp_path / "planted"
+    shutil.copytree(elastic["save"], save, ignore=shutil.ignore_patterns("tensorboard"))
+    planted = sorted((save / "global_step4_universal" / "zero").glob("*/fp32.pt"))[0]
+    marker = tmp_path / "pwned"
+    poison(planted, marker)
+    start = start_at(save, "global_step4")  # written by 2 ranks: 1 rank goes through the cache
+    with pytest.raises(CheckpointError) as caught:
+        prepare_resume(start, run_config(start), single_rank())
+    assert str(caught.value).startswith(f"{planted} needs global posix.system, which is not on the checkpoint")
+    cache = save / "global_step4_universal"
+    assert str(caught.value).endswith(
+        f"(it is in the universal copy cached at {cache}: delete that folder to convert again)"
+    )
+    with trusting_checkpoints(True):
+        assert prepare_resume(start, run_config(start), single_rank()).universal == "global_step4_universal"
+    assert not marker.exists()
+
+    # The command users type: one line, exit status 2, nothing run; --trust-checkpoint is the way past.
+    args = pretrain_args(zh_text_document, save, **FLAGS, ckpt_step=4)
+    output = run(args, ranks=None, timeout=600, expect_rc=2)
+    assert "Traceback" not in output and not marker.exists()
+    errors = [line for line in output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"{planted} needs global posix.system" in errors[0], errors
+    output = run([*args, "--trust-checkpoint"], ranks=None, timeout=600)
+    assert marker.exists(), "trusted: DeepSpeed's loader unpickles the cache without restriction"
+    assert "resumed" in output and latest(save) == "global_step6"
+    # The step-6 checkpoint of the earlier history was moved aside by the save that replaced it, not deleted.
+    assert len(list(save.glob("global_step6.replaced-*"))) == 1
 
 
 def test_pruning_a_checkpoint_removes_its_universal_copy(elastic, tmp_path):

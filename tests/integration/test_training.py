@@ -7,10 +7,12 @@ shared by the tests that only read what it wrote.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -181,6 +183,58 @@ def test_kill_after_step_20_and_resume_matches_bit_for_bit(reference, zh_text_do
     before = model_states.stat().st_mtime_ns
     assert "already at iteration 30 of 30: nothing to train" in run(args)
     assert model_states.stat().st_mtime_ns == before and latest(save) == "global_step30"
+
+
+def test_a_rolled_back_latest_resumes_there_and_keeps_the_newer_checkpoint(reference, zh_text_document, tmp_path):
+    """README: `latest` may be pointed at an older checkpoint to roll back. Before, the start deleted the newer
+    global_step30 ("left by a save that never finished"). Now the run asks which was meant, and with
+    --set-aside-newer-checkpoints resumes at step 20, moves global_step30 aside intact, and trains steps 21-30
+    exactly as the first time."""
+    save = tmp_path / "rolled_back"
+    shutil.copytree(reference, save, ignore=shutil.ignore_patterns("tensorboard", "stdout.txt"))
+    (save / "latest").write_text("global_step20")
+
+    def digest(folder: Path) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+    kept = digest(save / "global_step30")
+    args = pretrain_args(zh_text_document, save, **REFERENCE_FLAGS)
+    output = run(args, expect_rc=2)
+    errors = sorted({line for line in output.splitlines() if line.startswith("error: ")})
+    assert errors == [
+        f"error: {save}/latest names global_step20, but {save} holds newer complete checkpoint(s): global_step30; "
+        "pass --ckpt-step 30 to start from the newest (or --ckpt-step N for another), or "
+        "--set-aside-newer-checkpoints to start from global_step20 and rename the newer ones "
+        "global_stepN.set-aside-<time> (nothing is deleted)"
+    ]
+    assert digest(save / "global_step30") == kept
+
+    output = run([*args, "--set-aside-newer-checkpoints"])
+    assert f"resumed {save}/global_step20/mp_rank_00_model_states.pt at iteration 20" in output
+    (aside,) = save.glob("global_step30.set-aside-*")
+    assert digest(aside) == kept and f"--set-aside-newer-checkpoints: moved {save / 'global_step30'}" in output
+    assert latest(save) == "global_step30"  # the new one
+    resumed = {r["iteration"]: r for r in read_metrics(save / "metrics.jsonl")}
+    uninterrupted = {r["iteration"]: r for r in read_metrics(reference / "metrics.jsonl")}
+    for i in range(21, REFERENCE_ITERS + 1):
+        assert resumed[i]["loss"] == uninterrupted[i]["loss"], i
+
+
+def test_the_first_log_after_a_resume_averages_the_steps_an_uninterrupted_run_does(zh_text_document, tmp_path):
+    """Logging every 2 steps, saving and stopping at step 3 (as a SIGTERM would): the loss logged at step 4
+    after the resume averages steps 3 and 4, as the uninterrupted run's does (before: step 4 alone)."""
+    flags = dict(train_iters=4, log_interval=2, eval_interval=0, eval_iters=1, save_interval=0)
+    uninterrupted = tmp_path / "uninterrupted"
+    run(pretrain_args(zh_text_document, uninterrupted, **flags), ranks=None)
+    stopped = tmp_path / "stopped"
+    run(pretrain_args(zh_text_document, stopped, **flags, exit_interval=3), ranks=None)
+    carried = json.loads((stopped / "global_step3" / CLIENT_STATE_FILE).read_text())["unlogged_losses"]
+    assert len(carried) == 1 and math.isfinite(carried[0])
+    run(pretrain_args(zh_text_document, stopped, **flags), ranks=None)
+    mine, theirs = read_metrics(stopped / "metrics.jsonl"), read_metrics(uninterrupted / "metrics.jsonl")
+    assert [r["iteration"] for r in mine] == [r["iteration"] for r in theirs] == [2, 4]
+    assert mine[1]["loss"] == theirs[1]["loss"] and mine[1]["nonfinite_steps"] == 0
+    assert "unlogged_losses" not in json.loads((stopped / "global_step4" / CLIENT_STATE_FILE).read_text())
 
 
 def test_stage2_starts_from_stage1_weights_with_fresh_state(reference, zh_text_document, tmp_path):

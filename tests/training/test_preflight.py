@@ -32,6 +32,10 @@ def preflight(config: Path, *flags: str, world_size: int = 2):
             "optimizer.params.betaz is not a parameter of torch.optim.AdamW; did you mean 'betas'?",
         ),
         ({"optimizer": {"params": {"betas": [1.5, 0.9]}}}, "torch.optim.AdamW rejects them: Invalid beta parameter"),
+        (  # passed AdamW's constructor and failed at the first step, after the whole start-up
+            {"optimizer": {"params": {"betas": [0.9, 0.95, 0.99]}}},
+            "optimizer.params.betas must be two numbers [beta1, beta2] (e.g. [0.9, 0.999]), got [0.9, 0.95, 0.99]",
+        ),
         ({"optimizer": {"params": {"max_grad_norm": 1.0}}}, "optimizer.params.max_grad_norm is not supported"),
         ({"optimizer": {"type": "SGD", "params": {"lr": 0.1}}}, "is not one DeepSpeed has tested with ZeRO"),
         (

@@ -115,7 +115,7 @@ def test_without_latest_the_newest_complete_checkpoint_is_resumed(tmp_path, zh_t
     (place(source, save, 14) / SHARD.format(1)).unlink()  # a save killed while rank 1 wrote
     (place(source, save, 3) / CLIENT_STATE_FILE).unlink()  # killed before the commit
     kept = {name: fingerprint(save / name) for name in ("global_step6", "global_step12", "global_step14")}
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         point, moved = start(tmp_path, zh_text_document, save)
     assert (point.mode, point.tag, point.chosen_by) == ("resume", "global_step12", "newest complete")
     assert (

@@ -19,12 +19,12 @@ from training_runs import REPO_ROOT, environment, write_config
 from megatron_zh.checkpoint.client_state import CHECKPOINT_FORMAT, ClientState
 from megatron_zh.errors import CheckpointError, ConfigError, DataFormatError, MegatronZhError
 from megatron_zh.training.checkpointing.save import prune_checkpoints
-from megatron_zh.training.checkpointing.start import resolve_start
+from megatron_zh.training.checkpointing.start import TrainState, resolve_start
 from megatron_zh.training.config.arguments import build_parser, build_run_config
 from megatron_zh.training.config.train_config import TrainConfig
 from megatron_zh.training.distributed.process_group import setup_rendezvous_env
 from megatron_zh.training.distributed.signals import StopRequest
-from megatron_zh.training.loop import NonFiniteGuard, NonFiniteLossError
+from megatron_zh.training.loop import LogWindow, NonFiniteGuard, NonFiniteLossError
 from megatron_zh.training.preflight import validate
 
 
@@ -306,6 +306,10 @@ def test_client_state_keys_round_trip():
     assert list(ClientState.from_dict(fake_client_state(), "x").to_dict()) == list(fake_client_state())
     with_rng = ClientState.from_dict({**data, "rng_states": []}, "x")
     assert with_rng.to_dict() == {**data, "rng_states": []} and with_rng.without_rng_states().to_dict() == data
+    carried = ClientState.from_dict({**data, "unlogged_losses": [8.5, None]}, "x")
+    assert carried.to_dict() == {**data, "unlogged_losses": [8.5, None]}
+    with pytest.raises(CheckpointError, match="unlogged_losses must be a list of numbers or nulls"):
+        ClientState.from_dict({**data, "unlogged_losses": ["8.5"]}, "x")
 
 
 @pytest.mark.parametrize(
@@ -478,6 +482,19 @@ def test_nonfinite_losses_are_tolerated_a_few_times_then_stop_the_run():
     assert guard.weights_suspect
     guard.check(3, 4.8, True)
     assert not guard.weights_suspect
+
+
+def test_a_resumed_log_window_continues_the_saved_one():
+    """The losses a checkpoint carried (steps after the last log) open the resumed run's first window."""
+    state = TrainState(iteration=7, unlogged_losses=[8.5, None, 8.25])  # steps 5-7, step 6 non-finite
+    window = LogWindow.resumed(state, log_interval=4)  # last logged at 4: steps 5-7 belong to this window
+    assert (window.losses, window.nonfinite, window.steps) == ([8.5, 8.25], 1, 0)
+    window.add(8.0, seconds=1.5)
+    assert (window.losses, window.nonfinite, window.steps, window.seconds) == ([8.5, 8.25, 8.0], 1, 1, 1.5)
+    # The interval changed since the save: only the steps after its last multiple (7 % 5 = 2: steps 6, 7).
+    assert LogWindow.resumed(state, log_interval=5).unlogged == [None, 8.25]
+    assert LogWindow.resumed(state, log_interval=7).unlogged == []
+    assert LogWindow.resumed(TrainState(iteration=7), log_interval=4).unlogged == []
 
 
 def test_stop_request_turns_signals_into_a_flag():

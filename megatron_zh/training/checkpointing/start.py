@@ -91,7 +91,7 @@ def _default_tag(directory: str, zero: bool) -> tuple[str | None, ChosenBy]:
     if not complete:
         return None, "latest"
     newest = complete[-1][1].name
-    logger.warning(
+    logger.info(  # rank 0 says it (every rank decides the same)
         "%s has no `latest` file: starting from %s, the newest complete checkpoint there (complete: %s)",
         directory,
         newest,

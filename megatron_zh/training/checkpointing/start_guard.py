@@ -135,11 +135,16 @@ def check_newer_checkpoints(train: TrainConfig, start: StartPoint, zero: bool = 
         return
     newer = newer_checkpoints(start, zero)
     if newer:
+        # --ckpt-step names a checkpoint of --load; a --finetune run resuming its own --save has only the flag.
+        choose = (
+            f"pass --ckpt-step {newer[-1][0]} to start from the newest (or --ckpt-step N for another), or "
+            if same_directory(start.directory, train.load)
+            else "pass "
+        )
         raise ConfigError(
             f"{Path(str(start.directory)) / LATEST_FILE} names {start.tag}, but {start.directory} holds newer "
-            f"complete checkpoint(s): {list_tags(newer)}; pass --ckpt-step {newer[-1][0]} to start from the "
-            f"newest (or --ckpt-step N for another), or --set-aside-newer-checkpoints to start from {start.tag} "
-            "and rename the newer ones global_stepN.set-aside-<time> (nothing is deleted)"
+            f"complete checkpoint(s): {list_tags(newer)}; {choose}--set-aside-newer-checkpoints to start from "
+            f"{start.tag} and rename the newer ones global_stepN.set-aside-<time> (nothing is deleted)"
         )
 
 
