@@ -226,8 +226,11 @@ def test_an_incomplete_or_unconvertible_checkpoint_stops_with_one_line(elastic, 
         prepare_resume(start, run_config(start), single_rank())
 
     shard = broken / "global_step2" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
-    shard.write_bytes(shard.read_bytes()[:1000])  # truncated
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated: found before DeepSpeed's converter reads it
     shutil.copy(source / "zero_pp_rank_2_mp_rank_00_optim_states.pt", broken / "global_step2")
+    with pytest.raises(CheckpointError, match=rf"^{shard} is truncated \(1000 bytes: .*the checkpoint is damaged"):
+        prepare_resume(start, run_config(start), single_rank())
+    torch.save({"optimizer_state_dict": {}}, shard)  # readable, but not what DeepSpeed's converter needs
     with pytest.raises(
         CheckpointError,
         match=r"written by 3 rank\(s\), this run has 1; DeepSpeed could not convert it to a universal "

@@ -12,14 +12,15 @@ Every rank, in the preflight (cheap, read-only, so all ranks decide alike):
 - The checkpoint to start from must be complete (checkpoint/completeness.py) and every file in it
   must pass the restricted unpickler (checkpoint/safety.py).
 
-Rank 0, once the preflight passed (`tidy_save_directory`): folders that are not complete (a save
-killed before it finished) are renamed global_stepN.incomplete-<time>, never deleted; the newer
-ones are set aside when asked; `latest` is pointed at the checkpoint --ckpt-step chose. A complete
-checkpoint is never deleted by a start.
+Rank 0, once the preflight passed (`tidy_save_directory`): folders ahead of the run that are not
+complete (a save killed before it finished) are renamed global_stepN.incomplete-<time>, never
+deleted; the newer ones are set aside when asked; `latest` is pointed at the checkpoint --ckpt-step
+chose. A complete checkpoint is never deleted by a start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -174,8 +175,10 @@ def tidy_save_directory(train: TrainConfig, start: StartPoint, zero: bool = True
     - when --ckpt-step chose the checkpoint in the run's own directory, `latest` is pointed at it (so a
       kill before the next save resumes it again, and a later save never finds `latest` naming a folder
       it replaces);
-    - in --save, every global_stepN that is not complete (a save killed before it finished; not the one
-      the run starts from) is renamed global_stepN.incomplete-<time>.
+    - in --save, every global_stepN that is not complete and lies ahead of the run (newer than the
+      checkpoint it resumes; any, when it starts afresh or from another directory), which only a save
+      killed before it finished leaves, is renamed global_stepN.incomplete-<time>. One behind the run
+      is in nobody's way (a damaged old one, another tool's): left as it is, for --keep-last to prune.
     """
     moved: list[Path] = []
     own = start.directory is not None and same_directory(start.directory, train.save)
@@ -187,14 +190,18 @@ def tidy_save_directory(train: TrainConfig, start: StartPoint, zero: bool = True
                 moved.append(target)
                 logger.warning("--set-aside-newer-checkpoints: moved %s to %s", folder, target.name)
     if own and start.chosen_by == "--ckpt-step" and start.directory is not None:
-        if read_latest_tag(start.directory) != start.tag:
+        latest = None
+        with contextlib.suppress(CheckpointError):  # a damaged `latest` is replaced as well
+            latest = read_latest_tag(start.directory)
+        if latest != start.tag:
             with atomic_write(Path(start.directory) / LATEST_FILE) as f:
                 f.write(str(start.tag))
             logger.warning("`latest` in %s now names %s, the checkpoint --ckpt-step chose", start.directory, start.tag)
     if train.save is None:
         return moved
-    for _, folder in checkpoint_folders(train.save):
-        if own and folder.name == start.tag:
+    behind = step if own and step is not None else -1  # the run's own checkpoints up to its start
+    for n, folder in checkpoint_folders(train.save):
+        if n <= behind:
             continue
         found = inspect_checkpoint(folder, zero=zero)
         if not found.complete:
