@@ -32,6 +32,8 @@ from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
 from megatron_zh.errors import DataFormatError, MegatronZhError
+from megatron_zh.normalization import NONE, EquivalenceTable, Normalization, derive_table, load_table
+from megatron_zh.unknown_tokens import UnkTally, tally_unknown
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
@@ -210,9 +212,11 @@ class BertChineseTokenizer:
     """BERT WordPiece over a vocab.txt (the BERT-Chinese one by default), ids identical to `transformers.BertTokenizer`.
 
     `encode*` add no special tokens; framing documents as [CLS] ... [SEP] is the caller's choice.
+    `normalization` ("none", "punctuation", ... or a recorded identity: normalization.py) maps characters
+    the vocab lacks to equivalents before encoding; "none" keeps BertTokenizer's ids exactly.
     """
 
-    def __init__(self, vocab_file: str | os.PathLike, lower_case: bool = True) -> None:
+    def __init__(self, vocab_file: str | os.PathLike, lower_case: bool = True, normalization: str = NONE) -> None:
         self.vocab_file = Path(vocab_file)
         self.lower_case = lower_case
         self._tokens = read_vocab(self.vocab_file)
@@ -230,11 +234,21 @@ class BertChineseTokenizer:
         self._special_ids = {ids[t] for t in SPECIAL_TOKENS}
         self._special_pattern = re.compile("|".join(re.escape(t) for t in SPECIAL_TOKENS))
         self._table: _SeparatorTable | None = None
+        self._equivalents: EquivalenceTable | None = None
+        self.normalization = Normalization.off() if normalization == NONE else self.equivalents().select(normalization)
 
     @property
     def backend(self) -> Tokenizer:
-        """The plain `tokenizers` pipeline (the same ids, without the separator shortcut)."""
+        """The plain `tokenizers` pipeline (the same ids, without the separator shortcut and the normalisation)."""
         return self._backend
+
+    def equivalents(self) -> EquivalenceTable:
+        """Every normalisation entry for this vocab: the shipped table, or derived here (normalization.py)."""
+        if self._equivalents is None:
+            self._equivalents = load_table(
+                self.fingerprint, self.lower_case, lambda: derive_table(self._backend, self.unk)
+            )
+        return self._equivalents
 
     def __repr__(self) -> str:
         vocab = str(self.vocab_file)
@@ -250,10 +264,15 @@ class BertChineseTokenizer:
         ids, lengths = self.encode_batch_flat(texts)
         return [part.tolist() for part in np.split(ids, np.cumsum(lengths[:-1]))] if len(texts) else []
 
-    def encode_batch_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """All texts' ids concatenated (int32) and the number of ids of each text (int64)."""
+    def encode_batch_flat(
+        self, texts: Sequence[str], unk_out: list[UnkTally] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """All texts' ids concatenated (int32) and the number of ids of each text (int64); with `unk_out`,
+        appends the tally of their [UNK]s (unknown_tokens.py) to it."""
         if self._table is None:
             self._table = _SeparatorTable(self._backend)
+        if self.normalization.enabled:
+            texts = self.normalization.apply(texts)
         joined = "\n".join(texts)  # "\n" is a separator that emits nothing: texts stay apart
         try:
             code_points = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
@@ -262,8 +281,8 @@ class BertChineseTokenizer:
                 f"text contains a lone surrogate ({exc.object[exc.start : exc.end]!r}), which is not valid Unicode; "
                 "decode input bytes with errors='strict' or 'replace'"
             ) from None
-        kind = self._table.kind[code_points]
-        token = self._table.token[code_points]
+        kind = self._table.kind.take(code_points)  # take: half the time of kind[code_points] here
+        token = self._table.token.take(code_points)
         if "[" in joined:  # special tokens written in the text are single separators
             for match in self._special_pattern.finditer(joined):
                 start, end = match.span()
@@ -279,6 +298,7 @@ class BertChineseTokenizer:
         run_starts, run_ends = edges[0::2], edges[1::2]
         run_ids = np.zeros(0, dtype=np.int32)
         run_lengths = np.zeros(len(run_starts), dtype=np.int64)
+        unk_words: list[tuple[int, int]] = []  # (start, end) in `joined` of words the backend made [UNK]
         if len(run_starts):
             encoding = self._backend.encode(
                 "\n".join([joined[s:e] for s, e in zip(run_starts.tolist(), run_ends.tolist())]),
@@ -287,9 +307,14 @@ class BertChineseTokenizer:
             run_ids = np.array(encoding.ids, dtype=np.int32)
             if len(run_ids):
                 lines_start = np.cumsum(run_ends - run_starts + 1) - (run_ends - run_starts + 1)
-                token_starts = np.fromiter((start for start, _ in encoding.offsets), dtype=np.int64, count=len(run_ids))
+                token_offsets = encoding.offsets  # a new Python list on every access: read it once
+                token_starts = np.fromiter((start for start, _ in token_offsets), dtype=np.int64, count=len(run_ids))
                 owner = np.searchsorted(lines_start, token_starts, side="right") - 1
                 run_lengths = np.bincount(owner, minlength=len(run_starts)).astype(np.int64)
+                if unk_out is not None:
+                    for i in np.flatnonzero(run_ids == self.unk).tolist():
+                        start = int(run_starts[owner[i]] + token_starts[i] - lines_start[owner[i]])
+                        unk_words.append((start, start + token_offsets[i][1] - token_offsets[i][0]))
 
         # Every position emits: 1 id (separator with a token), its run's ids (first char of a run), or nothing.
         counts = (kind == _SEPARATOR_ONE).astype(np.int64)
@@ -304,6 +329,9 @@ class BertChineseTokenizer:
 
         text_starts = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]], dtype=np.int64)
         lengths = np.add.reduceat(np.append(counts, 0), text_starts) if len(texts) else np.zeros(0, np.int64)
+        if unk_out is not None:
+            separators = single[token[single] == self.unk]
+            unk_out.append(tally_unknown(joined, code_points, text_starts, separators, unk_words))
         return ids, lengths
 
     # -- decoding -----------------------------------------------------------------------------

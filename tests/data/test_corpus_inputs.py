@@ -541,6 +541,7 @@ def test_every_tool_flag_is_a_knob_that_lands_in_its_field(tmp_path):
         "dedup": True,
         "num_shards": 4,
         "shard_index": 2,
+        "normalize": "punctuation",
         "prepend_cls": False,
         "append_eod": False,
         "overwrite": True,

@@ -10,7 +10,8 @@ Torch-free, so the workers start in milliseconds (a test imports every module an
   2  config                                 PreprocessConfig, PreprocessStats
   3  sources, encode                        inputs as ordered units, shards, what is skipped; the
                                             workers' per-chunk work (documents, tokens, framing)
-  4  readers                                units as chunks: decompression, first-bytes and change checks
+  4  readers, report                        units as chunks: decompression, first-bytes and change checks;
+                                            the [UNK] report per dataset, unit and input
   5  results                                results into the datasets; counts, metadata
   6  pipeline, vocab_builder                preprocess(): the driver; WordPiece vocab training
 """

@@ -11,6 +11,8 @@ from typing import Literal, get_args
 from megatron_zh.data.preprocess.formats import InputFormat
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import flag_name, knob, knob_fields
+from megatron_zh.normalization import NONE, NORMALIZE_SPEC, RULES
+from megatron_zh.unknown_tokens import UnkReport
 from megatron_zh.validators import NON_NEGATIVE_INT, POSITIVE_INT, Check, one_of, validate_fields
 
 DOCUMENT_BOUNDARIES = ("line", "blank-line")
@@ -85,6 +87,15 @@ class PreprocessConfig:
     lower_case: bool = knob(
         True, help="lower-case and strip accents (BertWordPieceLowerCase)", group=TOKENIZER, flag=False
     )
+    normalize: str = knob(
+        NONE,
+        help=f"map characters the vocab lacks to equivalents it has before tokenizing (curly quotes, dashes, "
+        f"ellipses, ...; a table derived from the vocab): {NONE} (ids exactly BertTokenizer's), or rule sets "
+        f"{', '.join(RULES)}, comma-separated; recorded in .meta.json",
+        check=NORMALIZE_SPEC,
+        group=TOKENIZER,
+        metavar="RULES",
+    )
     prepend_cls: bool = knob(True, help="start every document with [CLS]", group=TOKENIZER)
     append_eod: bool = knob(True, help="end every document with [SEP], the end-of-document token", group=TOKENIZER)
     overwrite: bool = knob(
@@ -154,6 +165,7 @@ class PreprocessStats:
     dropped_empty: dict[str, int]
     dropped_short: dict[str, int] = field(default_factory=dict)  # under --min-doc-chars
     dropped_duplicate: dict[str, int] = field(default_factory=dict)  # --dedup
+    unk: dict[str, UnkReport] = field(default_factory=dict)  # [UNK] tokens and the text behind them
     bad_lines: int = 0
     skipped_inputs: int = 0  # files and archive members left out (sources.Skipped)
     input_bytes: int = 0  # after decompression

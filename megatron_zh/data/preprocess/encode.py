@@ -24,6 +24,7 @@ from megatron_zh.data.preprocess.dedup import document_hashes
 from megatron_zh.data.preprocess.formats import FORMATS, BadRecord, Chunk
 from megatron_zh.data.preprocess.workers import die_with_parent
 from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.unknown_tokens import UnkTally
 
 
 @dataclass
@@ -33,6 +34,7 @@ class ChunkResult:
     dropped_empty: dict[str, int]
     dropped_short: dict[str, int]  # fewer than min_doc_chars characters
     hashes: dict[str, np.ndarray]  # per key, with dedup: one uint64 per kept document
+    unk: dict[str, UnkTally] = field(default_factory=dict)  # per key: the kept documents' [UNK]s
     unit: int = 0
     bad: list[BadRecord] = field(default_factory=list)
     input_bytes: int = 0
@@ -45,16 +47,22 @@ class ChunkEncoder:
 
     def __init__(self, config: PreprocessConfig, tokenizer: BertChineseTokenizer | None = None) -> None:
         self.config = config
-        self.tokenizer = tokenizer or BertChineseTokenizer(config.vocab_file, lower_case=config.lower_case)
+        self.tokenizer = tokenizer or BertChineseTokenizer(
+            config.vocab_file, lower_case=config.lower_case, normalization=config.normalize
+        )
         self.dtype = best_token_dtype(self.tokenizer.vocab_size)
         self.blank_line = config.document_boundary == "blank-line"
 
     def __call__(self, chunk: Chunk) -> ChunkResult:
         texts, blank, bad, decoded = FORMATS[chunk.fmt].documents(chunk, self.config.json_keys, self.blank_line)
-        result = ChunkResult({}, {}, {}, {}, {}, chunk.unit, bad, chunk.input_bytes, chunk.disk_bytes, decoded)
+        result = ChunkResult(
+            {}, {}, {}, {}, {}, unit=chunk.unit, bad=bad, input_bytes=chunk.input_bytes,
+            disk_bytes=chunk.disk_bytes, decoded=decoded,
+        )
         for key in self.config.json_keys:
             # Blank lines and lines of nothing but whitespace or control characters give no tokens.
-            ids, lengths = self.tokenizer.encode_batch_flat(texts[key])
+            tallies: list[UnkTally] = []
+            ids, lengths = self.tokenizer.encode_batch_flat(texts[key], tallies)
             keep = lengths > 0
             result.dropped_empty[key] = blank + int((~keep).sum())
             result.dropped_short[key] = 0
@@ -66,6 +74,7 @@ class ChunkEncoder:
                 result.dropped_short[key] = int(short.sum())
             if self.config.dedup:  # hashed here, in parallel; the main process keeps the set of those seen
                 result.hashes[key] = document_hashes([t for t, k in zip(texts[key], keep) if k])
+            result.unk[key] = tallies[0].select(keep)
             result.tokens[key], result.lengths[key] = self._frame(ids, lengths[keep])
         return result
 

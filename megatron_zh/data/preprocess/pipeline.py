@@ -103,7 +103,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
     prefixes = {key: output_prefix_for(config.run_prefix, key) for key in config.json_keys}
     input_files = list(dict.fromkeys(unit.path for unit in units))  # archives once, however many members
     _check_outputs(config, prefixes.values(), input_files)
-    tokenizer = BertChineseTokenizer(config.vocab_file, lower_case=config.lower_case)
+    tokenizer = BertChineseTokenizer(config.vocab_file, lower_case=config.lower_case, normalization=config.normalize)
     dtype = best_token_dtype(tokenizer.vocab_size)
     total_bytes = sum(unit.disk_bytes for unit in units)
     shard = f" (shard {config.shard_index} of {config.num_shards})" if config.num_shards > 1 else ""
@@ -150,7 +150,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
             writer.check_documents()
             stats.seconds = time.perf_counter() - start
             for key, builder in builders.items():
-                builder.finalize(metadata(config, inputs, tokenizer, key, stats, dtype))
+                builder.finalize(metadata(config, inputs, writer.accounts, tokenizer, key, stats, dtype))
     except BaseException:
         for builder in builders.values():
             builder.abort()
@@ -159,7 +159,7 @@ def preprocess(config: PreprocessConfig) -> PreprocessStats:
         progress.close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    log_summary(stats)
+    log_summary(stats, writer.accounts, tokenizer)
     return stats
 
 

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
-from megatron_zh.data.indexed.dataset import data_file_path, index_file_path
+from megatron_zh.data.indexed.dataset import data_file_path, index_file_path, metadata_file_path
 from megatron_zh.data.preprocess.charsets import UNKNOWN_ENCODING, DecodeTally, foreign_encoding
 from megatron_zh.data.preprocess.config import PreprocessConfig, PreprocessStats
 from megatron_zh.data.preprocess.dedup import SeenHashes
 from megatron_zh.data.preprocess.encode import ChunkResult
 from megatron_zh.data.preprocess.formats import FORMATS
 from megatron_zh.data.preprocess.readers import damage, damaged_error, encoding_error
+from megatron_zh.data.preprocess.report import UnkAccounts
 from megatron_zh.data.preprocess.sources import Inputs, Unit
 from megatron_zh.errors import DataFormatError
 from megatron_zh.log import get_logger
@@ -61,6 +62,9 @@ class ResultWriter:
         self.unit_documents: collections.Counter[int] = collections.Counter()  # first key's documents per unit
         self.decoded = DecodeTally()  # of the unit whose results are coming in
         self.unit = 0
+        self.accounts = UnkAccounts(units, tuple(builders))
+        stats.unk = self.accounts.total
+        self._framing = int(config.prepend_cls) + int(config.append_eod)
 
     def add(self, result: ChunkResult) -> None:
         if result.unit != self.unit:  # the previous unit's results are all in
@@ -70,12 +74,13 @@ class ResultWriter:
         self._report_bad_lines(result.bad)
         stats = self.stats
         for key, builder in self.builders.items():
-            tokens, lengths = result.tokens[key], result.lengths[key]
+            tokens, lengths, unk = result.tokens[key], result.lengths[key], result.unk[key]
             if key in self.seen:
                 first = self.seen[key].add(result.hashes[key])
                 stats.dropped_duplicate[key] += int((~first).sum())
-                tokens, lengths = tokens[np.repeat(first, lengths)], lengths[first]
+                tokens, lengths, unk = tokens[np.repeat(first, lengths)], lengths[first], unk.select(first)
             builder.add_documents(tokens, lengths)
+            self.accounts.add(key, result.unit, unk, lengths, self._framing)
             stats.documents[key] += len(lengths)
             stats.tokens[key] += len(tokens)
             stats.dropped_empty[key] += result.dropped_empty[key]
@@ -138,12 +143,14 @@ def _first_labels(units: list[Unit], count: int = 3) -> str:
 def metadata(
     config: PreprocessConfig,
     inputs: Inputs,
+    accounts: UnkAccounts,
     tokenizer: BertChineseTokenizer,
     key: str,
     stats: PreprocessStats,
     dtype: np.dtype,
 ) -> dict[str, Any]:
-    """PREFIX.meta.json: how the tokens were made, from what, and what was dropped and why."""
+    """PREFIX.meta.json: how the tokens were made, from what (every input, with its counts), what the
+    model will not see ([UNK]), and what was dropped and why."""
     return {
         "format": METADATA_FORMAT,
         "tokenizer": "BertWordPieceLowerCase" if config.lower_case else "BertWordPieceCase",
@@ -160,7 +167,7 @@ def metadata(
         "min_doc_chars": config.min_doc_chars,
         "dedup": "per shard" if config.dedup and config.num_shards > 1 else config.dedup,
         "shard": {"index": config.shard_index, "count": config.num_shards},
-        "inputs": [unit.describe() for unit in inputs.units],
+        **accounts.metadata(key, tokenizer),  # normalization, unk, inputs (with their counts), by_input
         "skipped_inputs": stats.skipped_inputs,
         "skipped": [entry.describe() for entry in inputs.skipped],
         "documents": stats.documents[key],
@@ -172,14 +179,15 @@ def metadata(
     }
 
 
-def log_summary(stats: PreprocessStats) -> None:
+def log_summary(stats: PreprocessStats, accounts: UnkAccounts, tokenizer: BertChineseTokenizer) -> None:
     seconds = max(stats.seconds, 1e-9)
     for key, prefix in stats.outputs.items():
         logger.info(
-            "done: %s documents, %s tokens, %s empty dropped, %s bad lines, %s short dropped, "
+            "done: %s documents, %s tokens, %s, %s empty dropped, %s bad lines, %s short dropped, "
             "%s duplicates dropped, %s inputs skipped, %.1f s (%.2f M tokens/s, %.1f MB/s) -> %s, %s",
             f"{stats.documents[key]:,}",
             f"{stats.tokens[key]:,}",
+            stats.unk[key].headline(),
             f"{stats.dropped_empty[key]:,}",
             f"{stats.bad_lines:,}",
             f"{stats.dropped_short[key]:,}",
@@ -191,3 +199,5 @@ def log_summary(stats: PreprocessStats) -> None:
             data_file_path(prefix),
             index_file_path(prefix),
         )
+        for line in accounts.summary_lines(key, tokenizer, metadata_file_path(prefix)):
+            logger.info("%s", line)
