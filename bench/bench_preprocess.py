@@ -16,6 +16,14 @@ and the ratios preprocess / each bound. For reference (not measured here): Megat
 preprocess_data.py with its BERT WordPiece tokenizer processes about 0.7 M tokens/s with 2 workers
 on a 2-core machine; the target is >= 85% of the `tokenizers` bound and >= 1.6 M tokens/s.
 
+  python bench/bench_preprocess.py --against ../main --min-mb 20 --repeats 7   # this tree against another
+  python bench/bench_preprocess.py --against ../main --normalize punctuation   # ... with a normalisation on
+
+--against DIR preprocesses the same corpus with the package of another checkout (the baseline, e.g. before
+a change) and with this one, each in a fresh process, alternating, and prints the ratio of their CPU
+seconds (main process and workers; on a loaded machine wall time swings far more than the change) and
+of their wall seconds, per repeat and the median. --normalize applies to this tree's runs only.
+
   python bench/bench_preprocess.py --compressed --size-mb 200   # compressed inputs against plain text
 
 --compressed builds a CLUECorpusSmall-shaped corpus from the sample instead (documents of one sentence
@@ -36,7 +44,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,6 +136,62 @@ def measure_preprocess(vocab: Path, corpus: Path, workers: int, out_dir: Path) -
     return stats.tokens["text"], time.perf_counter() - start
 
 
+# What each side of --against runs: the preprocessing library of the tree on PYTHONPATH, nothing else.
+_PREPROCESS_ONE = """
+import sys
+from megatron_zh.data.preprocess.config import PreprocessConfig
+from megatron_zh.data.preprocess.pipeline import preprocess
+corpus, vocab, prefix, workers, normalize = sys.argv[1:6]
+extra = {} if normalize == "none" else {"normalize": normalize}
+stats = preprocess(PreprocessConfig(inputs=[corpus], output_prefix=prefix, vocab_file=vocab,
+                                    workers=int(workers), progress=False, **extra))
+print(stats.tokens["text"])
+"""
+
+
+def _cpu_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the process and the workers it waited for
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_tree(tree: Path, vocab: Path, corpus: Path, workers: int, out_dir: Path, normalize: str):
+    """(tokens, CPU seconds, wall seconds) of one preprocessing run with `tree`'s package, in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    cpu, start = _cpu_of_children(), time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", _PREPROCESS_ONE, str(corpus), str(vocab), str(out_dir / "x"), str(workers), normalize],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(result.stdout.split()[-1]), _cpu_of_children() - cpu, time.perf_counter() - start
+
+
+def run_against(baseline: Path, vocab: Path, min_mb: float, workers: int, repeats: int, normalize: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = build_corpus(Path(tmp), min_mb)
+        print(
+            f"corpus: {corpus.stat().st_size / 1e6:.1f} MB, {workers} worker(s); baseline {baseline}, "
+            f"this tree {REPO} (--normalize {normalize})"
+        )
+        cpu_ratios, wall_ratios = [], []
+        for repeat in range(1, repeats + 1):
+            base_tokens, base_cpu, base_wall = measure_tree(baseline, vocab, corpus, workers, Path(tmp), "none")
+            tokens, cpu, wall = measure_tree(REPO, vocab, corpus, workers, Path(tmp), normalize)
+            cpu_ratios.append(cpu / base_cpu)
+            wall_ratios.append(wall / base_wall)
+            print(
+                f"repeat {repeat}: baseline {base_tokens:,} tokens, {base_cpu:.2f} CPU s, {base_wall:.2f} s | "
+                f"this tree {tokens:,} tokens, {cpu:.2f} CPU s, {wall:.2f} s | "
+                f"ratio CPU {cpu_ratios[-1]:.3f}, wall {wall_ratios[-1]:.3f}"
+            )
+        print(
+            f"median of {repeats}: this tree / baseline = {statistics.median(cpu_ratios):.3f} CPU, "
+            f"{statistics.median(wall_ratios):.3f} wall"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
@@ -133,6 +199,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compressed", action="store_true", help="compressed inputs against the same plain text")
     parser.add_argument("--jsonl", action="store_true", help="JSON lines: the duplicate-key check against json.loads")
+    parser.add_argument("--against", type=Path, help="another checkout whose package is the baseline")
+    parser.add_argument("--normalize", default="none", help="with --against: this tree's --normalize")
     args = parser.parse_args()
     vocab = DATA_DIR / "google_zh_vocab.txt"
     for path in (vocab, DATA_DIR / "CLUECorpusSmall_sampled.txt"):
@@ -152,6 +220,8 @@ def main() -> None:
         from preprocess_jsonl import run_jsonl  # bench/preprocess_jsonl.py
 
         run_jsonl(vocab, DATA_DIR / "CLUECorpusSmall_sampled.txt", args.min_mb or 40.0, args.workers, args.repeats)
+    if args.against is not None:
+        run_against(args.against.resolve(), vocab, args.min_mb or 20.0, args.workers, args.repeats, args.normalize)
         return
     args.min_mb = args.min_mb or 40.0
     with tempfile.TemporaryDirectory() as tmp:

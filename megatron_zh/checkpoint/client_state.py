@@ -10,6 +10,8 @@ without torch. `to_dict` writes, and `from_dict` reads, exactly these keys, in t
     model_config        GPT2Config.to_dict() of the saved model
     vocab_fingerprint   "sha256:..." of the vocab the model was trained with
     vocab_size          number of tokens in that vocab
+    normalization       the text normalisation of its training data ("none", or normalization.py's
+                        identity); absent in checkpoints written before it was recorded: "none"
     train_config        TrainConfig.to_dict() of the run (null in a checkpoint made by a converter)
     world_size          data-parallel ranks that wrote the checkpoint
     precision           "fp32" | "bf16" | "fp16"
@@ -50,7 +52,7 @@ from megatron_zh.validators import (
 )
 
 CHECKPOINT_FORMAT = "megatron_zh/1"
-OPTIONAL_KEYS = frozenset({"source", "weights_only", "rng_states", "unlogged_losses"})  # written only when set
+OPTIONAL_KEYS = frozenset({"normalization", "source", "weights_only", "rng_states", "unlogged_losses"})  # written only when set
 
 OBJECT = Check(lambda v: isinstance(v, dict), "an object")
 LIST = Check(lambda v: isinstance(v, list), "a list")
@@ -72,6 +74,7 @@ class ClientState:
     model_config: dict[str, Any] = checked(OBJECT)
     vocab_fingerprint: str = checked(NON_EMPTY_STRING)
     vocab_size: int = checked(POSITIVE_INT)
+    normalization: str | None = checked(optional(NON_EMPTY_STRING), None)
     train_config: dict[str, Any] | None = checked(optional(OBJECT))
     world_size: int = checked(POSITIVE_INT)
     precision: Precision = checked(one_of(get_args(Precision)))

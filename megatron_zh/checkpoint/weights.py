@@ -21,6 +21,7 @@ from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import commit_directory, staging_directory
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
+from megatron_zh.normalization import NONE
 from megatron_zh.tokenizer import BertChineseTokenizer, check_fingerprint
 
 logger = get_logger(__name__)
@@ -116,6 +117,7 @@ def write_checkpoint(
     vocab_fingerprint: str,
     vocab_size: int,
     source: str,
+    normalization: str = NONE,
     overwrite: bool = False,
 ) -> Path:
     """Write `state_dict` as checkpoint global_step0 of a new save directory `directory`.
@@ -140,6 +142,7 @@ def write_checkpoint(
         model_config=model_config.to_dict(),
         vocab_fingerprint=vocab_fingerprint,
         vocab_size=vocab_size,
+        normalization=normalization,
         train_config=None,
         world_size=1,
         precision="fp32",
@@ -198,7 +201,8 @@ def checkpoint_tokenizer(checkpoint: LoadedCheckpoint, vocab_file: str | Path | 
                 f"checkpoint {where} was trained with vocab {vocab_file}, which is not there "
                 "(relative paths are taken from the current directory); pass --vocab-file"
             )
-    tokenizer = BertChineseTokenizer(vocab_file)
+    # The text normalisation its data had: prompts and inputs get the same (checkpoints before it was recorded: none).
+    tokenizer = BertChineseTokenizer(vocab_file, normalization=checkpoint.client_state.normalization or NONE)
     check_fingerprint(
         checkpoint.vocab_fingerprint,
         tokenizer.fingerprint,

@@ -85,7 +85,7 @@ def import_model(
     model = read_model(name, source, vocab_file, **options)
     if model.vocab_file is None:
         raise ConfigError(f"{source} ({spec.title}) carries no vocab: pass --vocab-file, the vocab it was trained with")
-    tokenizer = BertChineseTokenizer(model.vocab_file, lower_case=model.lower_case)
+    tokenizer = BertChineseTokenizer(model.vocab_file, lower_case=model.lower_case, normalization=model.normalization)
     if tokenizer.vocab_size > model.model_config.vocab_size:
         raise ConfigError(
             f"{model.vocab_file} has {tokenizer.vocab_size} tokens but the model only "
@@ -103,6 +103,7 @@ def import_model(
         model.state_dict,
         vocab_fingerprint=tokenizer.fingerprint,
         vocab_size=tokenizer.vocab_size,
+        normalization=tokenizer.normalization.identity,
         source=model.description,
         overwrite=overwrite,
     )

@@ -40,7 +40,9 @@ def load_model(
         raise ConfigError(f"a tag selects a checkpoint of a checkpoint directory; {FORMATS[fmt].title} has none")
     external = read_model(fmt, source, vocab_file)
     assert external.vocab_file is not None  # readable_alone formats carry their vocab
-    tokenizer = BertChineseTokenizer(external.vocab_file, lower_case=external.lower_case)
+    tokenizer = BertChineseTokenizer(
+        external.vocab_file, lower_case=external.lower_case, normalization=external.normalization
+    )
     if tokenizer.vocab_size > external.model_config.vocab_size:
         raise ConfigError(
             f"{external.vocab_file} has {tokenizer.vocab_size} tokens but the model in {source} only "

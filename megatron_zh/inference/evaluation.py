@@ -118,7 +118,7 @@ def evaluate_input(
     path = os.fspath(path)
     input_format, prefix = locate_input(path)
     if input_format == "indexed":
-        dataset = open_indexed_dataset(prefix, vocab_fingerprint=tokenizer.fingerprint)
+        dataset = open_indexed_dataset(prefix, tokenizer.fingerprint, tokenizer.normalization.identity)
         return evaluate_dataset(
             model, dataset, config, device, eod_id=_eod_id(prefix, tokenizer), input_name=path, input_format="indexed"
         )
@@ -131,6 +131,7 @@ def evaluate_input(
                 vocab_file=str(tokenizer.vocab_file),
                 json_keys=(config.json_key,),
                 lower_case=tokenizer.lower_case,
+                normalize=tokenizer.normalization.identity,
                 strict=config.strict,
                 progress=config.progress,
             )

@@ -48,11 +48,13 @@ class TrainContext:
     engine: DeepSpeedEngine
     train_batches: Iterator[dict[str, Any]]
     valid_loader: Iterable[dict[str, Any]] | None
+    valid_sources: dict[str, Iterable[dict[str, Any]]]  # --valid-data-path, by name
     metrics: MetricsLogger
     flops: FlopsCounter
     device: torch.device
     vocab_fingerprint: str
     vocab_size: int
+    normalization: str  # the data's text normalisation, recorded in every checkpoint
 
 
 @dataclass
@@ -202,24 +204,24 @@ def _log_train(ctx: TrainContext, state: TrainState, window: LogWindow, lr: floa
 
 
 def _evaluate(ctx: TrainContext, state: TrainState) -> None:
-    if ctx.valid_loader is None:
-        return
+    """The validation split's loss, then each validation source's, each its own record."""
     micro_batches = ctx.run.train.eval_iters * ctx.run.gradient_accumulation_steps
-    result = validation_loss(ctx.engine, ctx.valid_loader, micro_batches, ctx.device)
-    ctx.metrics.eval(
-        {
-            "iteration": state.iteration,
-            "split": "valid",
-            "loss": result.loss,
-            "ppl": result.perplexity,  # the metrics.jsonl key
-            "tokens": result.tokens,
-        }
-    )
+    loaders: dict[str | None, Iterable[dict[str, Any]]] = {} if ctx.valid_loader is None else {None: ctx.valid_loader}
+    loaders.update(ctx.valid_sources)
+    for source, loader in loaders.items():
+        result = validation_loss(ctx.engine, loader, micro_batches, ctx.device)
+        record: dict[str, Any] = {"iteration": state.iteration, "split": "valid"}
+        if source is not None:
+            record["source"] = source
+        # "ppl" is the metrics.jsonl key.
+        ctx.metrics.eval({**record, "loss": result.loss, "ppl": result.perplexity, "tokens": result.tokens})
 
 
 def _save(ctx: TrainContext, state: TrainState) -> None:
     start = time.perf_counter()
-    folder = save_checkpoint(ctx.engine, ctx.run, state, ctx.env, ctx.vocab_fingerprint, ctx.vocab_size)
+    folder = save_checkpoint(
+        ctx.engine, ctx.run, state, ctx.env, ctx.vocab_fingerprint, ctx.vocab_size, ctx.normalization
+    )
     ctx.metrics.message(
         f"saved checkpoint {folder} at iteration {state.iteration} in {time.perf_counter() - start:.1f} s"
     )

@@ -122,10 +122,16 @@ def format_train_line(r: dict[str, Any]) -> str:
 
 
 def format_eval_line(r: dict[str, Any]) -> str:
+    source = f" ({r['source']})" if r.get("source") else ""
     return (
-        f"validation at iteration {r['iteration']} | lm loss: {r['loss']:.6E} | "
+        f"validation{source} at iteration {r['iteration']} | lm loss: {r['loss']:.6E} | "
         f"lm loss PPL: {r['ppl']:.6E} | tokens: {r['tokens']}"
     )
+
+
+def eval_tag(record: dict[str, Any]) -> str:
+    """How an evaluation record is named in TensorBoard and on the plot: "valid", or "valid/SOURCE"."""
+    return f"{record['split']}/{record['source']}" if record.get("source") else record["split"]
 
 
 def _keep_records_up_to(path: Path, iteration: int) -> None:
@@ -194,11 +200,8 @@ class MetricsLogger:
 
     def eval(self, record: dict[str, Any]) -> None:
         record = {"kind": "eval", **record}
-        self._write(
-            record,
-            format_eval_line(record),
-            {f"{record['split']}/loss": record["loss"], f"{record['split']}/ppl": record["ppl"]},
-        )
+        tag = eval_tag(record)
+        self._write(record, format_eval_line(record), {f"{tag}/loss": record["loss"], f"{tag}/ppl": record["ppl"]})
 
     def message(self, text: str) -> None:
         if self.enabled:

@@ -3,7 +3,8 @@
 Pure consistency checks (batch arithmetic, sequence length vs positions, schedule) already ran
 while the config was built (config/arguments.py, config/deepspeed_config.py). Here: whether the
 device can run the requested precision and optimizer, everything DeepSpeed would reject in its
-config (config/deepspeed_preflight.py), the vocab and its fingerprint, the datasets and theirs, the
+config (config/deepspeed_preflight.py), the vocab and its fingerprint, the datasets and theirs (and
+the one text normalisation they share), the
 checkpoint directories (checkpointing/start_guard.py: --load exists, --save is writable and is
 not overwritten by a fresh start, no complete checkpoint newer than the one to start from is left
 to be overwritten) and the checkpoint to start from (complete, its vocab and shapes, every file
@@ -40,6 +41,7 @@ class Preflight:
     vocab_fingerprint: str
     vocab_size: int
     pad_id: int  # the vocab's [PAD], which pads document-mode samples
+    normalization: str  # the text normalisation every dataset of the run was tokenized with
     start: StartPoint
 
 
@@ -64,14 +66,17 @@ def check_vocab(run: RunConfig) -> tuple[str, int, int]:
     return tokenizer.fingerprint, tokenizer.vocab_size, tokenizer.pad
 
 
-def check_data(run: RunConfig, vocab_fingerprint: str) -> None:
-    """Every dataset prefix has its .bin/.idx and was tokenized with this vocab (its metadata sidecar)."""
+def check_data(run: RunConfig, vocab_fingerprint: str) -> str:
+    """Every dataset prefix (validation sources included) has its .bin/.idx and was tokenized with this
+    vocab and one text normalisation (their metadata sidecars); returns that normalisation."""
     from megatron_zh.data.datasets.blended_dataset import parse_data_path
-    from megatron_zh.data.datasets.builder import open_indexed_dataset
+    from megatron_zh.data.datasets.builder import common_normalization, open_indexed_dataset
 
     prefixes, _ = parse_data_path(list(run.train.data.data_path))
+    prefixes += [prefix for _, prefix in run.train.data.validation_sources]
     for prefix in prefixes:
         open_indexed_dataset(prefix, vocab_fingerprint)
+    return common_normalization(prefixes)
 
 
 def check_device(run: RunConfig) -> None:
@@ -98,13 +103,15 @@ def validate(run: RunConfig) -> Preflight:
     check_device(run)
     check_deepspeed_config(run.deepspeed, run.config_file)
     fingerprint, vocab_size, pad_id = check_vocab(run)
-    check_data(run, fingerprint)
+    normalization = check_data(run, fingerprint)
     check_load_exists(run.train)
     check_save_writable(run.train.save)
     zero = run.zero_stage > 0  # whether a complete checkpoint of this run holds ZeRO optimizer files
     start = resolve_start(run.train, zero)
     check_not_overwriting(run.train, start, zero)
     check_newer_checkpoints(run.train, start, zero)
-    check_compatible(start, run, fingerprint)
+    check_compatible(start, run, fingerprint, normalization)
     check_checkpoint_complete(start, zero)
-    return Preflight(vocab_fingerprint=fingerprint, vocab_size=vocab_size, pad_id=pad_id, start=start)
+    return Preflight(
+        vocab_fingerprint=fingerprint, vocab_size=vocab_size, pad_id=pad_id, normalization=normalization, start=start
+    )

@@ -33,7 +33,12 @@ from megatron_zh.training.distributed.process_group import (
 )
 from megatron_zh.training.distributed.signals import StopRequest
 from megatron_zh.training.engine import init_model, initialize_engine, start_lr_schedule
-from megatron_zh.training.loaders import build_datasets, build_loaders
+from megatron_zh.training.loaders import (
+    build_datasets,
+    build_loaders,
+    build_validation_datasets,
+    build_validation_loaders,
+)
 from megatron_zh.training.loop import Outcome, TrainContext, train
 from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
 from megatron_zh.training.preflight import Preflight, validate
@@ -68,7 +73,9 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
     )
     seed_everything(run.train.data.seed)
     start = prepare_resume(preflight.start, run, env)  # a universal copy when the data-parallel size changed
-    train_dataset, valid_dataset = build_datasets(run, preflight.vocab_fingerprint, preflight.pad_id)
+    vocab = (preflight.vocab_fingerprint, preflight.pad_id, preflight.normalization)
+    train_dataset, valid_dataset = build_datasets(run, *vocab)
+    source_datasets = build_validation_datasets(run, *vocab)
     model = init_model(run.model, run.train.data.seed)
     engine = initialize_engine(run, model)
     state, rng_state = load_checkpoint(engine, start, env)
@@ -80,6 +87,7 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
         _finish()
         return Outcome(state, "completed")
     train_loader, valid_loader = build_loaders(run, env, train_dataset, valid_dataset, state.consumed_samples)
+    source_loaders = build_validation_loaders(run, env, source_datasets)
     peak, peak_source = device_peak_tflops(run.precision, threads, run.train.peak_tflops)
     flops = FlopsCounter(model_flops_per_token(run.model, run.train.data.seq_length), env.world_size, peak)
     metrics = MetricsLogger(env.is_main, run.train.save, run.train.tensorboard_path, state.iteration)
@@ -94,11 +102,13 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
         engine=engine,
         train_batches=iter(train_loader),
         valid_loader=valid_loader,
+        valid_sources=source_loaders,
         metrics=metrics,
         flops=flops,
         device=engine.device,
         vocab_fingerprint=preflight.vocab_fingerprint,
         vocab_size=preflight.vocab_size,
+        normalization=preflight.normalization,
     )
     if rng_state is not None:
         restore_rng_state(rng_state)  # after iter(train_loader), which draws a seed from torch's RNG

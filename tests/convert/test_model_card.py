@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from megatron_zh.checkpoint.weights import load_checkpoint_weights
 from megatron_zh.convert.formats import export_checkpoint
 from megatron_zh.convert.hf.model_card import MISSING, MODEL_CARD_FILE, render_model_card
 from megatron_zh.data.indexed.dataset import read_metadata
+from megatron_zh.data.preprocess.config import PreprocessConfig
+from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.training.metrics import read_metrics
 
 
@@ -44,6 +47,7 @@ def test_card_numbers_are_the_checkpoints(card, tiny_checkpoint):
     assert "- batch: 16 sequences per step (4 per rank x 2 ranks x 2 accumulation)" in card
     assert "128 samples over 8 steps average 16" in card
     assert f"- learning rate: peak {run_config['deepspeed']['optimizer']['params']['lr']:g}, linear warm-up" in card
+    assert "then linear decay to 0 at step 8" in card  # plainly: DeepSpeed's WarmupDecayLR ends at warmup_min_lr
     assert "- precision: fp32; data-parallel ranks (GPUs): 2" in card
     assert "random initialisation, N(0, 0.02), seed 1234" in card
 
@@ -80,3 +84,59 @@ def test_card_says_what_is_missing(tiny_checkpoint, tmp_path):
     assert f"Validation loss: {MISSING}" in card
     assert "`gone_text_document`: documents and tokens unknown" in card
     assert "holds a later start's settings" in card  # config.json's pretrain block no longer matches
+
+
+CLUE_ARCHIVES = ("news2016zh_corpus", "webText2019zh_corpus", "wiki2019zh_corpus", "comment2019zh_corpus")
+
+
+def clue_shaped_dataset(folder: Path, corpus: Path, vocab: Path) -> str:
+    """CLUECorpusSmall's layout: four zips of 7 member files each, documents separated by blank lines."""
+    lines = [line for line in corpus.read_text(encoding="utf-8").split("\n") if line][:280]
+    for a, name in enumerate(CLUE_ARCHIVES):
+        with zipfile.ZipFile(folder / f"{name}.zip", "w") as archive:
+            for m in range(7):
+                documents = lines[(a * 7 + m) * 10 : (a * 7 + m + 1) * 10]
+                archive.writestr(f"{name}/part_{m:02d}.txt", "\n\n".join(documents) + "\n")
+    config = PreprocessConfig(
+        inputs=[str(folder / f"{name}.zip") for name in CLUE_ARCHIVES],
+        output_prefix=str(folder / "clue"),
+        vocab_file=str(vocab),
+        document_boundary="blank-line",
+        progress=False,
+    )
+    return preprocess(config).outputs["text"]
+
+
+def test_card_names_each_archive_once_and_each_validation_source(tiny_checkpoint, tmp_path, zh_corpus_file):
+    """Four CLUE-shaped archives of 28 members: each archive is one entry of the data line (members, size,
+    documents, tokens, [UNK] share), the members are in .meta.json only; the validation sources get their
+    own losses."""
+    prefix = clue_shaped_dataset(tmp_path, zh_corpus_file, Path(tiny_checkpoint["vocab"]))
+    meta = read_metadata(prefix)
+    assert len(meta["inputs"]) == 28 and len(meta["by_input"]) == 4
+    copy = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint["save"], copy)
+    state_file = copy / "global_step8" / "client_state.json"
+    state = json.loads(state_file.read_text())
+    state["train_config"]["data_path"] = [prefix]
+    state["train_config"]["valid_data_path"] = [f"reviews={tiny_checkpoint['prefix']}"]
+    state_file.write_text(json.dumps(state))
+    with open(copy / "metrics.jsonl", "a") as f:
+        record = {"kind": "eval", "split": "valid", "source": "reviews", "iteration": 8, "loss": 9.5, "ppl": 13359.7}
+        f.write(json.dumps({**record, "tokens": 512}) + "\n")
+    card = render_model_card(
+        load_checkpoint_weights(copy),
+        model_name="m",
+        export={"max_logit_diff": 0.0, "self_check_tokens": 1, "command": ""},
+    )
+    for entry, name in zip(meta["by_input"], CLUE_ARCHIVES):
+        assert card.count(f"{name}.zip") == 1
+        assert (
+            f"{name}.zip (7 members, {entry['bytes'] / 1e6:,.1f} MB, {entry['documents']:,} documents, "
+            f"{entry['tokens']:,} tokens, [UNK] {entry['unk_share']:.2%})" in card
+        )
+    assert "part_00.txt" not in card
+    assert f"`clue_text_document`: {meta['documents']:,} documents, {meta['tokens']:,} tokens, [UNK] " in card
+    assert "- data: `clue_text_document` (stage 1 under Training data)" in card
+    assert "  - validation source `reviews` = `clue_text_document`: 2,500 documents" in card
+    assert "- validation source `reviews` at step 8 (512 tokens): loss 9.5000 nats/token, perplexity 13359.70" in card

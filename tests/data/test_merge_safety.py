@@ -84,6 +84,8 @@ def test_metadata_without_a_fingerprint_counts_as_missing(tmp_path):
         ({"prepend_cls": False}, "prepend_cls"),
         ({"append_eod": False}, "append_eod"),
         ({"dtype": "int32"}, "token dtype"),
+        # A dataset whose metadata predates the field was not normalised: it does not merge with one that was.
+        ({"normalization": "vocab-equivalents/1 punctuation sha256:cc"}, "text normalisation"),
     ],
 )
 def test_inputs_tokenized_differently_are_refused_naming_both_and_the_setting(tmp_path, different, setting):

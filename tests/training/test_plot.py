@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from megatron_zh.errors import DataFormatError
-from megatron_zh.training.plot import plot_loss_curve
+from megatron_zh.training.plot import loss_curves, plot_loss_curve
 
 
 def _write_metrics(path, train_losses, eval_losses):
@@ -48,3 +48,29 @@ def test_plot_without_training_records_is_a_clear_error(tmp_path):
     with pytest.raises(DataFormatError, match="holds no training records"):
         plot_loss_curve(metrics, tmp_path / "loss.png")
     assert not (tmp_path / "loss.png").exists()
+
+
+def test_one_validation_curve_per_source(tmp_path):
+    """The split's validation loss and each --valid-data-path source's, as metrics.jsonl records them."""
+    metrics = tmp_path / "metrics.jsonl"
+    records = [{"kind": "train", "iteration": i, "loss": 9.0 - i} for i in (1, 2, 3, 4)]
+    for iteration in (2, 4):
+        records.append({"kind": "eval", "split": "valid", "iteration": iteration, "loss": 8.0 - iteration})
+        for source, offset in (("news", 0.5), ("reviews", 1.5)):
+            records.append(
+                {
+                    "kind": "eval",
+                    "split": "valid",
+                    "source": source,
+                    "iteration": iteration,
+                    "loss": 8.0 - iteration + offset,
+                }
+            )
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert loss_curves(metrics) == {
+        "train loss": ([1, 2, 3, 4], [8.0, 7.0, 6.0, 5.0]),
+        "validation loss": ([2, 4], [6.0, 4.0]),
+        "validation loss: news": ([2, 4], [6.5, 4.5]),
+        "validation loss: reviews": ([2, 4], [7.5, 5.5]),
+    }
+    assert plot_loss_curve(metrics, tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")

@@ -157,3 +157,60 @@ def test_a_read_only_save_is_refused_before_training(tmp_path, zh_text_document)
             subprocess.run(["umount", str(save)], check=True)
         else:
             save.chmod(0o755)
+
+
+def normalised_copy(prefix: str, folder: Path) -> str:
+    """The dataset under another name, its metadata saying it was tokenized with --normalize punctuation."""
+    import shutil
+
+    copy = str(folder / "normalised_text_document")
+    for ext in (".bin", ".idx"):
+        shutil.copyfile(prefix + ext, copy + ext)
+    meta = json.loads(Path(prefix + ".meta.json").read_text())
+    Path(copy + ".meta.json").write_text(json.dumps({**meta, "normalization": "vocab-equivalents/1 punctuation x"}))
+    return copy
+
+
+def test_datasets_tokenized_with_other_normalisations_are_not_mixed(tmp_path, zh_text_document):
+    """Training data and validation sources must share one text normalisation; the run records it."""
+    copy = normalised_copy(zh_text_document["prefix"], tmp_path)
+    config = write_config(tmp_path, zh_text_document, valid_data_path=[f"other={copy}"])
+    with pytest.raises(ConfigError, match="different text normalisations .*preprocess them again with one --normalize"):
+        preflight(config)
+    config = write_config(tmp_path, zh_text_document, valid_data_path=[f"same={zh_text_document['prefix']}"])
+    assert preflight(config).normalization == "none"
+    config = write_config(tmp_path, {**zh_text_document, "prefix": copy})
+    assert preflight(config).normalization == "vocab-equivalents/1 punctuation x"
+
+
+def test_resuming_on_differently_normalised_data_is_refused(tmp_path, zh_text_document):
+    from megatron_zh.checkpoint.client_state import ClientState
+    from megatron_zh.training.checkpointing.start import StartPoint, check_compatible
+
+    run = build_run_config(build_parser().parse_args(["--ds_config", str(write_config(tmp_path, zh_text_document))]), 2)
+    fingerprint = read_fingerprint(zh_text_document)
+    state = ClientState(
+        iteration=4,
+        consumed_samples=64,
+        model_config=run.model.to_dict(),
+        vocab_fingerprint=fingerprint,
+        vocab_size=21128,
+        normalization="vocab-equivalents/1 punctuation x",
+        train_config=run.train.to_dict(),
+        world_size=2,
+        precision="fp32",
+    )
+    with pytest.raises(
+        ConfigError, match="trained on data with text normalisation 'vocab-equivalents/1 punctuation x'"
+    ):
+        check_compatible(StartPoint("resume", "d", "global_step4", state), run, fingerprint, "none")
+    check_compatible(StartPoint("finetune", "d", "global_step4", state), run, fingerprint, "none")  # warns
+    check_compatible(StartPoint("resume", "d", "global_step4", state), run, fingerprint, state.normalization)
+    older = ClientState.from_dict({**state.to_dict(), "normalization": None}, "old")  # before it was recorded
+    check_compatible(StartPoint("resume", "d", "global_step4", older), run, fingerprint, "none")
+    with pytest.raises(ConfigError):
+        check_compatible(StartPoint("resume", "d", "global_step4", older), run, fingerprint, state.normalization)
+
+
+def read_fingerprint(dataset: dict) -> str:
+    return json.loads(Path(dataset["prefix"] + ".meta.json").read_text())["vocab_fingerprint"]

@@ -75,6 +75,7 @@ class ExportResult:
     iteration: int
     weights_source: str
     vocab_fingerprint: str
+    normalization: str  # the text normalisation its tokenizer.json applies ("none": BERT-Chinese's own only)
     max_logit_diff: float
     self_check_tokens: int
 
@@ -101,6 +102,7 @@ def write_hf_export(loaded: LoadedCheckpoint, output: Path, overwrite: bool, opt
             iteration=loaded.client_state.iteration,
             weights_source=loaded.weights_source,
             vocab_fingerprint=tokenizer.fingerprint,
+            normalization=tokenizer.normalization.identity,
             max_logit_diff=max_diff,
             self_check_tokens=tokens,
         )
@@ -157,6 +159,8 @@ def write_hf_folder(
         model_max_length=loaded.model_config.max_position_embeddings,
         model_input_names=["input_ids", "attention_mask"],
     ).save_pretrained(folder)
+    if tokenizer.normalization.enabled:
+        write_normalizing_tokenizer(folder, tokenizer)
     names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
     (folder / "special_tokens_map.json").write_text(
         json.dumps(dict(zip(names, SPECIAL_TOKENS)), indent=2) + "\n", encoding="utf-8"
@@ -223,6 +227,17 @@ def check_generation_files(folder: Path, tokenizer: BertChineseTokenizer) -> Non
         raise CheckpointError(f"self-check failed: generation_config.json sets {sorted(written)}")
 
 
+def write_normalizing_tokenizer(folder: Path, tokenizer: BertChineseTokenizer) -> None:
+    """Make the folder's tokenizer.json apply the training data's text normalisation: its mapping as `tokenizers`
+    Replace steps before BERT's normaliser. Only a tokenizer class that reads tokenizer.json as it is applies it
+    (BertTokenizer rebuilds its normaliser from its options): make_prompts_start_documents names that class."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    backend.normalizer = tokenizer.normalization.tokenizers_normalizer(backend.normalizer)
+    backend.save(str(folder / "tokenizer.json"))
+
+
 def self_check_batch(tokenizer: BertChineseTokenizer, max_positions: int) -> torch.Tensor:
     """[rows, length] token ids: the sample texts framed [CLS] text [SEP] and packed, as in training."""
     stream: list[int] = []
@@ -236,9 +251,9 @@ def self_check_batch(tokenizer: BertChineseTokenizer, max_positions: int) -> tor
 
 def self_check(folder: Path, loaded: LoadedCheckpoint, tokenizer: BertChineseTokenizer) -> tuple[float, int]:
     """Load `folder` with transformers offline and compare it with our model. Returns (max |logit diff|, tokens)."""
-    from transformers import AutoTokenizer, BertTokenizer, GPT2LMHeadModel
+    from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    hf_tokenizer = BertTokenizer.from_pretrained(folder, local_files_only=True)
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)  # what users load
     ours_ids = tokenizer.encode_batch(list(SELF_CHECK_TEXTS))
     hf_ids = [hf_tokenizer(text, add_special_tokens=False)["input_ids"] for text in SELF_CHECK_TEXTS]
     if hf_ids != ours_ids:

@@ -3,7 +3,8 @@
 Accepts what `save_pretrained` writes and what the hub holds for uer/gpt2-*-chinese-*:
 config.json, model.safetensors or pytorch_model.bin (or their sharded *.index.json forms),
 vocab.txt, and tokenizer_config.json for do_lower_case (absent: true, as BERT-Chinese is trained). A folder
-we exported also holds export_info.json: its vocab fingerprint must be the vocab.txt's (a swapped one is refused).
+we exported also holds export_info.json: its vocab fingerprint must be the vocab.txt's (a swapped one is refused),
+and it says the text normalisation the model's inputs need (absent: none).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from megatron_zh.convert.interface import ExternalModel
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import read_json_object
 from megatron_zh.log import get_logger
+from megatron_zh.normalization import NONE
 from megatron_zh.tokenizer import vocab_fingerprint
 
 logger = get_logger(__name__)
@@ -88,7 +90,10 @@ def read_hf_folder(
         check_same_vocab(folder / VOCAB_FILE, vocab)
     tokenizer_config = folder / "tokenizer_config.json"
     lower_case = bool(_read_json(tokenizer_config).get("do_lower_case", True)) if tokenizer_config.is_file() else True
-    return ExternalModel(model_config, state_dict, vocab, lower_case, f"Hugging Face folder {folder.resolve()}")
+    export_info = folder / EXPORT_INFO_FILE
+    normalization = str(_read_json(export_info).get("normalization", NONE)) if export_info.is_file() else NONE
+    description = f"Hugging Face folder {folder.resolve()}"
+    return ExternalModel(model_config, state_dict, vocab, lower_case, description, normalization)
 
 
 def check_exported_vocab(folder: Path, vocab_file: Path | None) -> None:

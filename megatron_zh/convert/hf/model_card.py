@@ -1,11 +1,12 @@
 """The README.md model card of a Hugging Face export, as the published UER-py models carry one.
 
 Every number on the card is read from the checkpoint and the files around it: the weights
-(parameter count), the client state (steps, samples, sequence length, precision, ranks), the run's
-config.json (batch, learning rate, optimizer, the command line), the datasets' PREFIX.meta.json
-(documents, tokens) and metrics.jsonl (validation loss). A stage that started from another
-checkpoint (`--finetune`) is followed to that one. Whatever cannot be found is written as missing,
-never guessed.
+(parameter count), the client state (steps, samples, sequence length, precision, ranks, text
+normalisation), the run's config.json (batch, learning rate, optimizer, the command line), the
+datasets' PREFIX.meta.json (documents, tokens, [UNK] share, summarised by input: an archive is named
+once however many members it has) and metrics.jsonl (validation loss, per validation source too). A
+stage that started from another checkpoint (`--finetune`) is followed to that one. Whatever cannot be
+found is written as missing, never guessed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from megatron_zh.checkpoint.client_state import read_client_state
 from megatron_zh.checkpoint.layout import METRICS_FILE, RUN_CONFIG_FILE
 from megatron_zh.checkpoint.weights import LoadedCheckpoint, resolve_tag
 from megatron_zh.data.datasets.blended_dataset import parse_data_path
+from megatron_zh.data.datasets.config import validation_sources
 from megatron_zh.data.indexed.dataset import read_metadata
 from megatron_zh.errors import MegatronZhError
 from megatron_zh.fileio import read_json_object
@@ -31,6 +33,7 @@ MISSING = "not recorded"
 USAGE_PROMPT = "这是很久之前的事情了"
 USAGE_MAX_LENGTH = 100  # the published model's usage line; less for a model with fewer positions
 PIPELINE_DEFAULT_NEW_TOKENS = 256  # what TextGenerationPipeline generates when the call gives no length
+MAX_INPUTS_SHOWN = 10  # inputs named per dataset; PREFIX.meta.json lists them all
 
 
 @dataclass
@@ -40,7 +43,8 @@ class Stage:
     checkpoint: str  # DIR/TAG
     client_state: dict[str, Any]
     run_config: dict[str, Any] | None  # the save directory's config.json
-    last_eval: dict[str, Any] | None  # the last validation at or before this checkpoint
+    last_eval: dict[str, Any] | None  # the last validation of the split at or before this checkpoint
+    source_evals: list[dict[str, Any]] = field(default_factory=list)  # each --valid-data-path source's, then
     origin: str = ""  # where its weights started
     notes: list[str] = field(default_factory=list)
 
@@ -58,8 +62,14 @@ def _stage(directory: Path, tag: str, client_state: dict[str, Any]) -> Stage:
     evals = [
         r for r in read_metrics(directory / METRICS_FILE, "eval") if iteration is None or r["iteration"] <= iteration
     ]
+    split = [r for r in evals if not r.get("source")]
+    at = (split or evals)[-1]["iteration"] if evals else None
     stage = Stage(
-        str(directory / tag), client_state, _read_json(directory / RUN_CONFIG_FILE), evals[-1] if evals else None
+        str(directory / tag),
+        client_state,
+        _read_json(directory / RUN_CONFIG_FILE),
+        split[-1] if split else None,
+        [r for r in evals if r.get("source") and r["iteration"] == at],
     )
     train = client_state.get("train_config") or {}
     if stage.run_config is not None and stage.run_config.get("pretrain") not in (None, train):
@@ -121,12 +131,52 @@ def _datasets(train: dict[str, Any]) -> list[str]:
         if meta is None:
             lines.append(f"`{Path(prefix).name}`{weight}: documents and tokens unknown ({prefix}.meta.json not found)")
             continue
-        sources = ", ".join(Path(str(item.get("path", "?"))).name for item in meta.get("inputs", [])) or MISSING
+        unk = meta.get("unk") or {}
+        share = f", [UNK] {unk['unk_share']:.2%}" if "unk_share" in unk else ""
+        normalised = meta.get("normalization", "none")
+        normalised = "" if normalised == "none" else f"; text normalised: {normalised}"
         lines.append(
             f"`{Path(prefix).name}`{weight}: {_fmt(meta.get('documents'), ',')} documents, "
-            f"{_fmt(meta.get('tokens'), ',')} tokens (from {sources}; framing [CLS] text [SEP])"
+            f"{_fmt(meta.get('tokens'), ',')} tokens{share} (from {_inputs(meta)}; framing [CLS] text [SEP]"
+            f"{normalised})"
         )
     return lines
+
+
+def _dataset_names(train: dict[str, Any]) -> str:
+    try:
+        prefixes, _ = parse_data_path(list(train.get("data_path") or []))
+    except MegatronZhError:
+        return f"data_path {train.get('data_path')!r}"
+    return ", ".join(f"`{Path(prefix).name}`" for prefix in prefixes)
+
+
+def _validation_sources(train: dict[str, Any]) -> list[tuple[str, str]]:
+    """(name, its dataset line) of each --valid-data-path source of the run."""
+    try:
+        sources = validation_sources(tuple(train.get("valid_data_path") or ()))
+    except MegatronZhError:
+        return []
+    return [(name, _datasets({"data_path": [prefix]})[0]) for name, prefix in sources]
+
+
+def _inputs(meta: dict[str, Any]) -> str:
+    """Each input file or archive once, with its members, size, documents, tokens and [UNK] share."""
+    summary = meta.get("by_input")
+    if not isinstance(summary, list):  # a dataset made before the summary: its inputs' names, once each
+        names = dict.fromkeys(Path(str(item.get("path", "?"))).name for item in meta.get("inputs", []))
+        return ", ".join(names) or MISSING
+    shown = []
+    for entry in summary[:MAX_INPUTS_SHOWN]:
+        members = entry.get("members", 0)
+        what = f"{members} member{'s' * (members != 1)}, " if members else ""
+        shown.append(
+            f"{Path(str(entry['path'])).name} ({what}{entry['bytes'] / 1e6:,.1f} MB, {entry['documents']:,} "
+            f"documents, {entry['tokens']:,} tokens, [UNK] {entry['unk_share']:.2%})"
+        )
+    if len(summary) > MAX_INPUTS_SHOWN:
+        shown.append(f"and {len(summary) - MAX_INPUTS_SHOWN:,} more inputs (listed in its .meta.json)")
+    return ", ".join(shown)
 
 
 def _command(stage: Stage) -> str:
@@ -172,7 +222,7 @@ def _stage_lines(number: int, stage: Stage) -> list[str]:
         f"- learning rate: peak {_fmt(params.get('lr'), 'g')}, {_schedule(ds)}",
         f"- optimizer: {_optimizer(ds)}",
         f"- precision: {_fmt(state.get('precision'))}; data-parallel ranks (GPUs): {_fmt(world)}",
-        "- data: " + "; ".join(_datasets(train)),
+        "- data: " + _dataset_names(train) + f" (stage {number} under Training data)",
         f"- command: `{_command(stage)}`",
     ]
     lines += [f"- note: {note}" for note in stage.notes]
@@ -184,9 +234,11 @@ def _schedule(ds: dict[str, Any]) -> str:
     p = scheduler.get("params") or {}
     if scheduler.get("type") != "WarmupDecayLR":
         return f"schedule {scheduler.get('type', MISSING)}"
+    # DeepSpeed's WarmupDecayLR decays to warmup_min_lr (its default 0), reached at total_num_steps.
+    floor = _fmt(p.get("warmup_min_lr", 0.0), "g")
     return (
-        f"{p.get('warmup_type', 'log')} warm-up over {_fmt(p.get('warmup_num_steps'), ',')} steps from "
-        f"{_fmt(p.get('warmup_min_lr'), 'g')}, then linear decay to it at step {_fmt(p.get('total_num_steps'), ',')}"
+        f"{p.get('warmup_type', 'log')} warm-up over {_fmt(p.get('warmup_num_steps'), ',')} steps from {floor}, "
+        f"then linear decay to {floor} at step {_fmt(p.get('total_num_steps'), ',')}"
     )
 
 
@@ -247,6 +299,7 @@ def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict
     parameters = sum(t.numel() for t in loaded.state_dict.values())  # the tied LM head is one tensor
     stages, origin = collect_stages(loaded)
     last = stages[-1] if stages else None
+    normalization = loaded.client_state.normalization or "none"
     lines = [
         "---",
         "language: zh",
@@ -266,6 +319,7 @@ def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict
         "GELU tanh form (`gelu_new`). Exported from checkpoint "
         f"`{loaded.directory / loaded.tag}` ({loaded.weights_source}); vocab {loaded.vocab_fingerprint}.",
         "",
+        *_normalization_lines(normalization),
         *_usage_lines(model_name, config.max_position_embeddings),
         "## Training data",
         "",
@@ -274,8 +328,10 @@ def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict
         lines += [f"No training recorded: the checkpoint was imported from {origin}.", ""]
     else:
         for number, stage in enumerate(stages, 1):
-            datasets = _datasets(stage.client_state.get("train_config") or {})
-            lines += [f"- stage {number}: " + "; ".join(datasets)]
+            train = stage.client_state.get("train_config") or {}
+            lines += [f"- stage {number}: " + "; ".join(_datasets(train))]
+            sources = [f"`{name}` = {line}" for name, line in _validation_sources(train)]
+            lines += [f"  - validation source {line}" for line in sources]
         lines += [""]
     lines += ["## Training procedure", ""]
     if last is None:
@@ -293,6 +349,13 @@ def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict
             f"perplexity {record['ppl']:.2f}.",
             "",
         ]
+    for source in last.source_evals if last is not None else []:
+        lines.append(
+            f"- validation source `{source['source']}` at step {source['iteration']:,} ({source['tokens']:,} tokens): "
+            f"loss {source['loss']:.4f} nats/token, perplexity {source['ppl']:.2f}"
+        )
+    if last is not None and last.source_evals:
+        lines.append("")
     lines += [
         f"The export's self-check: max |logit difference| between this folder and the checkpoint "
         f"{export['max_logit_diff']:.3g} over {export['self_check_tokens']:,} tokens (fp32).",
@@ -306,6 +369,18 @@ def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict
         "",
     ]
     return "\n".join(lines)
+
+
+def _normalization_lines(normalization: str) -> list[str]:
+    if normalization == "none":
+        return []
+    return [
+        f"Text normalisation: the training data was normalised before tokenizing ({normalization}): characters "
+        "the vocabulary lacks became equivalents it has (curly quotes to straight ones, dashes to '-', '…' to "
+        "'...'). The tokenizer files apply the same mapping; load them with `AutoTokenizer` (`BertTokenizer` "
+        "does not apply it).",
+        "",
+    ]
 
 
 def write_model_card(folder: Path, loaded: LoadedCheckpoint, *, model_name: str, export: dict[str, Any]) -> Path:

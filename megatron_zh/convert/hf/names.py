@@ -47,6 +47,8 @@ _LAYER_NAMES = [
     ("mlp.dense_4h_to_h.weight", "mlp.c_proj.weight", True),
     ("mlp.dense_4h_to_h.bias", "mlp.c_proj.bias", False),
 ]
+# Written by our export beside the model: what it was made from, and the text normalisation its inputs need.
+EXPORT_INFO_FILE = "export_info.json"
 HF_LM_HEAD = "lm_head.weight"
 HF_WORD_EMBEDDINGS = "transformer.wte.weight"
 # Causal-mask buffers that older Hugging Face GPT-2 checkpoints carry; they hold no weights.

@@ -38,6 +38,7 @@ from megatron_zh.data.indexed.dataset import (
 )
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
+from megatron_zh.normalization import NONE
 from megatron_zh.tokenizer import check_fingerprint
 
 logger = get_logger(__name__)
@@ -48,8 +49,11 @@ MID_LEVEL_SURPLUS = 0.005
 Splits = tuple[torch.utils.data.Dataset | None, torch.utils.data.Dataset | None, torch.utils.data.Dataset | None]
 
 
-def open_indexed_dataset(prefix: str, vocab_fingerprint: str | None = None) -> IndexedDataset:
-    """Open PREFIX.bin/.idx with errors that say what is missing and how to make it."""
+def open_indexed_dataset(
+    prefix: str, vocab_fingerprint: str | None = None, normalization: str | None = None
+) -> IndexedDataset:
+    """Open PREFIX.bin/.idx with errors that say what is missing and how to make it; checked against the
+    vocab fingerprint and the text normalisation when they are given."""
     prefix = re.sub(r"\.(bin|idx)$", "", str(prefix))
     for path in (index_file_path(prefix), data_file_path(prefix)):
         if not os.path.isfile(path):
@@ -63,7 +67,40 @@ def open_indexed_dataset(prefix: str, vocab_fingerprint: str | None = None) -> I
             )
     if vocab_fingerprint is not None:
         check_vocab_fingerprint(prefix, vocab_fingerprint)
+    if normalization is not None:
+        check_normalization(prefix, normalization)
     return IndexedDataset(prefix)
+
+
+def dataset_normalization(prefix: str) -> str | None:
+    """The text normalisation PREFIX was tokenized with: its metadata's ("none" when the field predates
+    normalisation), None when it has no metadata (made by another tool: unknown)."""
+    meta = read_metadata(prefix)
+    return None if meta is None else str(meta.get("normalization", NONE))
+
+
+def check_normalization(prefix: str, expected: str) -> None:
+    found = dataset_normalization(prefix)
+    if found is not None and found != expected:
+        raise DataFormatError(
+            f"{prefix}.bin/.idx was tokenized with text normalisation {found!r} (per {metadata_file_path(prefix)}), "
+            f"but {expected!r} is expected here: its ids differ where the other's text had characters the vocab "
+            "lacks; preprocess it again with the same --normalize as the rest"
+        )
+
+
+def common_normalization(prefixes: Sequence[str]) -> str:
+    """The one text normalisation all `prefixes` were tokenized with ("none" if none says); ConfigError if
+    they differ, since datasets tokenized differently must not be blended."""
+    found = {prefix: dataset_normalization(prefix) for prefix in prefixes}
+    stated = {prefix: value for prefix, value in found.items() if value is not None}
+    if len(set(stated.values())) > 1:
+        listed = "; ".join(f"{prefix}: {value}" for prefix, value in stated.items())
+        raise ConfigError(
+            f"the run's datasets were tokenized with different text normalisations ({listed}); preprocess them "
+            "again with one --normalize so that the same text gets the same ids in all of them"
+        )
+    return next(iter(stated.values()), NONE)
 
 
 def check_vocab_fingerprint(prefix: str, expected: str) -> None:
@@ -102,14 +139,7 @@ def build_split_datasets(
     prefix: str, config: DatasetConfig, num_samples: tuple[int | None, int | None, int | None], vocab: VocabIds
 ) -> list[SplitDataset | None]:
     """One dataset per split of one corpus; None where the split's weight or sample count is 0."""
-    indexed = open_indexed_dataset(prefix, vocab.fingerprint)
-    eod_token = None
-    if config.eod_mask_loss:
-        eod_token = _token_id(vocab.eod, indexed.path_prefix, "eod", "eod_mask_loss needs the end-of-document id")
-    pad_token = None
-    if config.sample_mode == "document":
-        pad_token = _token_id(vocab.pad, indexed.path_prefix, "pad", "sample_mode 'document' pads with [PAD]")
-    cache_dir = Path(config.data_cache_path) if config.data_cache_path else default_index_cache_dir(indexed.path_prefix)
+    indexed = open_indexed_dataset(prefix, vocab.fingerprint, vocab.normalization)
     datasets: list[SplitDataset | None] = []
     for name, fractions, wanted in zip(SPLIT_NAMES, split_ranges(config.split), num_samples):
         if fractions is None or wanted == 0:
@@ -117,12 +147,37 @@ def build_split_datasets(
                 logger.warning("%d %s samples wanted but split %r gives no documents to it", wanted, name, config.split)
             datasets.append(None)
             continue
-        documents = document_range(fractions, len(indexed))
-        if pad_token is not None:
-            datasets.append(DocumentDataset(indexed, name, documents, wanted, config, cache_dir, pad_token, eod_token))
-        else:
-            datasets.append(GPTDataset(indexed, name, documents, wanted, config, cache_dir, eod_token))
+        datasets.append(_samples(indexed, name, document_range(fractions, len(indexed)), wanted, config, vocab))
     return datasets
+
+
+def _samples(
+    indexed: IndexedDataset,
+    split: str,
+    documents: tuple[int, int],
+    wanted: int | None,
+    config: DatasetConfig,
+    vocab: VocabIds,
+) -> SplitDataset:
+    """One split's samples of one corpus, cut as the config's sample mode says."""
+    eod_token = None
+    if config.eod_mask_loss:
+        eod_token = _token_id(vocab.eod, indexed.path_prefix, "eod", "eod_mask_loss needs the end-of-document id")
+    cache_dir = Path(config.data_cache_path) if config.data_cache_path else default_index_cache_dir(indexed.path_prefix)
+    if config.sample_mode == "document":
+        pad_token = _token_id(vocab.pad, indexed.path_prefix, "pad", "sample_mode 'document' pads with [PAD]")
+        return DocumentDataset(indexed, split, documents, wanted, config, cache_dir, pad_token, eod_token)
+    return GPTDataset(indexed, split, documents, wanted, config, cache_dir, eod_token)
+
+
+def build_validation_sources(config: DatasetConfig, num_samples: int, vocab: VocabIds) -> dict[str, SplitDataset]:
+    """Each --valid-data-path source by name: all of its documents, `num_samples` validation samples."""
+
+    def source(prefix: str) -> SplitDataset:
+        indexed = open_indexed_dataset(prefix, vocab.fingerprint, vocab.normalization)
+        return _samples(indexed, "valid", (0, len(indexed)), num_samples, config, vocab)
+
+    return rank0_first(lambda: {name: source(prefix) for name, prefix in config.validation_sources})
 
 
 def _token_count(prefix: str) -> float:

@@ -4,7 +4,8 @@
 with the same flat keys and flags: `--data-path`, `--seq-length`, `--split`, ...). A new sampling
 knob is one field here and the code that reads it. `VocabIds` is not configuration but what the
 vocab tells the datasets: its fingerprint, which every dataset's metadata must carry, and the
-end-of-document and padding ids (None: each dataset's own metadata says).
+end-of-document and padding ids (None: each dataset's own metadata says), and the text normalisation
+the datasets must share (normalization.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from megatron_zh.data.datasets.splits import split_ranges
+from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import knob
 from megatron_zh.validators import (
     BOOLEAN,
@@ -34,6 +36,10 @@ PREFIX_LIST = Check(
     lambda v: isinstance(v, tuple) and bool(v) and all(isinstance(p, str) and p for p in v),
     "a non-empty list of dataset prefixes, optionally weighted: 0.7 a 0.3 b",
 )
+SOURCE_LIST = Check(
+    lambda v: v is None or (isinstance(v, tuple) and bool(v) and all(isinstance(p, str) and p for p in v)),
+    "a list of dataset prefixes, each optionally named: news=data/news_text_document",
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,13 @@ class DatasetConfig:
 
     data_path: tuple[str, ...] = knob(
         help="dataset prefix(es), optionally weighted: 0.7 a 0.3 b", check=PREFIX_LIST, group=DATA
+    )
+    valid_data_path: tuple[str, ...] | None = knob(
+        None,
+        help="validation sources besides the split's: dataset prefixes, each all validation data and each "
+        "logged under its own name (NAME=PREFIX, or PREFIX named by its file name without _text_document)",
+        check=SOURCE_LIST,
+        group=DATA,
     )
     seq_length: int = knob(
         1024, help="tokens per sample (each sample reads one more, for the labels)", check=int_at_least(2), group=DATA
@@ -62,12 +75,40 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         # A list (JSON, Python callers) becomes a tuple: the config is frozen and hashable.
-        if isinstance(self.data_path, list):
-            object.__setattr__(
-                self, "data_path", tuple(str(p) if isinstance(p, os.PathLike) else p for p in self.data_path)
-            )
+        for name in ("data_path", "valid_data_path"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(str(p) if isinstance(p, os.PathLike) else p for p in value))
         validate_fields(self, "data config")
         split_ranges(self.split)  # raises ConfigError when malformed
+        validation_sources(self.valid_data_path or ())  # names: ConfigError when two clash
+
+    @property
+    def validation_sources(self) -> list[tuple[str, str]]:
+        """(name, prefix) of each --valid-data-path source."""
+        return validation_sources(self.valid_data_path or ())
+
+
+def validation_sources(entries: tuple[str, ...]) -> list[tuple[str, str]]:
+    """("news", "data/news_text_document") for "news=data/news_text_document" and for "data/news_text_document"."""
+    sources: list[tuple[str, str]] = []
+    for entry in entries:
+        if "=" in entry:
+            name, _, prefix = entry.partition("=")
+        else:
+            name, prefix = os.path.basename(entry).removesuffix("_text_document"), entry
+        if not prefix or not name or any(c.isspace() or c == "/" for c in name):
+            raise ConfigError(
+                f"--valid-data-path {entry!r}: give a dataset prefix, optionally named NAME=PREFIX "
+                "(a name without spaces or '/')"
+            )
+        if name in dict(sources):
+            raise ConfigError(
+                f"--valid-data-path names two sources {name!r} ({dict(sources)[name]} and {prefix}); "
+                "name them apart: NAME=PREFIX"
+            )
+        sources.append((name, prefix))
+    return sources
 
 
 @dataclass(frozen=True)
@@ -75,6 +116,7 @@ class VocabIds:
     """What the vocab tells the datasets (module docstring); every field optional."""
 
     fingerprint: str | None = None  # if set, must equal each dataset's metadata fingerprint
+    normalization: str | None = None  # if set, each dataset's text normalisation (metadata; absent: "none")
     eod: int | None = None  # the id eod_mask_loss masks (default: the metadata's "eod")
     pad: int | None = None  # the id that pads document chunks (default: the metadata's "pad")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import glob
 import os
 import re
@@ -51,7 +52,10 @@ TOKENIZER_SETTINGS = {
     "cls": "[CLS] id",
     "eod": "[SEP] id",
     "dtype": "token dtype",
+    "normalization": "text normalisation (--normalize)",
 }
+# A dataset whose metadata predates a setting was made without it.
+_MISSING_MEANS = {"normalization": "none"}
 _LOWER_CASE = {"BertWordPieceLowerCase": True, "BertWordPieceCase": False}  # metadata "tokenizer" -> lower_case
 
 
@@ -101,6 +105,7 @@ def merge_datasets(
         for prefix in prefixes:
             builder.add_index(prefix)
         merged.update(documents=builder.num_documents, tokens=builder.num_tokens, merged_from=prefixes)
+        merged.update(_merged_provenance([read_metadata(prefix) or {} for prefix in prefixes]))
         builder.finalize(merged)
     return merged
 
@@ -137,6 +142,8 @@ def _warn_about_repeats(prefixes: list[str]) -> None:
 def _settings_of(prefix: str) -> dict[str, Any]:
     """The tokenizer settings `prefix` states: its metadata's, and the token dtype its .idx stores."""
     meta = read_metadata(prefix) or {}
+    if meta:
+        meta = {**_MISSING_MEANS, **meta}
     settings = {key: meta[key] for key in TOKENIZER_SETTINGS if meta.get(key) is not None}
     if "lower_case" not in settings and meta.get("tokenizer") in _LOWER_CASE:
         settings["lower_case"] = _LOWER_CASE[meta["tokenizer"]]
@@ -160,3 +167,37 @@ def _agreed_settings(prefixes: list[str], settings: list[dict[str, Any]]) -> dic
     if "lower_case" in merged:
         merged["tokenizer"] = "BertWordPieceLowerCase" if merged["lower_case"] else "BertWordPieceCase"
     return merged
+
+
+def _merged_provenance(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The inputs' member lists concatenated, their per-input summaries and [UNK] counts added up.
+
+    Shards of one run split an archive's members between them, so an archive's entries are added by
+    path. A merged top list adds the inputs' own top lists: its counts are lower bounds."""
+    if not metas or not all("unk" in meta and "by_input" in meta for meta in metas):
+        return {}
+    framing = int(metas[0].get("prepend_cls", True)) + int(metas[0].get("append_eod", True))  # all agree
+    parts: dict[str, list[dict[str, Any]]] = {}
+    for entry in (e for meta in metas for e in meta["by_input"]):
+        parts.setdefault(entry["path"], []).append(entry)
+    by_input = []
+    for path, entries in parts.items():
+        total = {key: sum(e[key] for e in entries) for key in ("members", "bytes", "documents", "tokens")}
+        body = total["tokens"] - framing * total["documents"]
+        by_input.append({"path": path, **total, **_unk_of(entries, body, top=10)})
+    body = sum(meta["unk"]["tokens"] for meta in metas)
+    return {
+        "inputs": [entry for meta in metas for entry in meta.get("inputs", [])],
+        "by_input": by_input,
+        "unk": {"tokens": body, **_unk_of([meta["unk"] for meta in metas], body, top=50)},
+    }
+
+
+def _unk_of(parts: list[dict[str, Any]], body_tokens: int, top: int) -> dict[str, Any]:
+    """unk, unk_share and top of parts that each have "unk" and "top"."""
+    unk = sum(part["unk"] for part in parts)
+    counts: collections.Counter[str] = collections.Counter()
+    for part in parts:
+        counts.update({span: n for span, n in part["top"]})
+    share = round(unk / body_tokens, 6) if body_tokens else 0.0
+    return {"unk": unk, "unk_share": share, "top": [[span, n] for span, n in counts.most_common(top)]}

@@ -39,7 +39,13 @@ logger = get_logger(__name__)
 
 
 def save_checkpoint(
-    engine: DeepSpeedEngine, run: RunConfig, state: TrainState, env: DistEnv, vocab_fingerprint: str, vocab_size: int
+    engine: DeepSpeedEngine,
+    run: RunConfig,
+    state: TrainState,
+    env: DistEnv,
+    vocab_fingerprint: str,
+    vocab_size: int,
+    normalization: str,
 ) -> Path:
     """Write global_step<iteration> on every rank, then commit `latest` once all ranks are done."""
     if run.train.save is None:
@@ -60,6 +66,7 @@ def save_checkpoint(
         model_config=run.model.to_dict(),
         vocab_fingerprint=vocab_fingerprint,
         vocab_size=vocab_size,
+        normalization=normalization,
         train_config=run.train.to_dict(),
         world_size=env.world_size,
         precision=run.precision,

@@ -20,6 +20,7 @@ from megatron_zh.checkpoint.completeness import complete_checkpoints, list_tags
 from megatron_zh.checkpoint.layout import LATEST_FILE, read_latest_tag, tag_for
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
+from megatron_zh.normalization import NONE
 from megatron_zh.tokenizer import check_fingerprint
 from megatron_zh.training.config.run_config import RunConfig
 from megatron_zh.training.config.train_config import TrainConfig
@@ -164,8 +165,9 @@ def resolve_start(train: TrainConfig, zero: bool = True) -> StartPoint:
     return StartPoint(mode, train.load, tag, info, chosen_by=chosen_by)
 
 
-def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) -> None:
-    """The checkpoint must have been trained with this vocab and have this model's shapes."""
+def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str, normalization: str) -> None:
+    """The checkpoint must have been trained with this vocab and have this model's shapes; a resumed run
+    must read data tokenized with the text normalisation it was trained on."""
     if start.info is None:
         return
     where = f"{start.directory}/{start.tag}"
@@ -176,6 +178,15 @@ def check_compatible(start: StartPoint, run: RunConfig, vocab_fingerprint: str) 
         fix=f"{run.train.vocab_file} is not the vocab it was trained with; use that one",
         error=ConfigError,
     )
+    trained_on = start.info.normalization or NONE
+    if trained_on != normalization:
+        message = (
+            f"checkpoint {where} was trained on data with text normalisation {trained_on!r}, this run's data has "
+            f"{normalization!r}"
+        )
+        if start.mode == "resume":
+            raise ConfigError(f"{message}; resume on data preprocessed with the same --normalize")
+        logger.warning("%s; the model meets characters in a form it was not trained on", message)
     saved_model = start.info.model_config
     mismatched = [
         f"{k}: checkpoint {saved_model[k]} vs run {getattr(run.model, k)}"
