@@ -1,8 +1,9 @@
 """Crash-safe writing (no file or folder that looks complete is on disk until it is complete), and JSON reading.
 
-Files: `atomic_write` (a temporary sibling renamed into place). Folders: `staging_directory` + `commit_directory`
-(built beside the target, renamed into place when done; an existing target is swapped out, then deleted).
-JSON: `loads_json` (json.loads that refuses a key written twice in one object) and `read_json_object`.
+Files: `atomic_write` (a temporary sibling renamed into place; `write_figure` for PNGs). Folders:
+`staging_directory` + `commit_directory` (built beside the target, renamed into place when done; an existing
+target is swapped out, then deleted). JSON: `loads_json` (json.loads that refuses a key written twice in one
+object) and `read_json_object`.
 """
 
 from __future__ import annotations
@@ -138,6 +139,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs) -> Ite
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_figure(figure: Any, output: str | os.PathLike) -> Path:
+    """A matplotlib figure as a PNG at `output`, which appears only once complete; the figure is then freed."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    with atomic_write(output, "wb") as f:
+        figure.savefig(f, format="png")
+    plt.close(figure)
+    return Path(output)
 
 
 class DuplicateKeyError(json.JSONDecodeError):

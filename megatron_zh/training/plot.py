@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from megatron_zh.errors import DataFormatError
-from megatron_zh.fileio import atomic_write
+from megatron_zh.fileio import write_figure
 from megatron_zh.training.metrics import read_metrics
 
 Curve = tuple[list[int], list[float]]  # iterations, losses
@@ -49,9 +49,4 @@ def plot_loss_curve(metrics_file: str | os.PathLike, output: str | os.PathLike, 
     ax.set_title(title or f"{Path(metrics_file).parent.name}: loss")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    output = Path(output)
-    with atomic_write(output, "wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
-    return output
+    return write_figure(fig, output)

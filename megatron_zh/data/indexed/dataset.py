@@ -231,6 +231,15 @@ class IndexedDataset:
             return self._data[first : first + length]
         raise TypeError(f"IndexedDataset indices must be integers or slices, not {type(idx).__name__}")
 
+    def tokens_of(self, start: int, stop: int) -> np.ndarray:
+        """The tokens of sequences [start, stop) as one array (a view of the memory map: nothing is read yet)."""
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"sequences [{start}, {stop}) out of range for {self.path_prefix} ({len(self)} sequences)")
+        if start == stop:
+            return self._data[:0]
+        first, _ = self._position(start)
+        return self._data[first : first + int(self.sequence_lengths[start:stop].sum(dtype=np.int64))]
+
     def get(self, idx: int, offset: int = 0, length: int | None = None) -> np.ndarray:
         """Tokens [offset, offset + length) of sequence idx (to its end when length is None)."""
         first, size = self._position(int(idx))
