@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The default run, end to end, with nothing but PyPI (`make quickstart` installs first, then runs this):
 #   fetch the real BERT-Chinese vocab and ~35,000 real Chinese reviews -> hold out 500 documents ->
-#   preprocess to .bin/.idx -> pretrain with the DeepSpeed ZeRO-1 engine (2 CPU ranks over gloo, the
-#   tiny model, a few minutes; every GPU with the gpt2-distil model in bf16 when there are GPUs) ->
-#   evaluate on the held-out documents -> export to Hugging Face (self-checked) -> generate a sample ->
-#   loss-curve PNG -> summary of where everything is.
+#   preprocess both to .bin/.idx (the [UNK] share in the log) -> what the model sees (counts, lengths,
+#   a training sample decoded) -> pretrain with the DeepSpeed ZeRO-1 engine (2 CPU ranks over gloo, the
+#   tiny model, a few minutes; every GPU with the gpt2-distil model in bf16 when there are GPUs), the
+#   held-out documents a validation source of their own -> evaluate on them -> export to Hugging Face
+#   (self-checked) -> generate a sample -> loss-curve PNG -> summary of where everything is.
 #
 #   bash launch/quickstart.sh [--vocab-file FILE] [--input FILE] [--out DIR] [--train-iters N]
 #                             [--prompt TEXT]
@@ -35,7 +36,7 @@ while [ $# -gt 0 ]; do
 done
 
 STEP=0
-step() { STEP=$((STEP + 1)); printf '\n=== [%d/8] %s ===\n' "$STEP" "$*"; }
+step() { STEP=$((STEP + 1)); printf '\n=== [%d/9] %s ===\n' "$STEP" "$*"; }
 START=$(date +%s)
 mkdir -p "$OUT"/data
 
@@ -62,11 +63,18 @@ tail -n "$HELD_OUT" "$CORPUS" >"$OUT/data/heldout.txt.tmp" && mv "$OUT/data/held
 cp "$VOCAB" "$OUT/data/vocab.txt"
 echo "train: $((TOTAL - HELD_OUT)) documents, held out: $HELD_OUT"
 
-step "preprocess to Megatron .bin/.idx"
-# --overwrite: a second quickstart into the same --out rebuilds its own dataset from the train.txt just written.
+step "preprocess to Megatron .bin/.idx (the held-out documents too: a validation source)"
+# --overwrite: a second quickstart into the same --out rebuilds its own datasets from the files just written.
 "$PYTHON" tools/preprocess_data.py --input "$OUT/data/train.txt" --output-prefix "$OUT/data/corpus" \
     --vocab-file "$OUT/data/vocab.txt" --workers 2 --overwrite
+"$PYTHON" tools/preprocess_data.py --input "$OUT/data/heldout.txt" --output-prefix "$OUT/data/heldout" \
+    --vocab-file "$OUT/data/vocab.txt" --workers 1 --overwrite
 DATA_PREFIX="$OUT/data/corpus_text_document"
+HELDOUT_PREFIX="$OUT/data/heldout_text_document"
+
+step "what the model sees: counts, [UNK] share, document lengths, training sample 0 decoded"
+"$PYTHON" tools/inspect_data.py --data-path "$DATA_PREFIX" --vocab-file "$OUT/data/vocab.txt" --seq-length 128 \
+    --plot "$OUT/lengths.png" --sample 0 | tee "$OUT/data_report.txt"
 
 step "pretrain with the DeepSpeed ZeRO-1 engine"
 GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
@@ -87,7 +95,8 @@ rm -rf "$CKPT"
 "$BIN/deepspeed" --num_gpus "$RANKS" --master_port "${MASTER_PORT:-29512}" pretrain_gpt.py \
     --ds_config ds_configs/cpu_tiny.json --data-path "$DATA_PREFIX" --vocab-file "$OUT/data/vocab.txt" \
     --save "$CKPT" --load "$CKPT" --train-iters "$TRAIN_ITERS" --save-interval "$TRAIN_ITERS" \
-    --eval-interval 50 --eval-iters 4 --log-interval 10 "${DEVICE_FLAGS[@]}"
+    --eval-interval 50 --eval-iters 4 --log-interval 10 --valid-data-path "heldout=$HELDOUT_PREFIX" \
+    "${DEVICE_FLAGS[@]}"
 
 step "evaluate on the $HELD_OUT held-out documents"
 "$PYTHON" tools/evaluate.py --checkpoint "$CKPT" --input "$OUT/data/heldout.txt" --seq-length 128 \
@@ -108,11 +117,12 @@ ELAPSED=$(( $(date +%s) - START ))
 cat <<EOF
 
 === quickstart finished in $((ELAPSED / 60)) min $((ELAPSED % 60)) s ===
-  data (.bin/.idx)        $DATA_PREFIX.{bin,idx}
-  held-out documents      $OUT/data/heldout.txt
+  data (.bin/.idx)        $DATA_PREFIX.{bin,idx}   ($(head -n 1 "$OUT/data_report.txt" | sed 's/.*; \[UNK\]/[UNK]/; s/;.*//'))
+  held-out documents      $OUT/data/heldout.txt   (validation source "heldout": $HELDOUT_PREFIX)
+  data report             $OUT/data_report.txt, document lengths $OUT/lengths.png
   checkpoints (DeepSpeed) $CKPT/$(cat "$CKPT/latest")   (metrics: $CKPT/metrics.jsonl, TensorBoard: $CKPT/tensorboard)
   held-out evaluation     $OUT/eval.json   $(cat "$OUT/eval.json")
   Hugging Face export     $OUT/hf   (GPT2LMHeadModel.from_pretrained / AutoTokenizer.from_pretrained)
   generated sample        $OUT/sample.txt
-  loss curve              $OUT/loss.png
+  loss curve              $OUT/loss.png   (train, validation split, validation source heldout)
 EOF

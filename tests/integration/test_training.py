@@ -47,6 +47,7 @@ CLIENT_STATE_KEYS = (
     "model_config",
     "vocab_fingerprint",
     "vocab_size",
+    "normalization",
     "train_config",
     "world_size",
     "precision",
@@ -121,6 +122,7 @@ def test_checkpoints_use_deepspeeds_layout_and_commit_latest(reference):
     assert info["iteration"] == 30 and info["consumed_samples"] == 480 and info["world_size"] == 2
     assert info["vocab_fingerprint"].startswith("sha256:") and info["model_config"]["num_layers"] == 2
     assert info["train_config"]["seq_length"] == 128 and info["precision"] == "fp32"
+    assert info["normalization"] == "none"  # the data's text normalisation, recorded for generation and export
 
     states = torch.load(folder / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
     assert states["global_steps"] == 30 and states["iteration"] == 30
@@ -406,3 +408,35 @@ def test_single_process_without_launcher_and_exit_interval(zh_text_document, tmp
     # One rank: the global batch of 16 is 4 micro-batches of 4.
     assert json.loads((save / "config.json").read_text())["deepspeed"]["gradient_accumulation_steps"] == 4
     assert latest(save) == "global_step3"
+
+
+def test_a_validation_loss_per_source(zh_text_document, tmp_path):
+    """--valid-data-path: every evaluation scores each source beside the split, each under its own name
+    (stdout, metrics.jsonl, TensorBoard) and on the plot."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from megatron_zh.training.plot import loss_curves
+
+    save = tmp_path / "sources"
+    args = pretrain_args(zh_text_document, save, train_iters=4, log_interval=2, eval_interval=2, eval_iters=1)
+    prefix = zh_text_document["prefix"]
+    output = run([*args, "--valid-data-path", f"reviews={prefix}", f"again={prefix}"])
+    evals = read_metrics(save / "metrics.jsonl", kind="eval")
+    assert [(r["iteration"], r.get("source")) for r in evals] == [
+        (2, None),
+        (2, "reviews"),
+        (2, "again"),
+        (4, None),
+        (4, "reviews"),
+        (4, "again"),
+    ]
+    # The same corpus under two names: the same samples, the same loss; the split's validation documents differ.
+    assert evals[1]["loss"] == evals[2]["loss"] != evals[0]["loss"]
+    assert all(r["tokens"] == 16 * 128 for r in evals)
+    assert re.search(r"validation \(reviews\) at iteration 4 \| lm loss: [\d.E+-]+ \| lm loss PPL", output)
+    events = EventAccumulator(str(save / "tensorboard"))
+    events.Reload()
+    assert {"valid/loss", "valid/reviews/loss", "valid/again/ppl"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("valid/reviews/loss")] == [2, 4]
+    curves = loss_curves(save / "metrics.jsonl")
+    assert curves["validation loss: reviews"] == ([2, 4], [evals[1]["loss"], evals[4]["loss"]])
