@@ -14,6 +14,10 @@ non-blank lines with --document-boundary blank-line), JSON lines (.json/.jsonl/.
 PREFIX_{key}_document), Parquet (.parquet, the --json-keys columns); each plain or .gz/.bz2/.xz/.zst,
 or inside .zip/.tar/.tar.gz archives, streamed without extracting. Flag names follow Megatron-LM's
 tools/preprocess_data.py where it has them.
+
+The final lines give the [UNK] share (and the characters behind it) and one line per input; .meta.json
+holds the full report. --normalize punctuation maps characters the vocab lacks (curly quotes, dashes,
+ellipses) to equivalents it has before tokenizing; the default keeps BertTokenizer's ids exactly.
 """
 
 from __future__ import annotations

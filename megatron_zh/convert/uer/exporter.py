@@ -68,6 +68,13 @@ def write_uer_export(loaded: LoadedCheckpoint, output: Path, overwrite: bool, op
     with atomic_write(config_path) as f:
         f.write(json.dumps(uer_config, indent=2) + "\n")
     logger.info("wrote %s and %s from %s (%s)", output, config_path, loaded.directory / loaded.tag, LAYER_NORM_NOTE)
+    normalization = loaded.client_state.normalization
+    if normalization not in (None, "none"):
+        logger.warning(
+            "the model was trained on normalised text (%s), and UER-py's format has no place to say so: normalise "
+            "its inputs the same way (megatron_zh.normalization) or they meet [UNK] where training saw equivalents",
+            normalization,
+        )
     return UERExport(
         model_file=output,
         config_file=config_path,
