@@ -345,6 +345,14 @@ def test_shards_merge_to_a_single_run_byte_for_byte(tmp_path, zh_vocab_file, ber
         capture_output=True,
     )
     assert dataset_bytes(tmp_path / "merged_text_document") == dataset_bytes(tmp_path / "single_text_document")
+    # The report adds up too: the zip's 4 members, split between shards, are one input again.
+    single, merged = read_metadata(tmp_path / "single_text_document"), read_metadata(tmp_path / "merged_text_document")
+    assert merged["inputs"] == single["inputs"] and merged["unk"]["unk"] == single["unk"]["unk"]
+    assert (
+        merged["unk"]["tokens"] == single["unk"]["tokens"] and merged["unk"]["unk_share"] == single["unk"]["unk_share"]
+    )
+    drop_top = [[{k: v for k, v in e.items() if k != "top"} for e in m["by_input"]] for m in (single, merged)]
+    assert drop_top[0] == drop_top[1] and [e["members"] for e in single["by_input"]] == [4, 0, 0, 2]
     with pytest.raises(ConfigError, match="--shard-index 3 is not below --num-shards 3"):
         config(tmp_path, zh_vocab_file, inputs, num_shards=3, shard_index=3)
     with pytest.raises(ConfigError, match="--num-shards 9 is more than the 8 input unit"):

@@ -114,7 +114,10 @@ def test_real_corpus_end_to_end(tmp_path, zh_vocab_file, zh_corpus_file, bert):
         result.stderr,
     )
     assert progress, result.stderr
-    assert f"done: 2,500 documents, {meta['tokens']:,} tokens, 0 empty dropped, 0 bad lines" in result.stderr
+    unk = "[UNK] 0.65% (4,270: “ 1,738, ” 1,692, — 309, … 282, – 49)"  # the figure for this sample
+    assert f"done: 2,500 documents, {meta['tokens']:,} tokens, {unk}, 0 empty dropped, 0 bad lines" in result.stderr
+    assert "would become known tokens with: --normalize punctuation 96.2%" in result.stderr
+    assert meta["normalization"] == "none" and meta["unk"]["unk"] == 4270
 
 
 @pytest.mark.integration
