@@ -52,7 +52,8 @@ from megatron_zh.validators import (
 )
 
 CHECKPOINT_FORMAT = "megatron_zh/1"
-OPTIONAL_KEYS = frozenset({"normalization", "source", "weights_only", "rng_states", "unlogged_losses"})  # written only when set
+# Written only when set.
+OPTIONAL_KEYS = frozenset({"normalization", "source", "weights_only", "rng_states", "unlogged_losses"})
 
 OBJECT = Check(lambda v: isinstance(v, dict), "an object")
 LIST = Check(lambda v: isinstance(v, list), "a list")

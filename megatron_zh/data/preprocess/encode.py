@@ -56,8 +56,16 @@ class ChunkEncoder:
     def __call__(self, chunk: Chunk) -> ChunkResult:
         texts, blank, bad, decoded = FORMATS[chunk.fmt].documents(chunk, self.config.json_keys, self.blank_line)
         result = ChunkResult(
-            {}, {}, {}, {}, {}, unit=chunk.unit, bad=bad, input_bytes=chunk.input_bytes,
-            disk_bytes=chunk.disk_bytes, decoded=decoded,
+            {},
+            {},
+            {},
+            {},
+            {},
+            unit=chunk.unit,
+            bad=bad,
+            input_bytes=chunk.input_bytes,
+            disk_bytes=chunk.disk_bytes,
+            decoded=decoded,
         )
         for key in self.config.json_keys:
             # Blank lines and lines of nothing but whitespace or control characters give no tokens.
