@@ -206,15 +206,18 @@ def make_prompts_start_documents(folder: Path) -> None:
 def check_generation_files(folder: Path, tokenizer: BertChineseTokenizer) -> None:
     """CheckpointError unless, loaded offline from `folder`, AutoTokenizer frames the self-check texts `[CLS] ids`
     (what TextGenerationPipeline feeds the model), BertTokenizer `[CLS] ids [SEP]`, neither adds token_type_ids,
-    and generation_config.json sets no length."""
+    and generation_config.json sets no length. BertTokenizer rebuilds BERT's normaliser from its options, so it
+    applies no text normalisation: its ids are checked against the un-normalised encoding."""
     from transformers import AutoTokenizer, BertTokenizer, GenerationConfig
 
     auto = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     bert = BertTokenizer.from_pretrained(folder, local_files_only=True)
-    for text, ids in zip(SELF_CHECK_TEXTS, tokenizer.encode_batch(list(SELF_CHECK_TEXTS)), strict=True):
+    plain = BertChineseTokenizer(tokenizer.vocab_file, lower_case=tokenizer.lower_case)
+    texts = list(SELF_CHECK_TEXTS)
+    for text, ids, plain_ids in zip(texts, tokenizer.encode_batch(texts), plain.encode_batch(texts), strict=True):
         framings = {
             f"AutoTokenizer ({type(auto).__name__})": (auto(text), [tokenizer.cls, *ids]),
-            "BertTokenizer": (bert(text), [tokenizer.cls, *ids, tokenizer.sep]),
+            "BertTokenizer": (bert(text), [tokenizer.cls, *plain_ids, tokenizer.sep]),
         }
         for name, (encoded, expected) in framings.items():
             if encoded["input_ids"] != expected or set(encoded) != {"input_ids", "attention_mask"}:
