@@ -58,12 +58,13 @@ def load_from_args(args: argparse.Namespace) -> tuple[LoadedModel, torch.device]
     loaded.model.to(device).eval()
     config = loaded.model.config
     logger.info(
-        "loaded %s: %d layers, hidden %d, %d positions, %.1f M parameters, on %s",
+        "loaded %s: %d layers, hidden %d, %d positions, %.1f M parameters, on %s (fused ops: %s)",
         loaded.source,
         config.num_layers,
         config.hidden_size,
         config.max_position_embeddings,
         loaded.model.num_parameters() / 1e6,
         device,
+        loaded.model.kernels_for(device).describe(),
     )
     return loaded, device

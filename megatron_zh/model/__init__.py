@@ -1,12 +1,14 @@
 """The GPT-2 model and its configuration.
 
-0  config     GPT2Config (presets, validation), Precision, model FLOPs per token
-1  kv_cache   keys and values kept between forward passes, for decoding
-2  gpt2       GPT2Model: pre-LayerNorm blocks, a tied LM head, the masked loss; one forward pass
+0  config                 GPT2Config (presets, validation), Precision, model FLOPs per token
+1  kv_cache, kernel_uses  keys and values kept between forward passes, for decoding; the fused-op
+                          calls a training step makes, for the kernel self-check
+2  gpt2                   GPT2Model: pre-LayerNorm blocks, a tied LM head, the masked loss; one forward pass
 """
 
 from megatron_zh.model.config import ATTENTION_IMPLS, PRESETS, GPT2Config, model_flops_per_token
 from megatron_zh.model.gpt2 import GPT2Model, GPT2Output, masked_lm_loss
+from megatron_zh.model.kernel_uses import kernel_uses
 from megatron_zh.model.kv_cache import KVCache
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "GPT2Output",
     "KVCache",
     "PRESETS",
+    "kernel_uses",
     "masked_lm_loss",
     "model_flops_per_token",
 ]

@@ -17,13 +17,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megatron_zh import ops
-from megatron_zh.log import get_logger
 from megatron_zh.model.config import GPT2Config
 from megatron_zh.model.kv_cache import KVCache
 
-logger = get_logger(__name__)
-
 KernelBackend = Literal["auto", "triton", "torch"]
+KernelChoice = ops.KernelChoice
+# A decoding pass is a few tokens per row, too short for the fused kernels to pay off.
+DECODING_KERNELS = KernelChoice.uniform("torch")
 
 
 class GPT2Output(NamedTuple):
@@ -38,8 +38,8 @@ class LayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.bias = nn.Parameter(torch.zeros(hidden_size))
 
-    def forward(self, x: torch.Tensor, backend: KernelBackend) -> torch.Tensor:
-        return ops.layer_norm(x, self.weight, self.bias, self.eps, backend=backend)
+    def forward(self, x: torch.Tensor, kernels: KernelChoice) -> torch.Tensor:
+        return ops.layer_norm(x, self.weight, self.bias, self.eps, backend=kernels.layer_norm)
 
 
 class SelfAttention(nn.Module):
@@ -53,7 +53,7 @@ class SelfAttention(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(
-        self, x: torch.Tensor, backend: KernelBackend, cache: KVCache | None = None, layer: int = 0
+        self, x: torch.Tensor, kernels: KernelChoice, cache: KVCache | None = None, layer: int = 0
     ) -> torch.Tensor:
         batch, seq, hidden = x.shape
         # [b, s, 3, heads, d] -> three strided [b, heads, s, d] views: no copies on the way in.
@@ -67,10 +67,11 @@ class SelfAttention(nn.Module):
             keys, values = cache.update(layer, k, v)
             context = F.scaled_dot_product_attention(q, keys, values, attn_mask=cache.mask)
         elif self.impl == "flash":
-            context = ops.causal_attention(q, k, v, dropout_p=dropout_p, backend=backend)
+            context = ops.causal_attention(q, k, v, dropout_p=dropout_p, backend=kernels.causal_attention)
         elif self.impl == "softmax":
             scores = torch.matmul(q, k.transpose(-1, -2))
-            probs = ops.scaled_causal_softmax(scores, 1.0 / math.sqrt(self.head_dim), backend=backend)
+            scale = 1.0 / math.sqrt(self.head_dim)
+            probs = ops.scaled_causal_softmax(scores, scale, backend=kernels.scaled_causal_softmax)
             context = torch.matmul(F.dropout(probs, dropout_p, self.training), v)
         else:
             context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
@@ -99,10 +100,10 @@ class TransformerBlock(nn.Module):
         self.hidden_dropout = nn.Dropout(config.hidden_dropout)
 
     def forward(
-        self, x: torch.Tensor, backend: KernelBackend, cache: KVCache | None = None, layer: int = 0
+        self, x: torch.Tensor, kernels: KernelChoice, cache: KVCache | None = None, layer: int = 0
     ) -> torch.Tensor:
-        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x, backend), backend, cache, layer))
-        return x + self.hidden_dropout(self.mlp(self.post_attention_layernorm(x, backend)))
+        x = x + self.hidden_dropout(self.self_attention(self.input_layernorm(x, kernels), kernels, cache, layer))
+        return x + self.hidden_dropout(self.mlp(self.post_attention_layernorm(x, kernels)))
 
 
 class Embedding(nn.Module):
@@ -123,21 +124,27 @@ class Embedding(nn.Module):
 class GPT2Model(nn.Module):
     """GPT-2 with its LM head tied to the word embedding.
 
-    kernel_backend: "auto" runs the Triton kernels on CUDA tensors and PyTorch code elsewhere
-    (logging that once); "triton" forces the kernels (on CPU only under TRITON_INTERPRET=1);
-    "torch" forces PyTorch code.
+    kernel_backend: one backend for every fused op, or a `KernelChoice` (one per op: what
+    `ops.select_kernels` returns for a run after the kernel self-check). "auto" runs the Triton
+    kernels on CUDA tensors and PyTorch code elsewhere; "triton" forces the kernels (on CPU only
+    under TRITON_INTERPRET=1); "torch" forces PyTorch code. The choice is fixed at construction
+    and only read by forward, so torch.compile guards on it instead of tracing a decision.
     """
 
-    def __init__(self, config: GPT2Config, *, kernel_backend: KernelBackend = "auto"):
+    def __init__(self, config: GPT2Config, *, kernel_backend: KernelBackend | KernelChoice = "auto"):
         super().__init__()
-        if kernel_backend not in ops.dispatch.BACKENDS:
-            raise ValueError(f"kernel_backend must be one of {ops.dispatch.BACKENDS}, got {kernel_backend!r}")
+        if isinstance(kernel_backend, str):
+            if kernel_backend not in ops.dispatch.BACKENDS:
+                raise ValueError(f"kernel_backend must be one of {ops.dispatch.BACKENDS}, got {kernel_backend!r}")
+            kernel_backend = KernelChoice.uniform(kernel_backend)
         self.config = config
-        self.kernel_backend = kernel_backend
+        self.kernels: KernelChoice = kernel_backend
+        # "auto" entries, resolved once for each kind of input: CUDA tensors or not.
+        on_cuda = kernel_backend.with_auto_as("triton" if ops.triton_installed() else "torch")
+        self._kernels_by_device = {True: on_cuda, False: kernel_backend.with_auto_as("torch")}
         self.embedding = Embedding(config)
         self.layers = nn.ModuleList(TransformerBlock(config) for _ in range(config.num_layers))
         self.final_layernorm = LayerNorm(config.hidden_size, config.layernorm_epsilon)
-        self._fallback_logged = False
         self.reset_parameters()
 
     @torch.no_grad()
@@ -190,41 +197,28 @@ class GPT2Model(nn.Module):
             )
         if last_only and labels is not None:
             raise ValueError("the loss needs the logits of every position: pass labels without last_only")
-        # A decoding pass is a few tokens per row, too short for the fused kernels to pay off.
-        backend: KernelBackend = "torch" if cache is not None else self._resolve_kernel_backend(input_ids)
+        kernels = DECODING_KERNELS if cache is not None else self.kernels_for(input_ids.device)
         hidden = self.embedding(input_ids, positions)
         recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         if cache is not None:
             cache.begin(input_ids.shape[1])
         for index, layer in enumerate(self.layers):
             if recompute:
-                hidden = checkpoint(layer, hidden, backend, use_reentrant=False)
+                hidden = checkpoint(layer, hidden, kernels, use_reentrant=False)
             else:
-                hidden = layer(hidden, backend, cache, index)
+                hidden = layer(hidden, kernels, cache, index)
         if cache is not None:
             cache.end(input_ids.shape[1])
         if last_only:
             hidden = hidden[:, -1:]
-        hidden = self.final_layernorm(hidden, backend)
+        hidden = self.final_layernorm(hidden, kernels)
         logits = F.linear(hidden, self.embedding.word_embeddings.weight)
         loss = None if labels is None else masked_lm_loss(logits, labels, loss_mask)
         return GPT2Output(logits, loss)
 
-    def _resolve_kernel_backend(self, input_ids: torch.Tensor) -> KernelBackend:
-        if self.kernel_backend != "auto":
-            return self.kernel_backend
-        if input_ids.is_cuda and ops.triton_installed():
-            return "triton"
-        if not self._fallback_logged:
-            self._fallback_logged = True
-            logger.info(
-                "no CUDA tensors (device %s): the fused Triton kernels fall back to PyTorch "
-                "(F.layer_norm; attention_impl=%r runs %s)",
-                input_ids.device,
-                self.config.attention_impl,
-                "masked softmax" if self.config.attention_impl == "softmax" else "scaled_dot_product_attention",
-            )
-        return "torch"
+    def kernels_for(self, device: torch.device) -> KernelChoice:
+        """The backend every fused op runs for inputs on `device` (no "auto" left)."""
+        return self._kernels_by_device[device.type == "cuda"]
 
 
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:

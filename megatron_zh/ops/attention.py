@@ -1,4 +1,7 @@
-"""Fused causal self-attention, flash-attention style (no seq x seq matrix in memory)."""
+"""Fused causal self-attention, flash-attention style (no seq x seq matrix in memory).
+
+The Triton path is the custom ops `megatron_zh::causal_attention_fwd` / `_bwd` (custom_ops.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from megatron_zh.ops import custom_ops
 from megatron_zh.ops.dispatch import Backend, resolve_backend
 
 
@@ -40,31 +44,10 @@ def causal_attention(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if resolve_backend(backend, "causal_attention", q, k, v) == "torch":
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
-    return _CausalAttention.apply(q, k, v, scale, float(dropout_p))
-
-
-def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-class _CausalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, dropout_p: float) -> torch.Tensor:
-        from megatron_zh.ops.kernels import attention as kernels
-
-        q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
-        seed = int(torch.randint(0, 2**31 - 1, ()).item()) if dropout_p > 0.0 else 0
-        out, lse = kernels.forward(q, k, v, scale, dropout_p, seed)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
-        from megatron_zh.ops.kernels import attention as kernels
-
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = kernels.backward(
-            _last_dim_contiguous(grad_out), q, k, v, out, lse, ctx.scale, ctx.dropout_p, ctx.seed
-        )
-        return dq, dk, dv, None, None
+    # The seed is drawn from PyTorch's CPU generator, as a tensor: see custom_ops.py.
+    if dropout_p > 0.0:
+        seed = torch.randint(0, 2**31 - 1, (), dtype=torch.int64)
+    else:
+        seed = torch.zeros((), dtype=torch.int64)
+    out, _ = custom_ops.causal_attention_fwd(q, k, v, seed, scale, float(dropout_p))
+    return out

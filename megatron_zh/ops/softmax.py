@@ -1,9 +1,13 @@
-"""Fused scale + causal mask + softmax (Megatron's "upper triangular masked softmax")."""
+"""Fused scale + causal mask + softmax (Megatron's "upper triangular masked softmax").
+
+The Triton path is the custom ops `megatron_zh::scaled_causal_softmax_fwd` / `_bwd` (custom_ops.py).
+"""
 
 from __future__ import annotations
 
 import torch
 
+from megatron_zh.ops import custom_ops
 from megatron_zh.ops.dispatch import Backend, resolve_backend
 
 
@@ -21,7 +25,7 @@ def scaled_causal_softmax(scores: torch.Tensor, scale: float, *, backend: Backen
         )
     if resolve_backend(backend, "scaled_causal_softmax", scores) == "torch":
         return _torch_scaled_causal_softmax(scores, scale)
-    return _ScaledCausalSoftmax.apply(scores, float(scale))
+    return custom_ops.scaled_causal_softmax_fwd(scores, float(scale))
 
 
 def _torch_scaled_causal_softmax(scores: torch.Tensor, scale: float) -> torch.Tensor:
@@ -29,21 +33,3 @@ def _torch_scaled_causal_softmax(scores: torch.Tensor, scale: float) -> torch.Te
     future = torch.ones(seq_q, seq_k, dtype=torch.bool, device=scores.device).triu(1)
     logits = (scores.float() * scale).masked_fill(future, float("-inf"))
     return torch.softmax(logits, dim=-1).to(scores.dtype)
-
-
-class _ScaledCausalSoftmax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, scores: torch.Tensor, scale: float) -> torch.Tensor:
-        from megatron_zh.ops.kernels import softmax as kernels
-
-        probs = kernels.forward(scores.contiguous(), scale)
-        ctx.save_for_backward(probs)
-        ctx.scale = scale
-        return probs
-
-    @staticmethod
-    def backward(ctx, grad_probs: torch.Tensor) -> tuple[torch.Tensor, None]:
-        from megatron_zh.ops.kernels import softmax as kernels
-
-        (probs,) = ctx.saved_tensors
-        return kernels.backward(probs, grad_probs.contiguous(), ctx.scale), None
