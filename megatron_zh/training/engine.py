@@ -7,6 +7,10 @@ iteration -1 to 0, which is still the start). We take that first step before tra
 iteration i (1-based) runs at the schedule's value for i - 1, as Megatron-LM and UER-py do:
 lr 0 for step 1, peak * k / warmup for step k + 1, then linear decay to the floor at the end.
 The scheduler's step count then always equals the iteration, which is what a checkpoint saves.
+
+With --compile the model is compiled by DeepSpeed's own `engine.compile()`, which under ZeRO-1 is
+`torch.compile` of the module in place (inductor): the engine, its hooks and the state dict's names
+stay as they are, and the fused ops stay in the graph as custom ops.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import nn
 
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
+from megatron_zh.ops import KernelChoice
 from megatron_zh.training.config.run_config import RunConfig
 
 if TYPE_CHECKING:  # importing deepspeed takes seconds; only initialize_engine needs it at run time
@@ -26,10 +31,14 @@ if TYPE_CHECKING:  # importing deepspeed takes seconds; only initialize_engine n
 logger = get_logger(__name__)
 
 
-def init_model(config: GPT2Config, seed: int) -> GPT2Model:
-    """The model, initialised from `seed` so every rank starts from the same weights."""
+COMPILE_BACKEND = "inductor"
+
+
+def init_model(config: GPT2Config, seed: int, kernels: KernelChoice | None = None) -> GPT2Model:
+    """The model, initialised from `seed` so every rank starts from the same weights; `kernels`: the
+    run's fused-op choice (default: Triton on CUDA tensors, PyTorch code elsewhere)."""
     torch.manual_seed(seed)
-    return GPT2Model(config)
+    return GPT2Model(config, kernel_backend=kernels or KernelChoice())
 
 
 def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -53,6 +62,14 @@ def initialize_engine(run: RunConfig, model: nn.Module) -> DeepSpeedEngine:
         config=run.deepspeed,
         dist_init_required=False,
     )
+    return engine
+
+
+def build_engine(run: RunConfig, kernels: KernelChoice) -> DeepSpeedEngine:
+    """The run's model with its kernels, inside its DeepSpeed engine, compiled when --compile."""
+    engine = initialize_engine(run, init_model(run.model, run.train.data.seed, kernels))
+    if run.train.compile:
+        engine.compile(backend=COMPILE_BACKEND)
     return engine
 
 

@@ -1,5 +1,8 @@
 """Training metrics: throughput and MFU, and the three places they go (stdout, TensorBoard, metrics.jsonl).
 
+metrics.jsonl holds one record per line, by "kind": "setup" once per start (what the run runs with:
+the kernels its self-check chose, torch.compile), "train" per logged step, "eval" per validation.
+
 MFU = achieved model FLOP/s per device / the device's peak. Model FLOPs per token come from
 `megatron_zh.model.model_flops_per_token` (formula in its docstring: 3 x forward matmul FLOPs,
 attention scores counted in full, recomputation not counted). Peaks are dense (no sparsity)
@@ -138,8 +141,7 @@ def _keep_records_up_to(path: Path, iteration: int) -> None:
     """Drop records past `iteration` (logged by a run that died before its next checkpoint) and torn lines."""
     if not path.is_file():
         return
-    kept = [r for kind in ("train", "eval") for r in read_metrics(path, kind) if r["iteration"] <= iteration]
-    kept.sort(key=lambda r: (r["iteration"], r["kind"] == "eval"))
+    kept = [r for r in _records(path) if isinstance(r.get("iteration"), int) and r["iteration"] <= iteration]
     with atomic_write(path) as f:
         f.write("".join(json.dumps(r) + "\n" for r in kept))
 
@@ -198,6 +200,11 @@ class MetricsLogger:
         scalars["train/consumed_samples"] = record["consumed_samples"]
         self._write(record, format_train_line(record), scalars)
 
+    def setup(self, iteration: int, kernels: dict[str, Any], compiled: bool, line: str) -> None:
+        """What this start of the run runs with: the kernels (`KernelSelection.to_dict()`) and torch.compile."""
+        record = {"kind": "setup", "iteration": iteration, "kernels": kernels, "compile": compiled}
+        self._write(record, f"{line}; torch.compile: {'on' if compiled else 'off'}", {})
+
     def eval(self, record: dict[str, Any]) -> None:
         record = {"kind": "eval", **record}
         tag = eval_tag(record)
@@ -216,17 +223,22 @@ class MetricsLogger:
             self.tensorboard = None
 
 
-def read_metrics(path: str | os.PathLike, kind: str = "train") -> list[dict[str, Any]]:
-    """The records of one kind ("train" | "eval") from a metrics.jsonl; a torn last line is skipped."""
-    path = Path(path)
-    if not path.is_file():
-        return []
+def _records(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl, in file order; a torn line, or one with a key written twice, is skipped."""
     records = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = loads_json(line)
         except json.JSONDecodeError:  # also a key written twice: the record is damaged
             continue
-        if isinstance(record, dict) and record.get("kind") == kind:
+        if isinstance(record, dict):
             records.append(record)
     return records
+
+
+def read_metrics(path: str | os.PathLike, kind: str = "train") -> list[dict[str, Any]]:
+    """The records of one kind ("setup" | "train" | "eval") from a metrics.jsonl, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [record for record in _records(path) if record.get("kind") == kind]

@@ -12,6 +12,7 @@ import logging
 import random
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ from megatron_zh.training.distributed.process_group import (
     setup_rendezvous_env,
 )
 from megatron_zh.training.distributed.signals import StopRequest
-from megatron_zh.training.engine import init_model, initialize_engine, start_lr_schedule
+from megatron_zh.training.engine import build_engine, start_lr_schedule
+from megatron_zh.training.kernel_check import choose_kernels
 from megatron_zh.training.loaders import (
     build_datasets,
     build_loaders,
@@ -60,7 +62,9 @@ def _quiet_other_ranks(env: DistEnv) -> None:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
 
 
-def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
+def run_training(run: RunConfig, env: DistEnv, preflight: Preflight, effective: dict[str, Any]) -> Outcome:
+    """Set up and train. `effective`: the configuration as printed; rank 0 saves it, with the kernels the
+    self-check chose, as the save directory's config.json."""
     threads = torch.get_num_threads() if torch.cuda.is_available() else set_cpu_threads(env)
     backend = init_process_group(env, run.train.distributed_timeout_minutes)
     logger.info(
@@ -72,12 +76,15 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
         f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"CPU, {threads} thread(s)",
     )
     seed_everything(run.train.data.seed)
+    kernels = choose_kernels(run, env)  # draws nothing from the RNG streams just seeded
+    if env.is_main and run.train.save:
+        write_run_config(run.train.save, {**effective, "kernels": kernels.to_dict()})
     start = prepare_resume(preflight.start, run, env)  # a universal copy when the data-parallel size changed
     vocab = (preflight.vocab_fingerprint, preflight.pad_id, preflight.normalization)
     train_dataset, valid_dataset = build_datasets(run, *vocab)
     source_datasets = build_validation_datasets(run, *vocab)
-    model = init_model(run.model, run.train.data.seed)
-    engine = initialize_engine(run, model)
+    engine = build_engine(run, kernels.choice)
+    model = engine.module
     state, rng_state = load_checkpoint(engine, start, env)
     if preflight.start.mode != "resume":
         start_lr_schedule(engine)
@@ -96,6 +103,7 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight) -> Outcome:
         f"{flops.flops_per_token / 1e9:.3f} GFLOP/token (fwd+bwd); peak "
         f"{'n/a' if peak is None else f'{peak:.2f} TFLOP/s'} per device ({peak_source})"
     )
+    metrics.setup(state.iteration, kernels.to_dict(), engine.is_compiled, kernels.summary())
     ctx = TrainContext(
         run=run,
         env=env,
@@ -135,14 +143,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = build_run_config(args, env.world_size)
     with trusting_checkpoints(run.train.trust_checkpoint):
         preflight = validate(run)
+        effective: dict[str, Any] = {}
         if env.is_main:
             argv_given = list(sys.argv if argv is None else argv)
             effective = {**run.to_dict(), "start": preflight.start.mode, "argv": argv_given}
             print("effective configuration:\n" + json.dumps(effective, indent=2, default=str), flush=True)
-            if run.train.save:
-                write_run_config(run.train.save, effective)
             # Incomplete folders (a save killed mid-way) renamed, never deleted; what the flags ask, done.
             tidy_save_directory(run.train, preflight.start, run.zero_stage > 0)
-        outcome = run_training(run, env, preflight)
+        outcome = run_training(run, env, preflight, effective)
     logger.info("finished at iteration %d (%s)", outcome.state.iteration, outcome.reason)
     return 0

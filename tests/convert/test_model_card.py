@@ -49,6 +49,10 @@ def test_card_numbers_are_the_checkpoints(card, tiny_checkpoint):
     assert f"- learning rate: peak {run_config['deepspeed']['optimizer']['params']['lr']:g}, linear warm-up" in card
     assert "then linear decay to 0 at step 8" in card  # plainly: DeepSpeed's WarmupDecayLR ends at warmup_min_lr
     assert "- precision: fp32; data-parallel ranks (GPUs): 2" in card
+    # The kernels the start-up check chose (a CPU run: PyTorch code, nothing checked) and torch.compile.
+    assert run_config["kernels"]["ops"] == {"layer_norm": "torch", "causal_attention": "torch"}
+    assert "- kernels: layer_norm torch, causal_attention torch (PyTorch code: the Triton kernels run on CUDA" in card
+    assert "; torch.compile: off\n" in card
     assert "random initialisation, N(0, 0.02), seed 1234" in card
 
     # Evaluation: the last validation of metrics.jsonl.
@@ -68,7 +72,7 @@ def test_card_says_what_is_missing(tiny_checkpoint, tmp_path):
     copy = tmp_path / "ckpt"
     shutil.copytree(tiny_checkpoint["save"], copy)
     run_config = json.loads((copy / "config.json").read_text())
-    del run_config["argv"]
+    del run_config["argv"], run_config["kernels"]
     (copy / "config.json").write_text(json.dumps(run_config))
     (copy / "metrics.jsonl").unlink()
     state_file = copy / "global_step8" / "client_state.json"
@@ -82,6 +86,7 @@ def test_card_says_what_is_missing(tiny_checkpoint, tmp_path):
     )
     assert f"{MISSING} (checkpoint written before pretrain_gpt.py recorded its command line)" in card
     assert f"Validation loss: {MISSING}" in card
+    assert f"- kernels: {MISSING} (config.json written before runs recorded their kernels)" in card
     assert "`gone_text_document`: documents and tokens unknown" in card
     assert "holds a later start's settings" in card  # config.json's pretrain block no longer matches
 

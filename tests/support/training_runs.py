@@ -87,6 +87,11 @@ def write_config(tmp_path: Path, dataset: dict, deepspeed=None, *, drop: tuple[s
     return path
 
 
+# A few small steps (32 tokens, 2 per rank): for runs whose cost is elsewhere (interpreted kernels, compiling).
+SMALL_STEPS = dict(
+    seq_length=32, micro_batch_size=2, global_batch_size=4, log_interval=1, eval_interval=0, eval_iters=1
+)
+
 # A short --finetune run whose step 1 runs at learning rate 0 (a one-step warm-up) and which saves every step:
 # its global_step1 holds exactly the weights it started from.
 LR0_FIRST_STEP = dict(
@@ -117,19 +122,28 @@ def bf16_pretrain_args(dataset: dict, save: Path, **flags) -> list[str]:
     return args
 
 
-def environment() -> dict[str, str]:
+def environment(**extra: str) -> dict[str, str]:
+    """This process's environment for a run, with `extra` variables. Without TRITON_INTERPRET (which the
+    conftest sets for in-process kernel tests): a CPU run takes PyTorch code, as on a user's machine, unless a
+    test passes TRITON_INTERPRET="1" to run (and self-check) the Triton kernels under the interpreter."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("OMP_NUM_THREADS", None)
-    return env
+    env.pop("TRITON_INTERPRET", None)
+    return {**env, **extra}
 
 
 def start(
-    args: list[str], ranks: int | None = 2, log: Path | None = None, through_launch_script: bool = False
+    args: list[str],
+    ranks: int | None = 2,
+    log: Path | None = None,
+    through_launch_script: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen:
     """Start a run in its own process group (so a test can signal or kill all of it).
 
-    through_launch_script: as launch/*.sh start it, through launch/common.sh's run_deepspeed."""
+    through_launch_script: as launch/*.sh start it, through launch/common.sh's run_deepspeed.
+    env: variables added to `environment()`."""
     command = (deepspeed_command(ranks) if ranks else [sys.executable]) + args
     if through_launch_script:
         command = ["bash", "-c", 'source launch/common.sh; DEEPSPEED="$0" run_deepspeed "$@"', *command]
@@ -137,7 +151,7 @@ def start(
     return subprocess.Popen(
         command,
         cwd=REPO_ROOT,
-        env=environment(),
+        env=environment(**(env or {})),
         stdout=out,
         stderr=subprocess.STDOUT,
         text=True,
@@ -145,9 +159,15 @@ def start(
     )
 
 
-def run(args: list[str], ranks: int | None = 2, timeout: float = 240, expect_rc: int | None = 0) -> str:
+def run(
+    args: list[str],
+    ranks: int | None = 2,
+    timeout: float = 240,
+    expect_rc: int | None = 0,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run to completion; returns the combined output (asserting the exit status unless expect_rc is None)."""
-    process = start(args, ranks)
+    process = start(args, ranks, env=env)
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -85,7 +85,12 @@ def test_flags_override_the_file(config):
         "0.95",
         "--adam-eps",
         "1e-8",
+        "--kernels",
+        "torch",
+        "--compile",
     )
+    assert (run.train.kernels, run.train.compile) == ("torch", True)
+    assert (resolve(config).train.kernels, resolve(config).train.compile) == ("auto", False)  # the defaults
     ds = run.deepspeed
     assert ds["optimizer"]["params"]["betas"] == [0.9, 0.95] and ds["optimizer"]["params"]["eps"] == 1e-8
     assert ds["optimizer"]["params"]["weight_decay"] == 0.01
@@ -168,6 +173,7 @@ def test_inconsistent_values_are_config_errors(config, flags, world_size, messag
             "scheduler.params.total_num_steps is 999 but train_iters gives 120",
         ),
         ({}, {"save_intervall": 5}, (), "unknown key 'save_intervall'; did you mean 'save_interval'?"),
+        ({}, {"kernels": "cuda"}, (), "kernels must be one of"),
         ({}, {}, ("optimizer",), 'an "optimizer" section'),
         ({"bf16": {"enabled": True}, "fp16": {"enabled": True}}, {}, (), "bf16 and fp16 are both enabled"),
     ],

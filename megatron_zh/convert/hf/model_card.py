@@ -2,10 +2,10 @@
 
 Every number on the card is read from the checkpoint and the files around it: the weights
 (parameter count), the client state (steps, samples, sequence length, precision, ranks, text
-normalisation), the run's config.json (batch, learning rate, optimizer, the command line), the
-datasets' PREFIX.meta.json (documents, tokens, [UNK] share, summarised by input: an archive is named
-once however many members it has) and metrics.jsonl (validation loss, per validation source too). A
-stage that started from another checkpoint (`--finetune`) is followed to that one. Whatever cannot be
+normalisation), the run's config.json (batch, learning rate, optimizer, the kernels its self-check chose,
+the command line), the datasets' PREFIX.meta.json (documents, tokens, [UNK] share, summarised by input: an
+archive is named once however many members it has) and metrics.jsonl (validation loss, per validation
+source too). A stage that started from another checkpoint (`--finetune`) is followed to that one. Whatever cannot be
 found is written as missing, never guessed.
 """
 
@@ -222,11 +222,32 @@ def _stage_lines(number: int, stage: Stage) -> list[str]:
         f"- learning rate: peak {_fmt(params.get('lr'), 'g')}, {_schedule(ds)}",
         f"- optimizer: {_optimizer(ds)}",
         f"- precision: {_fmt(state.get('precision'))}; data-parallel ranks (GPUs): {_fmt(world)}",
+        f"- kernels: {_kernels(run.get('kernels'))}; torch.compile: {_compiled(train.get('compile'))}",
         "- data: " + _dataset_names(train) + f" (stage {number} under Training data)",
         f"- command: `{_command(stage)}`",
     ]
     lines += [f"- note: {note}" for note in stage.notes]
     return lines + [""]
+
+
+def _kernels(record: Any) -> str:
+    """The fused ops' backends as the run's start-up self-check chose them (config.json's "kernels")."""
+    if not isinstance(record, dict) or not isinstance(record.get("ops"), dict):
+        return f"{MISSING} (config.json written before runs recorded their kernels)"
+    used = ", ".join(f"{op} {backend}" for op, backend in record["ops"].items()) or "no fused ops"
+    checks = record.get("self_check") or {}
+    failed = [op for op, check in checks.items() if isinstance(check, dict) and not check.get("ok")]
+    if not checks:
+        how = record.get("note") or "not checked"
+    elif failed:
+        how = f"self-check on {record.get('where', MISSING)}: {', '.join(failed)} failed and ran PyTorch code"
+    else:
+        how = f"self-check passed on {record.get('where', MISSING)}"
+    return f"{used} ({how})"
+
+
+def _compiled(value: Any) -> str:
+    return MISSING if value is None else ("on" if value else "off")
 
 
 def _schedule(ds: dict[str, Any]) -> str:

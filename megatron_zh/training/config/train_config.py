@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from megatron_zh.checkpoint.layout import TENSORBOARD_DIR
 from megatron_zh.checkpoint.safety import TRUST_FLAG_HELP
@@ -29,6 +29,7 @@ from megatron_zh.validators import (
     POSITIVE_INT,
     POSITIVE_NUMBER,
     field_problems,
+    one_of,
     optional,
     raise_problems,
 )
@@ -36,6 +37,9 @@ from megatron_zh.validators import (
 PRETRAIN_KEY = "pretrain"
 
 SCHEDULE, CHECKPOINTS, LOGGING = "training schedule", "checkpoints", "evaluation and logging"
+SPEED = "kernels and compilation"
+# The same names as megatron_zh.ops.Backend (this layer does not import torch before a run starts).
+KernelsRequest = Literal["auto", "triton", "torch"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,21 @@ class TrainConfig:
     )
     max_nonfinite_steps: int = knob(
         3, help="stop when more than this many non-finite losses come in a row", check=NON_NEGATIVE_INT, group=LOGGING
+    )
+    # Kernels and compilation.
+    kernels: KernelsRequest = knob(
+        "auto",
+        help="fused ops: auto = the Triton kernels where they can run (CUDA; CPU only under TRITON_INTERPRET=1), "
+        "each after a self-check on the run's device, dtype and shapes, and PyTorch code for any that fails (one "
+        "WARNING); triton = the same, but a failure stops the run; torch = PyTorch code, nothing checked",
+        check=one_of(get_args(KernelsRequest)),
+        group=SPEED,
+    )
+    compile: bool = knob(
+        False,
+        help="compile the model with torch.compile (inductor) inside the DeepSpeed engine",
+        check=BOOLEAN,
+        group=SPEED,
     )
     # Distributed. Megatron's flag and default; a float so that tests (and impatient users) can go below a minute.
     distributed_timeout_minutes: float = knob(
