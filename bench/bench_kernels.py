@@ -20,6 +20,7 @@ Without a GPU (and without --interpret) it says so and exits with status 2: noth
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -272,6 +273,28 @@ def print_targets(results: list[Result], bandwidth: float) -> None:
             print(f"  {r.op:<18}{r.shape:<8}{ratio:5.2f}x SDPA flash            {'met' if ratio >= 1.0 else 'MISSED'}")
 
 
+def summary(results: list[Result], bandwidth: float, device: str) -> dict:
+    """The fwd+bwd rows, machine-readable (bench/gpu_checks.sh collects the `summary:` line)."""
+    rows = []
+    for r in results:
+        if r.pass_ != "fwd+bwd":
+            continue
+        rows.append(
+            {
+                "op": r.op,
+                "shape": r.shape,
+                "unit": r.unit,
+                "ours": round(r.rate("ours"), 2),
+                "torch_F": round(r.rate("torch.F"), 2) if "torch.F" in r.ms else None,
+                "eager": round(r.rate("eager"), 2),
+                "vs_F": round(r.ms["torch.F"] / r.ms["ours"], 3) if "torch.F" in r.ms else None,
+                "vs_eager": round(r.ms["eager"] / r.ms["ours"], 3),
+                "rel_diff": None if math.isnan(r.max_diff) else float(f"{r.max_diff:.2e}"),
+            }
+        )
+    return {"device": device, "copy_bandwidth_gbs": round(bandwidth, 1), "fwd_bwd": rows}
+
+
 def print_tuned_configs() -> None:
     from megatron_zh.ops.kernels import attention, layer_norm, softmax
 
@@ -342,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         print_targets(results, bandwidth)
     print_tuned_configs()
     print(f"\ntotal time {time.perf_counter() - started:.0f}s")
+    print("summary: " + json.dumps(summary(results, bandwidth, device)), flush=True)
     return 0
 
 

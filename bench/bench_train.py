@@ -2,6 +2,7 @@
 
     python bench/bench_train.py                  # CPU: 2 ranks over gloo, tiny model (a few minutes)
     python bench/bench_train.py --gpu            # GPU: the stage-2 shape, MFU (about a minute on an H100)
+    python bench/bench_train.py --gpu --stage 1 --no-baseline --variant eager= --variant compiled=--compile
 
 Both paths train the same model (same init), on the same data, batch and number of steps, in the
 same processes, measured in alternating chunks so that a busy machine slows both alike:
@@ -16,8 +17,16 @@ Printed: tokens/s of each (median over --repeats chunks), the overhead ratio pla
 and MFU (model FLOPs: megatron_zh.model.model_flops_per_token; peak: the device table in
 megatron_zh.training.metrics, or --peak-tflops).
 
-GPU shape (--gpu): gpt2-distil, seq 1024, micro-batch 16 per GPU, bf16, Triton kernels, ZeRO-1
-from ds_configs/stage2.json; target >= 45% MFU on an H100. Data: the CLUECorpusSmall sample under
+Variants (--variant NAME=FLAGS, repeatable): several DeepSpeed paths, each with pretrain_gpt.py flags of
+its own over the same run (`compiled=--compile`, `pytorch=--kernels torch`), each with its own engine
+and loader, measured in the same alternating chunks; printed as a ratio against the first variant.
+Default: one, "deepspeed". Each path reports its peak CUDA memory during its chunks, absolute and above
+what was allocated when its chunk began (activations and transients: the other paths' engines stay
+allocated).
+
+GPU shapes (--gpu): gpt2-distil, bf16, Triton kernels (after the start-up self-check), ZeRO-1;
+--stage 2 (default): seq 1024, micro-batch 16 per GPU, ds_configs/stage2.json, target >= 45% MFU on
+an H100; --stage 1: seq 128, micro-batch 64, ds_configs/stage1.json. Data: the CLUECorpusSmall sample under
 MEGATRON_ZH_DATA_DIR (tokenized into runs/bench/ on first use), or --data-path/--vocab-file, or
 random tokens (--synthetic, automatic when no data is found: throughput does not depend on content).
 """
@@ -28,6 +37,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -38,13 +48,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+GPU_STAGES = {1: ("stage1.json", 128, 64), 2: ("stage2.json", 1024, 16)}  # config, seq, micro-batch
 DATA_DIR = Path(os.environ.get("MEGATRON_ZH_DATA_DIR", REPO.parent / "shared" / "data"))
 BENCH_DATA = REPO / "runs" / "bench" / "data"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--gpu", action="store_true", help="the stage-2 GPU shape (bf16, gpt2-distil, seq 1024, mb 16)")
+    p.add_argument("--gpu", action="store_true", help="a GPU stage shape (bf16, gpt2-distil; see --stage)")
+    p.add_argument("--stage", type=int, choices=sorted(GPU_STAGES), default=2, help="with --gpu: its shape")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=None,
+        metavar="NAME=FLAGS",
+        help="a DeepSpeed path with these pretrain_gpt.py flags (repeatable; default: one, 'deepspeed')",
+    )
     p.add_argument("--ranks", type=int, default=None, help="data-parallel ranks (default: 2 on CPU, 1 with --gpu)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per chunk (default 10 CPU, 30 GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 CPU, 10 GPU)")
@@ -65,12 +84,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.ranks = args.ranks or (1 if args.gpu else 2)
     args.steps = args.steps or (30 if args.gpu else 10)
     args.warmup = args.warmup if args.warmup is not None else (10 if args.gpu else 3)
-    args.ds_config = args.ds_config or str(REPO / "ds_configs" / ("stage2.json" if args.gpu else "cpu_tiny.json"))
+    config, seq_length, micro_batch = GPU_STAGES[args.stage]
+    args.ds_config = args.ds_config or str(REPO / "ds_configs" / (config if args.gpu else "cpu_tiny.json"))
     if args.gpu:
         args.model = args.model or "gpt2-distil"
-        args.seq_length = args.seq_length or 1024
-        args.micro_batch_size = args.micro_batch_size or 16
+        args.seq_length = args.seq_length or seq_length
+        args.micro_batch_size = args.micro_batch_size or micro_batch
+    args.variants = parse_variants(args.variant or ["deepspeed="])
     return args
+
+
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """["compiled=--compile --kernels auto"] -> {"compiled": ["--compile", "--kernels", "auto"]}."""
+    variants = {}
+    for spec in specs:
+        name, sep, flags = spec.partition("=")
+        if not sep or not name or name == "plain" or name in variants:
+            raise SystemExit(f"--variant {spec!r}: write NAME=FLAGS with a new name other than 'plain'")
+        variants[name] = shlex.split(flags)
+    return variants
 
 
 # ----------------------------------------------------------------------------------------- parent side
@@ -130,6 +162,10 @@ def forward_argv(args) -> list[str]:
         if value is not None:
             argv.append(f"--{name.replace('_', '-')}={value}")
     argv += ["--gpu"] * args.gpu + ["--synthetic"] * args.synthetic + ["--no-baseline"] * args.no_baseline
+    argv += [
+        f"--stage={args.stage}",
+        *(f"--variant={name}={shlex.join(flags)}" for name, flags in args.variants.items()),
+    ]
     return argv
 
 
@@ -173,7 +209,8 @@ class RandomTokens:
         }
 
 
-def build_run(args, world_size: int):
+def build_run(args, world_size: int, extra: list[str] = ()):
+    """The run a path trains: pretrain_gpt.py's flags for the benchmark's shape, then `extra` (a variant's)."""
     from megatron_zh.training.config.arguments import build_parser, build_run_config
 
     total_steps = args.warmup + args.steps * args.repeats + 1
@@ -205,7 +242,7 @@ def build_run(args, world_size: int):
         argv += ["--global-batch-size", str(micro * args.accumulation * world_size)]
     elif args.gpu:
         argv += ["--global-batch-size", str(args.micro_batch_size * world_size)]
-    return build_run_config(build_parser().parse_args(argv), world_size)
+    return build_run_config(build_parser().parse_args([*argv, *extra]), world_size)
 
 
 class PlainLoop:
@@ -266,23 +303,76 @@ class PlainLoop:
         return all_reduce_sum([loss_sum], self.device)[0] / (accumulation * self.env.world_size)
 
 
+class CudaMemory:
+    """Peak CUDA memory of one path over its timed chunks (None on CPU)."""
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.cuda = torch.cuda.is_available()
+        self.peak = self.above_start = 0
+
+    def __enter__(self):
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+            self.start = self.torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda:
+            peak = self.torch.cuda.max_memory_allocated()
+            self.peak, self.above_start = max(self.peak, peak), max(self.above_start, peak - self.start)
+
+    def gib(self, value: int) -> float | None:
+        return round(value / 2**30, 3) if self.cuda else None
+
+
+def deepspeed_path(env, run, dataset, fingerprint, flops, stop):
+    """One variant: its kernels (the start-up self-check), its engine (compiled with --compile), its loader."""
+    from megatron_zh.training.checkpointing.start import TrainState
+    from megatron_zh.training.engine import build_engine, start_lr_schedule
+    from megatron_zh.training.kernel_check import choose_kernels
+    from megatron_zh.training.loaders import build_loaders
+    from megatron_zh.training.loop import TrainContext, run_iteration
+    from megatron_zh.training.metrics import MetricsLogger
+
+    kernels = choose_kernels(run, env)
+    engine = build_engine(run, kernels.choice)
+    start_lr_schedule(engine)
+    loader, _ = build_loaders(run, env, dataset, None, 0)
+    ctx = TrainContext(
+        run=run,
+        env=env,
+        engine=engine,
+        train_batches=iter(loader),
+        valid_loader=None,
+        metrics=MetricsLogger(False, None, None, 0),
+        flops=flops,
+        device=engine.device,
+        vocab_fingerprint=fingerprint or "",
+        vocab_size=run.model.vocab_size,
+    )
+    state = TrainState()
+    setup = f"{kernels.summary()}; torch.compile: {'on' if engine.is_compiled else 'off'}"
+    return (lambda: run_iteration(ctx, state, stop).loss), engine.device, setup
+
+
 def rank_main(args) -> None:
     import torch
 
     from megatron_zh.model import model_flops_per_token
-    from megatron_zh.training.checkpointing.start import TrainState
     from megatron_zh.training.distributed.process_group import init_process_group, set_cpu_threads, setup_rendezvous_env
     from megatron_zh.training.distributed.signals import StopRequest
-    from megatron_zh.training.engine import init_model, initialize_engine, start_lr_schedule
     from megatron_zh.training.loaders import build_datasets, build_loaders
-    from megatron_zh.training.loop import TrainContext, run_iteration
-    from megatron_zh.training.metrics import FlopsCounter, MetricsLogger, device_peak_tflops
+    from megatron_zh.training.metrics import FlopsCounter, device_peak_tflops
     from megatron_zh.training.preflight import check_data, check_device, check_vocab
 
     env = setup_rendezvous_env(args.local_rank)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     threads = torch.get_num_threads() if torch.cuda.is_available() else set_cpu_threads(env)
-    run = build_run(args, env.world_size)
+    runs = {name: build_run(args, env.world_size, flags) for name, flags in args.variants.items()}
+    run = next(iter(runs.values()))
     check_device(run)
     if args.synthetic:
         fingerprint = None
@@ -296,37 +386,22 @@ def rank_main(args) -> None:
     if not args.synthetic:
         train_dataset, _ = build_datasets(run, fingerprint, pad_id)
 
-    # Two loaders over the same samples, one per path.
-    plain_loader, _ = build_loaders(run, env, train_dataset, None, 0)
-    ds_loader, _ = build_loaders(run, env, train_dataset, None, 0)
-    engine = initialize_engine(run, init_model(run.model, run.train.data.seed))
-    start_lr_schedule(engine)
     peak, peak_source = device_peak_tflops(run.precision, threads, args.peak_tflops)
     flops = FlopsCounter(model_flops_per_token(run.model, run.train.data.seq_length), env.world_size, peak)
-    ctx = TrainContext(
-        run=run,
-        env=env,
-        engine=engine,
-        train_batches=iter(ds_loader),
-        valid_loader=None,
-        metrics=MetricsLogger(False, None, None, 0),
-        flops=flops,
-        device=engine.device,
-        vocab_fingerprint=fingerprint or "",
-        vocab_size=run.model.vocab_size,
-    )
-    state, stop = TrainState(), StopRequest()
+    stop = StopRequest()
 
     def sync() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    paths = {"deepspeed": lambda: run_iteration(ctx, state, stop).loss}
-    for _ in range(args.warmup):  # allocator, Triton autotuning, DeepSpeed's first-step set-up
-        paths["deepspeed"]()
+    paths, setups = {}, {}
+    for name, variant_run in runs.items():
+        paths[name], device, setups[name] = deepspeed_path(env, variant_run, train_dataset, fingerprint, flops, stop)
+        for _ in range(args.warmup):  # allocator, Triton autotuning, compiling, DeepSpeed's first-step set-up
+            paths[name]()
     if not args.no_baseline:
         try:
-            plain = PlainLoop(run, env, engine.device, plain_loader)
+            plain = PlainLoop(run, env, device, build_loaders(run, env, train_dataset, None, 0)[0])
             for _ in range(args.warmup):
                 plain.step()
             paths = {"plain": plain.step, **paths}
@@ -335,18 +410,25 @@ def rank_main(args) -> None:
                 raise
             print(f"plain PyTorch baseline failed, reporting DeepSpeed only: {type(exc).__name__}: {exc}", flush=True)
     tokens_per_s: dict[str, list[float]] = {name: [] for name in paths}
+    memory = {name: CudaMemory() for name in paths}
     losses: dict[str, float] = {}
     for repeat in range(args.repeats):
-        order = list(paths) if repeat % 2 == 0 else list(reversed(paths))  # neither path always goes first
+        order = list(paths) if repeat % 2 == 0 else list(reversed(paths))  # no path always goes first
         for name in order:
             sync()
             start = time.perf_counter()
-            for _ in range(args.steps):
-                losses[name] = paths[name]()
-            sync()
+            with memory[name]:
+                for _ in range(args.steps):
+                    losses[name] = paths[name]()
+                sync()
             tokens_per_s[name].append(args.steps * run.tokens_per_step / (time.perf_counter() - start))
-    # Each repeat's two chunks ran back to back, so their ratio cancels slow drifts in machine load.
-    ratios = [p / d for p, d in zip(tokens_per_s.get("plain", []), tokens_per_s["deepspeed"])]
+    # Each repeat's chunks ran back to back, so their ratios cancel slow drifts in machine load.
+    first = next(iter(runs))
+    ratios = [p / d for p, d in zip(tokens_per_s.get("plain", []), tokens_per_s[first])]
+    variant_ratios = {
+        name: round(statistics.median(v / f for v, f in zip(tokens_per_s[name], tokens_per_s[first])), 4)
+        for name in list(runs)[1:]
+    }
 
     median = {name: statistics.median(v) for name, v in tokens_per_s.items()}
     summary = {
@@ -361,22 +443,26 @@ def rank_main(args) -> None:
         "world_size": env.world_size,
         "global_batch_size": run.global_batch_size,
         "data": "random tokens" if args.synthetic else args.data_path,
+        "variants": {name: shlex.join(flags) for name, flags in args.variants.items()},
+        "setup": setups,
         "steps_per_chunk": args.steps,
         "repeats": args.repeats,
         "tokens_per_s": {name: [round(x, 1) for x in v] for name, v in tokens_per_s.items()},
         "tokens_per_s_median": {name: round(v, 1) for name, v in median.items()},
         "overhead_ratio_per_repeat": [round(r, 4) for r in ratios],
         "overhead_ratio_plain_over_deepspeed": round(statistics.median(ratios), 4) if ratios else None,
+        f"speed_ratio_over_{first}": variant_ratios,
         "tflops_per_device": {name: round(flops.tflops_per_device(v), 3) for name, v in median.items()},
         "mfu": {name: (None if flops.mfu(v) is None else round(flops.mfu(v), 4)) for name, v in median.items()},
         "peak_tflops_per_device": peak,
         "peak_source": peak_source,
         "last_loss": {name: round(v, 4) for name, v in losses.items()},
-        "max_memory_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        if torch.cuda.is_available()
-        else None,
+        "peak_memory_gib": {name: m.gib(m.peak) for name, m in memory.items()},
+        "peak_memory_above_chunk_start_gib": {name: m.gib(m.above_start) for name, m in memory.items()},
     }
     if env.is_main:
+        for name, line in setups.items():
+            print(f"{name:>10}: {line}", flush=True)
         for name in paths:
             mfu = summary["mfu"][name]
             print(
@@ -388,9 +474,11 @@ def rank_main(args) -> None:
             )
         ratio = summary["overhead_ratio_plain_over_deepspeed"]
         if ratio is not None:
-            print(f"overhead ratio plain/deepspeed: {ratio:.3f} (target <= 1.15 on CPU)", flush=True)
-        if args.gpu:
-            mfu = summary["mfu"]["deepspeed"]
+            print(f"overhead ratio plain/{first}: {ratio:.3f} (target <= 1.15 on CPU)", flush=True)
+        for name, value in variant_ratios.items():
+            print(f"speed ratio {name}/{first}: {value:.3f} (tokens/s, median of back-to-back chunks)", flush=True)
+        if args.gpu and args.stage == 2:
+            mfu = summary["mfu"][first]
             print(
                 f"MFU of the DeepSpeed path at the stage-2 shape: {'n/a' if mfu is None else f'{100 * mfu:.1f}%'} "
                 "(target >= 45% on an H100)",
