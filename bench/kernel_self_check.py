@@ -1,14 +1,15 @@
 """The start-up kernel self-check of a training run, at both stage shapes of gpt2-distil, on this GPU.
 
-For each stage (1: micro-batch 64 x seq 128; 2: micro-batch 16 x seq 1024) and each fused attention
-path (flash attention; the fused softmax of attention_impl="softmax") it runs what `--kernels auto`
-runs before the first step (megatron_zh.ops.select_kernels) and prints, per kernel use, whether it
-passed, its score (the worst error as a share of its tolerance: 1 is the limit, so this is the margin
-a GPU's rounding leaves) and how long it took (the first use of a kernel includes its compile and
-autotuning). An op that fails is what a run would fall back on, with the WARNING it would log.
+For each stage (1: micro-batch 64 x seq 128; 2: micro-batch 16 x seq 1024) and each attention path
+asked for (--impls: flash attention, the default; the fused softmax of attention_impl="softmax") it
+runs what `--kernels auto` runs before the first step (megatron_zh.ops.select_kernels) and prints,
+per kernel use, whether it passed, its score (the worst error as a share of its tolerance: 1 is the
+limit, so this is the margin a GPU's rounding leaves) and how long it took (the first use of a kernel
+includes its compile and autotuning). An op that fails is what a run would fall back on, with the
+WARNING it would log.
 
     python bench/kernel_self_check.py                   # on a CUDA GPU, bf16 (about a minute)
-    python bench/kernel_self_check.py --dtypes bf16,fp32
+    python bench/kernel_self_check.py --dtypes bf16,fp32 --impls flash,softmax
     python bench/kernel_self_check.py --cpu-dry-run     # CPU, Triton's interpreter, gpt2-tiny shapes
 
 Prints a last line `summary: {json}` (bench/gpu_checks.sh collects it). Exit status 0 also when an op
@@ -36,8 +37,12 @@ NO_GPU_EXIT = 2
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtypes", default="bf16", help=f"comma-separated subset of {', '.join(DTYPES)}")
+    p.add_argument("--impls", default="flash", help="comma-separated subset of flash, softmax")
     p.add_argument("--cpu-dry-run", action="store_true", help="CPU, TRITON_INTERPRET=1, gpt2-tiny at tiny shapes")
     args = p.parse_args(argv)
+    args.impls = [i for i in args.impls.split(",") if i]
+    if not args.impls or set(args.impls) - {"flash", "softmax"}:
+        p.error(f"--impls: a subset of flash, softmax, got {args.impls}")
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     unknown = sorted(set(args.dtypes) - set(DTYPES))
     if unknown:
@@ -69,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for dtype_name in args.dtypes:
         for stage, (micro_batch, seq) in stages.items():
-            for impl in ("flash", "softmax"):
+            for impl in args.impls:
                 config = GPT2Config.from_preset(preset, attention_impl=impl)
                 uses = kernel_uses(config, micro_batch, seq)
                 selection = ops.select_kernels("auto", uses, device, TORCH_DTYPES[dtype_name])

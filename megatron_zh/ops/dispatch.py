@@ -105,5 +105,5 @@ class KernelChoice:
         )
 
     def describe(self, ops: tuple[OpName, ...] = OPS) -> str:
-        """ "layer_norm=triton, causal_attention=torch" for the named ops."""
+        """The named ops as `layer_norm=triton, causal_attention=torch`."""
         return ", ".join(f"{op}={getattr(self, op)}" for op in ops)

@@ -109,7 +109,7 @@ def agree(results: Results, failing_ranks: Mapping[OpName, int], world_size: int
     for op, checks in results.items():
         failures = failing_ranks.get(op, 0)
         if failures and all(r.ok for r in checks):
-            detail = f"passed on this rank, failed on {failures} of {world_size} ranks (see their warnings)"
+            detail = f"passed on this rank, failed on {failures} of {world_size} ranks (their own lines say why)"
             checks = [replace(checks[0], ok=False, score=math.inf, detail=detail), *checks[1:]]
         agreed[op] = list(checks)
     return agreed

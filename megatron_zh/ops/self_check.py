@@ -48,7 +48,7 @@ class KernelUse:
     dropout_p: float = 0.0  # causal_attention only: a different compiled kernel when > 0
 
     def describe(self) -> str:
-        """ "shape [2, 12, 128, 64] dropout 0.1": where in the model this use sits."""
+        """Where in the model this use sits: `shape [2, 12, 128, 64] dropout 0.1`."""
         dropout = f" dropout {self.dropout_p:g}" if self.dropout_p else ""
         return f"shape {list(self.shape)}{dropout}"
 
