@@ -12,7 +12,8 @@ checks every import, including those inside functions):
   2  normalization, unknown_tokens             opt-in text normalisation derived from the vocab
                                                (its table ships for the default vocab); [UNK] tallies
   3  tokenizer, _helpers                       BERT-Chinese WordPiece, vocab fingerprint; the C++ index helper
-  4  data, ops                                 corpora -> .bin/.idx -> samples; fused Triton kernels
+  4  data, ops, optim                          corpora -> .bin/.idx -> samples; fused Triton kernels;
+                                               UER-py's AdamW as a torch optimizer
   5  model                                     GPT-2
   6  checkpoint                                the checkpoint on disk: names, client state, fp32 masters,
                                                safe loading, whole-model weights

@@ -1,7 +1,15 @@
 """The model wrapped in a DeepSpeed engine: ZeRO-partitioned AdamW, the lr schedule, mixed precision.
 
 The optimizer and scheduler come from the DeepSpeed config (torch's AdamW under ZeRO's
-partitioned optimizer, WarmupDecayLR). One adjustment to DeepSpeed's scheduler: it leaves the lr
+partitioned optimizer, WarmupDecayLR). One exception: an Adam(W) section with
+`"bias_correction": false` and no `torch_adam` (UER-py's AdamW, ds_configs/uer_stage*.json) would
+make DeepSpeed compile FusedAdam; we build `megatron_zh.optim.UerAdamW` (the same update in torch
+foreach ops) and hand it to deepspeed.initialize instead, with the config minus its "optimizer"
+section (the scheduler's peak lr is already in scheduler.params) and, under ZeRO, with
+"zero_allow_untested_optimizer" (ZeRO's list names classes, not updates). `run.deepspeed` keeps the
+section as written: config.json and the model card say what the file said.
+
+One adjustment to DeepSpeed's scheduler: it leaves the lr
 at its warm-up start for the first *two* steps (the first `scheduler.step()` moves it from
 iteration -1 to 0, which is still the start). We take that first step before training, so
 iteration i (1-based) runs at the schedule's value for i - 1, as Megatron-LM and UER-py do:
@@ -23,6 +31,7 @@ from torch import nn
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
 from megatron_zh.ops import KernelChoice
+from megatron_zh.optim import UerAdamW, uer_adamw_params
 from megatron_zh.training.config.run_config import RunConfig
 
 if TYPE_CHECKING:  # importing deepspeed takes seconds; only initialize_engine needs it at run time
@@ -51,15 +60,29 @@ def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict[s
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def deepspeed_arguments(ds: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(the config DeepSpeed is given, UerAdamW's arguments or None): see the module docstring."""
+    uer_params = uer_adamw_params(ds["optimizer"])
+    if uer_params is None:
+        return ds, None
+    config = {key: value for key, value in ds.items() if key != "optimizer"}
+    if int((ds.get("zero_optimization") or {}).get("stage", 0)) > 0:
+        config["zero_allow_untested_optimizer"] = True
+    return config, uer_params
+
+
 def initialize_engine(run: RunConfig, model: nn.Module) -> DeepSpeedEngine:
     """deepspeed.initialize with the run's resolved config. Returns the engine."""
     import deepspeed
 
     weight_decay = float(run.deepspeed["optimizer"].get("params", {}).get("weight_decay", 0.0))
+    param_groups = optimizer_param_groups(model, weight_decay)
+    config, uer_params = deepspeed_arguments(run.deepspeed)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        model_parameters=optimizer_param_groups(model, weight_decay),
-        config=run.deepspeed,
+        model_parameters=param_groups,
+        optimizer=None if uer_params is None else UerAdamW(param_groups, **uer_params),
+        config=config,
         dist_init_required=False,
     )
     return engine

@@ -20,6 +20,7 @@ import torch
 
 from megatron_zh.errors import ConfigError
 from megatron_zh.log import get_logger
+from megatron_zh.optim import uer_adamw_params
 from megatron_zh.training.checkpointing.start import StartPoint, check_compatible, resolve_start
 from megatron_zh.training.checkpointing.start_guard import (
     check_checkpoint_complete,
@@ -91,7 +92,8 @@ def check_device(run: RunConfig) -> None:
     if precision == "fp16" and not cuda:
         raise ConfigError(f"{run.config_file} asks for fp16, which needs a CUDA GPU; pass --fp32 on CPU")
     optimizer = run.deepspeed["optimizer"]
-    if not cuda and optimizer["type"].lower() in ("adam", "adamw") and not optimizer["params"].get("torch_adam"):
+    compiled = optimizer["type"].lower() in ("adam", "adamw") and not optimizer["params"].get("torch_adam")
+    if not cuda and compiled and uer_adamw_params(optimizer) is None:  # UER-py's AdamW is ours: nothing to build
         raise ConfigError(
             f'{run.config_file}: DeepSpeed\'s {optimizer["type"]} without "torch_adam": true builds a C++/CUDA '
             "extension; set optimizer.params.torch_adam to true (torch's AdamW, still ZeRO-partitioned)"

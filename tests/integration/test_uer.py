@@ -365,8 +365,8 @@ def test_uer_recipe_configs_resolve_on_8_gpus():
         )
         assert run_config.precision == "fp32"
         assert run_config.train.data.sample_mode == "document"  # UER-py's per-document chunks, padded tail
-        # UER-py's AdamW: correct_bias=False is DeepSpeed's FusedAdam / CPUAdam bias_correction=false
-        # (no torch_adam: torch.optim.AdamW always corrects the bias).
+        # UER-py's AdamW (correct_bias=False), as DeepSpeed writes it: bias_correction=false, no torch_adam
+        # (torch.optim.AdamW always corrects the bias). megatron_zh.optim.UerAdamW runs it (test_uer_optimizer.py).
         assert ds["optimizer"] == {
             "type": "AdamW",
             "params": {"lr": lr, "betas": [0.9, 0.999], "eps": 1e-6, "weight_decay": 0.0, "bias_correction": False},

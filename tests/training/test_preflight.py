@@ -71,6 +71,22 @@ def preflight(config: Path, *flags: str, world_size: int = 2):
         ),
         ({"activation_checkpointng": {}}, "did you mean 'activation_checkpointing'?"),
         ({"my_notes": "x"}, "unknown key 'my_notes' (DeepSpeed does not read it and would ignore it)"),
+        (
+            {"optimizer": {"params": {"torch_adam": False, "bias_correction": False, "weight_decy": 0.0}}},
+            "optimizer.params.weight_decy is not a parameter of UER-py's AdamW (megatron_zh.optim.UerAdamW, "
+            "built for \"bias_correction\": false); did you mean 'weight_decay'?",
+        ),
+        (
+            {"optimizer": {"params": {"torch_adam": False, "bias_correction": False, "betas": [0.9, 1.5]}}},
+            'UER-py\'s AdamW (megatron_zh.optim.UerAdamW, built for "bias_correction": false) rejects them: betas',
+        ),
+        (
+            {
+                "optimizer": {"params": {"torch_adam": False, "bias_correction": False}},
+                "zero_optimization": {"offload_optimizer": {"device": "cpu"}},
+            },
+            "zero_optimization.offload_optimizer cannot run UER-py's AdamW",
+        ),
     ],
 )
 def test_what_deepspeed_would_reject_is_named_before_the_process_group(tmp_path, zh_text_document, deepspeed, message):
@@ -88,7 +104,10 @@ def test_valid_deepspeed_configs_pass_the_preflight(tmp_path, zh_text_document):
         tmp_path, zh_text_document, lambda c: c.update(scheduler={"type": "StepLR", "params": {"step_size": 10}})
     )
     preflight(config)
-    for name in ("stage1.json", "stage2.json"):  # the published recipes, as resolved for 8 GPUs
+    # UER-py's AdamW: DeepSpeed would compile FusedAdam for it (refused on CPU); we build UerAdamW.
+    uer = {"optimizer": {"params": {"torch_adam": False, "bias_correction": False, "weight_decay": 0.01}}}
+    preflight(write_config(tmp_path, zh_text_document, uer))
+    for name in ("stage1.json", "stage2.json", "uer_stage1.json", "uer_stage2.json"):  # as resolved for 8 GPUs
         args = build_parser().parse_args(["--ds_config", str(REPO_ROOT / "ds_configs" / name)])
         run_config = build_run_config(args, 8)
         check_deepspeed_config(run_config.deepspeed, run_config.config_file)

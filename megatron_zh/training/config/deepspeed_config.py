@@ -10,7 +10,8 @@ DeepSpeed's own rules that bite, and what we do about them:
   and its peak from the optimizer's lr, so one number is never written twice. DeepSpeed also
   silently lengthens warm-ups shorter than 2 steps to 2; we write the length it will use.
 - DeepSpeed's `"AdamW"` builds a fused CUDA/CPU extension unless `"torch_adam": true`; ours use
-  torch's AdamW (no build step, on any device) wrapped by ZeRO's partitioned optimizer.
+  torch's AdamW (no build step, on any device) wrapped by ZeRO's partitioned optimizer, or, with
+  `"bias_correction": false` (the UER configs), our UerAdamW (training/engine.py): no build either.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ engine. Here the same rules run up front, against DeepSpeed 0.19's own definitio
 - the optimizer: a type DeepSpeed knows (its list, or a `torch.optim` class), the class DeepSpeed
   will construct for it, and every `optimizer.params` key against that constructor's signature;
   `betas` is two numbers; torch optimizers are built on a dummy parameter and stepped once, so a bad
-  value (a beta of 1.5) is found too;
+  value (a beta of 1.5) is found too; an Adam(W) with `"bias_correction": false` is checked against
+  `optim.UerAdamW`, which we build for it instead of DeepSpeed's compiled FusedAdam (see training/engine.py);
 - the scheduler: a DeepSpeed schedule or a `torch.optim.lr_scheduler` class, its params against its
   signature, `warmup_type` (DeepSpeed would silently fall back to "log"), then built on a dummy
   optimizer.
@@ -30,6 +31,7 @@ from typing import Any
 import torch
 
 from megatron_zh.errors import ConfigError
+from megatron_zh.optim import SELECTING_PARAMS, UerAdamW, uer_adamw_params
 
 # Keys DeepSpeed's engine pops from optimizer.params before calling the constructor (_configure_basic_optimizer,
 # get_optimizer_configuration); "foreach" is taken only with torch_adam.
@@ -227,6 +229,9 @@ def check_optimizer(ds: dict[str, Any], source: str) -> None:
         )
     if name.startswith("mu"):
         return  # MuAdam/MuSGD come from the optional `mup` package, Muon builds its own groups: not checked
+    if uer_adamw_params(optimizer) is not None:
+        _check_uer_adamw(ds, params, source)
+        return
     cls, engine_kwargs = _optimizer_class(name, params, ds)
     if name in ("adam", "adamw"):
         params = {k: v for k, v in params.items() if k not in _ADAM_ENGINE_KEYS}
@@ -240,6 +245,26 @@ def check_optimizer(ds: dict[str, Any], source: str) -> None:
             '"zero_allow_untested_optimizer": true to use it anyway, or choose AdamW'
         )
     _check_params(params, cls.__init__, 2, what, "optimizer.params", source, engine_kwargs)
+    _check_betas(params, source)
+    if cls.__module__.startswith("torch.optim"):
+        _build_and_step(cls, params, what, source)
+
+
+def _check_uer_adamw(ds: dict[str, Any], params: dict[str, Any], source: str) -> None:
+    what = 'UER-py\'s AdamW (megatron_zh.optim.UerAdamW, built for "bias_correction": false)'
+    offload = ((ds.get("zero_optimization") or {}).get("offload_optimizer") or {}).get("device") in ("cpu", "nvme")
+    if offload:
+        raise ConfigError(
+            f"{source}: zero_optimization.offload_optimizer cannot run {what}: ZeRO-Offload takes only DeepSpeed's "
+            'own CPU optimizers; remove offload_optimizer, or drop "bias_correction": false for DeepSpeedCPUAdam'
+        )
+    params = {key: value for key, value in params.items() if key not in SELECTING_PARAMS}
+    _check_params(params, UerAdamW.__init__, 2, what, "optimizer.params", source)
+    _check_betas(params, source)
+    _build_and_step(UerAdamW, params, what, source)
+
+
+def _check_betas(params: dict[str, Any], source: str) -> None:
     betas = params.get("betas")
     if betas is not None and not (
         isinstance(betas, list) and len(betas) == 2 and all(isinstance(b, (int, float)) for b in betas)
@@ -247,15 +272,17 @@ def check_optimizer(ds: dict[str, Any], source: str) -> None:
         raise ConfigError(
             f"{source}: optimizer.params.betas must be two numbers [beta1, beta2] (e.g. [0.9, 0.999]), got {betas!r}"
         )
-    if cls.__module__.startswith("torch.optim"):
-        # Built on a dummy parameter and stepped once: some values pass the constructor and fail only at
-        # the first step, after the whole start-up.
-        parameter = torch.nn.Parameter(torch.zeros(1))
-        parameter.grad = torch.zeros(1)
-        try:
-            cls([parameter], **params).step()
-        except (ValueError, TypeError, RuntimeError) as exc:
-            raise ConfigError(f"{source}: optimizer.params: {what} rejects them: {exc}") from None
+
+
+def _build_and_step(cls: type, params: dict[str, Any], what: str, source: str) -> None:
+    """Built on a dummy parameter and stepped once: some values pass the constructor and fail only at the
+    first step, after the whole start-up."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    parameter.grad = torch.zeros(1)
+    try:
+        cls([parameter], **params).step()
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"{source}: optimizer.params: {what} rejects them: {exc}") from None
 
 
 def check_scheduler(ds: dict[str, Any], source: str) -> None:
