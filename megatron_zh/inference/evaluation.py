@@ -59,7 +59,7 @@ class EvaluationConfig:
     )
     batch_size: int = knob(
         8,
-        help="windows per forward pass (logits take batch x seq x 21128 x 4 bytes)",
+        help="windows per forward pass (the loss is taken chunk by chunk: no batch x seq x vocab logits)",
         check=POSITIVE_INT,
         group=DATA,
     )

@@ -27,6 +27,11 @@ ATTENTION_IMPLS: tuple[AttentionImpl, ...] = get_args(AttentionImpl)
 # The dtype a model trains in (its weights and activations; optimizer masters stay fp32 under bf16/fp16).
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+# How a loss asked for alone is computed from the last hidden states (model/lm_loss.py): "fused" chunk by
+# chunk, never holding the [tokens, vocab] logits; "logits" makes them, then their cross-entropy. Same
+# loss and gradients within float32 noise; the logits' memory is the difference.
+LMLoss = Literal["fused", "logits"]
+LM_LOSSES: tuple[LMLoss, ...] = get_args(LMLoss)
 
 
 @dataclass
@@ -123,6 +128,13 @@ class ModelChoice:
         None,
         help="dropout on attention probabilities (default: the preset's, 0.1 for gpt2-distil; 0: off)",
         check=optional(FRACTION),
+        group=MODEL,
+    )
+    lm_loss: LMLoss = knob(
+        "fused",
+        help="the LM head's loss: fused (chunk by chunk, never holding the [tokens, vocab] logits) or "
+        "logits (the logits, then their cross-entropy); the same loss and gradients",
+        check=one_of(LM_LOSSES),
         group=MODEL,
     )
 

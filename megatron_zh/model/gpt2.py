@@ -17,8 +17,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megatron_zh import ops
-from megatron_zh.model.config import GPT2Config
+from megatron_zh.model.config import LM_LOSSES, GPT2Config, LMLoss
 from megatron_zh.model.kv_cache import KVCache
+from megatron_zh.model.lm_loss import lm_head_loss
 
 KernelBackend = Literal["auto", "triton", "torch"]
 KernelChoice = ops.KernelChoice
@@ -27,7 +28,7 @@ DECODING_KERNELS = KernelChoice.uniform("torch")
 
 
 class GPT2Output(NamedTuple):
-    logits: torch.Tensor  # [batch, seq, vocab] (seq 1 with last_only), the model's dtype
+    logits: torch.Tensor | None  # [batch, seq, vocab] (seq 1 with last_only), the model's dtype; None: loss only
     loss: torch.Tensor | None  # float32 scalar when labels were given
 
 
@@ -129,16 +130,28 @@ class GPT2Model(nn.Module):
     kernels on CUDA tensors and PyTorch code elsewhere; "triton" forces the kernels (on CPU only
     under TRITON_INTERPRET=1); "torch" forces PyTorch code. The choice is fixed at construction
     and only read by forward, so torch.compile guards on it instead of tracing a decision.
+
+    lm_loss: "fused" (default) computes a loss asked for alone chunk by chunk, never holding the
+    [batch, seq, vocab] logits (lm_loss.py); "logits" makes the logits and takes their cross-entropy.
     """
 
-    def __init__(self, config: GPT2Config, *, kernel_backend: KernelBackend | KernelChoice = "auto"):
+    def __init__(
+        self,
+        config: GPT2Config,
+        *,
+        kernel_backend: KernelBackend | KernelChoice = "auto",
+        lm_loss: LMLoss = "fused",
+    ):
         super().__init__()
         if isinstance(kernel_backend, str):
             if kernel_backend not in ops.dispatch.BACKENDS:
                 raise ValueError(f"kernel_backend must be one of {ops.dispatch.BACKENDS}, got {kernel_backend!r}")
             kernel_backend = KernelChoice.uniform(kernel_backend)
+        if lm_loss not in LM_LOSSES:
+            raise ValueError(f"lm_loss must be one of {LM_LOSSES}, got {lm_loss!r}")
         self.config = config
         self.kernels: KernelChoice = kernel_backend
+        self.lm_loss = lm_loss
         # "auto" entries, resolved once for each kind of input: CUDA tensors or not.
         on_cuda = kernel_backend.with_auto_as("triton" if ops.triton_installed() else "torch")
         self._kernels_by_device = {True: on_cuda, False: kernel_backend.with_auto_as("torch")}
@@ -179,15 +192,24 @@ class GPT2Model(nn.Module):
         positions: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        return_logits: bool | None = None,
     ) -> GPT2Output:
         """input_ids [batch, seq] -> logits [batch, seq, vocab]; with labels (already shifted:
-        labels[:, i] is the token after input_ids[:, i]) also the loss
-        sum(ce * loss_mask) / sum(loss_mask), or the plain mean without a mask.
+        labels[:, i] is the token after input_ids[:, i]) the loss sum(ce * loss_mask) / sum(loss_mask),
+        or the plain mean without a mask.
+
+        return_logits: None (default) returns the logits when no labels are given, and the loss alone
+        (logits None) when they are, which the fused head computes without the logits; True returns both
+        (the loss then from the logits); False without labels is an error.
 
         For decoding: `positions` [batch, seq] (default 0..seq-1) places the tokens, `cache`
         supplies the keys and values of earlier passes and keeps this pass's, and `last_only`
         computes the logits of the last position only ([batch, 1, vocab]).
         """
+        if return_logits is None:
+            return_logits = labels is None or self.lm_loss == "logits"
+        if labels is None and not return_logits:
+            raise ValueError("return_logits=False without labels asks for nothing")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_position_embeddings:
@@ -212,7 +234,11 @@ class GPT2Model(nn.Module):
         if last_only:
             hidden = hidden[:, -1:]
         hidden = self.final_layernorm(hidden, kernels)
-        logits = F.linear(hidden, self.embedding.word_embeddings.weight)
+        head = self.embedding.word_embeddings.weight  # tied
+        if not return_logits:
+            assert labels is not None  # checked above; for mypy
+            return GPT2Output(None, lm_head_loss(hidden, head, labels, loss_mask))
+        logits = F.linear(hidden, head)
         loss = None if labels is None else masked_lm_loss(logits, labels, loss_mask)
         return GPT2Output(logits, loss)
 

@@ -8,6 +8,7 @@ own device (`select_kernels`).
   0  kernels                          the Triton kernels (their own map)
   1  dispatch, custom_ops             which implementation an op runs, KernelChoice; the launchers as
                                       custom ops (torch.ops.megatron_zh.*) with autograd and fake tensors
+  1  blockwise_attention              causal attention with dropout a block of queries at a time (CPU)
   2  attention, layer_norm, softmax   the ops: the custom ops, or their PyTorch fallbacks
   3  self_check                       one op's Triton forward + backward against PyTorch, on a device
   4  selection                        --kernels auto|triton|torch -> the run's KernelChoice

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_zh.ops import custom_ops
+from megatron_zh.ops.blockwise_attention import blockwise_causal_attention
 from megatron_zh.ops.dispatch import Backend, resolve_backend
 
 
@@ -43,6 +44,9 @@ def causal_attention(
         raise ValueError(f"causal_attention: dropout_p must be in [0, 1), got {dropout_p}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     if resolve_backend(backend, "causal_attention", q, k, v) == "torch":
+        if dropout_p > 0.0 and q.device.type == "cpu":
+            # SDPA's CPU math path would keep the seq x seq probabilities and mask of every layer.
+            return blockwise_causal_attention(q, k, v, scale, dropout_p)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale)
     # The seed is drawn from PyTorch's CPU generator, as a tensor: see custom_ops.py.
     if dropout_p > 0.0:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from megatron_zh.log import get_logger
-from megatron_zh.model import GPT2Config, GPT2Model
+from megatron_zh.model import GPT2Config, GPT2Model, LMLoss
 from megatron_zh.ops import KernelChoice
 from megatron_zh.optim import UerAdamW, uer_adamw_params
 from megatron_zh.training.config.run_config import RunConfig
@@ -43,11 +43,14 @@ logger = get_logger(__name__)
 COMPILE_BACKEND = "inductor"
 
 
-def init_model(config: GPT2Config, seed: int, kernels: KernelChoice | None = None) -> GPT2Model:
+def init_model(
+    config: GPT2Config, seed: int, kernels: KernelChoice | None = None, *, lm_loss: LMLoss = "fused"
+) -> GPT2Model:
     """The model, initialised from `seed` so every rank starts from the same weights; `kernels`: the
-    run's fused-op choice (default: Triton on CUDA tensors, PyTorch code elsewhere)."""
+    run's fused-op choice (default: Triton on CUDA tensors, PyTorch code elsewhere); `lm_loss`: the LM
+    head's loss path (model/lm_loss.py)."""
     torch.manual_seed(seed)
-    return GPT2Model(config, kernel_backend=kernels or KernelChoice())
+    return GPT2Model(config, kernel_backend=kernels or KernelChoice(), lm_loss=lm_loss)
 
 
 def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -90,7 +93,9 @@ def initialize_engine(run: RunConfig, model: nn.Module) -> DeepSpeedEngine:
 
 def build_engine(run: RunConfig, kernels: KernelChoice) -> DeepSpeedEngine:
     """The run's model with its kernels, inside its DeepSpeed engine, compiled when --compile."""
-    engine = initialize_engine(run, init_model(run.model, run.train.data.seed, kernels))
+    engine = initialize_engine(
+        run, init_model(run.model, run.train.data.seed, kernels, lm_loss=run.train.model.lm_loss)
+    )
     if run.train.compile:
         engine.compile(backend=COMPILE_BACKEND)
     return engine

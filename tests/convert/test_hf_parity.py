@@ -56,11 +56,13 @@ def test_logits_and_loss_match_hugging_face(preset, impl):
     with torch.no_grad():
         # Megatron style: inputs tokens[:-1], labels tokens[1:]. HF shifts labels itself, so it
         # gets the full sequence and predicts the same len-1 positions.
-        out = ours(batch[:, :-1], labels=batch[:, 1:])
+        out = ours(batch[:, :-1], labels=batch[:, 1:], return_logits=True)
+        fused_loss = ours(batch[:, :-1], labels=batch[:, 1:]).loss  # the fused head: no logits
         hf_out = hf(input_ids=batch, labels=batch)
         hf_logits = hf(input_ids=batch[:, :-1]).logits
     assert (out.logits - hf_logits).abs().max().item() <= MAX_ABS_DIFF
     assert abs(out.loss.item() - hf_out.loss.item()) <= MAX_ABS_DIFF
+    assert abs(fused_loss.item() - hf_out.loss.item()) <= MAX_ABS_DIFF
 
 
 def test_masked_loss_matches_hugging_face_ignore_index():

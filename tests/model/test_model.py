@@ -109,11 +109,14 @@ def test_logits_shape_and_unmasked_loss():
     config = small_config()
     model = GPT2Model(config).eval()
     input_ids, labels = random_batch(config)
-    out = model(input_ids, labels=labels)
+    out = model(input_ids, labels=labels, return_logits=True)
     assert out.logits.shape == (2, 24, config.vocab_size)
     expected = F.cross_entropy(out.logits.reshape(-1, config.vocab_size), labels.reshape(-1))
     torch.testing.assert_close(out.loss, expected)
     assert model(input_ids).loss is None
+    fused = model(input_ids, labels=labels)  # the loss alone: the fused head, no logits
+    assert fused.logits is None
+    torch.testing.assert_close(fused.loss, expected)
 
 
 def test_loss_mask_excludes_positions():
