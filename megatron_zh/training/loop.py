@@ -1,9 +1,15 @@
 """The training loop: micro-batches through the DeepSpeed engine, then logging, evaluation, checkpoints.
 
-One iteration = one optimizer step = gradient_accumulation_steps micro-batches per rank. After
-each step the ranks exchange, in one small all-reduce, their summed loss and whether they were
-asked to stop (SIGTERM/SIGINT), so all of them agree on the logged loss, on non-finite losses and
-on when to save and leave.
+One iteration = one optimizer step = gradient_accumulation_steps micro-batches per rank.
+
+The host never waits for the device between two logged steps. Each step's loss stays on the device;
+the losses of the steps since the last read are summed over the ranks in one all-reduce and read in one go
+where the host needs them: at a log step, before an evaluation or a save, and at the end. There they are
+checked for NaN/inf in step order (NonFiniteGuard), so a run that goes non-finite stops at the next such
+point with the same iterations named, and a save never keeps weights updated from a non-finite loss. Whether
+a rank was asked to stop (SIGTERM/SIGINT) is agreed every step, over a gloo group from host memory
+(process_group.any_rank), which never waits for the device. Throughput is the wall time between two log
+steps, less the evaluations and saves in between.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from megatron_zh.training import engine as engine_utils
 from megatron_zh.training.checkpointing.save import save_checkpoint
 from megatron_zh.training.checkpointing.start import TrainState
 from megatron_zh.training.config.run_config import RunConfig
-from megatron_zh.training.distributed.process_group import DistEnv, all_reduce_sum
+from megatron_zh.training.distributed.process_group import DistEnv, all_reduce_sum, any_rank, host_group
 from megatron_zh.training.distributed.signals import StopRequest, StopSignal
 from megatron_zh.training.loaders import to_device
 from megatron_zh.training.metrics import FlopsCounter, MetricsLogger
@@ -55,40 +61,6 @@ class TrainContext:
     vocab_fingerprint: str
     vocab_size: int
     normalization: str  # the data's text normalisation, recorded in every checkpoint
-
-
-@dataclass
-class LogWindow:
-    """What happened since the last logged step.
-
-    A resumed run starts its first window with the losses its checkpoint carried (the steps between the
-    last logged one and the save), so its first logged loss averages the same steps an uninterrupted
-    run's does; `steps` and `seconds` count this process's steps only (they give the throughput)."""
-
-    steps: int = 0
-    seconds: float = 0.0
-    unlogged: list[float | None] = field(default_factory=list)  # each step's loss; None: non-finite
-
-    @classmethod
-    def resumed(cls, state: TrainState, log_interval: int) -> LogWindow:
-        """The window a run continues: the carried losses of the steps after the last multiple of
-        log_interval (all of them, unless the interval changed since the save)."""
-        since_log = state.iteration % log_interval
-        carried = state.unlogged_losses[-since_log:] if since_log else []
-        return cls(unlogged=list(carried))
-
-    @property
-    def losses(self) -> list[float]:
-        return [loss for loss in self.unlogged if loss is not None]
-
-    @property
-    def nonfinite(self) -> int:
-        return sum(loss is None for loss in self.unlogged)
-
-    def add(self, loss: float, seconds: float) -> None:
-        self.steps += 1
-        self.seconds += seconds
-        self.unlogged.append(loss if math.isfinite(loss) else None)
 
 
 @dataclass
@@ -147,7 +119,7 @@ def _next_batch(ctx: TrainContext) -> dict[str, torch.Tensor]:
 
 def train_step(ctx: TrainContext) -> torch.Tensor:
     """Forward/backward of gradient_accumulation_steps micro-batches and one optimizer step (DeepSpeed
-    applies it at the accumulation boundary). Returns this rank's summed micro-batch losses."""
+    applies it at the accumulation boundary). Returns this rank's summed micro-batch losses, on the device."""
     engine = ctx.engine
     loss_sum = torch.zeros((), dtype=torch.float32, device=ctx.device)
     for _ in range(ctx.run.gradient_accumulation_steps):
@@ -159,30 +131,58 @@ def train_step(ctx: TrainContext) -> torch.Tensor:
     return loss_sum
 
 
-@dataclass(frozen=True)
-class IterationResult:
-    loss: float  # mean over micro-batches and ranks
-    lr: float  # the lr the step ran at
-    stop_requested: bool  # some rank was signalled
-    seconds: float
+@dataclass
+class LogWindow:
+    """The steps since the last logged one: their losses, still on the device until read, and the wall time.
 
+    A resumed run starts its first window with the losses its checkpoint carried (the steps between the
+    last logged one and the save), so its first logged loss averages the same steps an uninterrupted
+    run's does; `steps` and `started` count this process's steps only (they give the throughput)."""
 
-def run_iteration(ctx: TrainContext, state: TrainState, stop: StopRequest) -> IterationResult:
-    """One iteration and the per-step agreement between ranks (loss, stop request); advances `state`."""
-    start = time.perf_counter()
-    lr = engine_utils.current_lr(ctx.engine)
-    loss_sum = train_step(ctx)
-    state.iteration += 1
-    state.consumed_samples += ctx.run.global_batch_size
-    total_loss, stopping_ranks = all_reduce_sum([loss_sum, float(stop.requested)], ctx.device)
-    loss = total_loss / (ctx.run.gradient_accumulation_steps * ctx.env.world_size)
-    return IterationResult(loss, lr, stopping_ranks > 0, time.perf_counter() - start)
+    started: float  # time.perf_counter() when the window's first step began
+    steps: int = 0
+    unread: list[tuple[int, torch.Tensor, bool]] = field(default_factory=list)  # iteration, loss sum, applied
+    unlogged: list[float | None] = field(default_factory=list)  # each read step's mean loss; None: non-finite
+
+    @classmethod
+    def resumed(cls, state: TrainState, log_interval: int, started: float) -> LogWindow:
+        """The window a run continues: the carried losses of the steps after the last multiple of
+        log_interval (all of them, unless the interval changed since the save)."""
+        since_log = state.iteration % log_interval
+        carried = state.unlogged_losses[-since_log:] if since_log else []
+        return cls(started, unlogged=list(carried))
+
+    @property
+    def losses(self) -> list[float]:
+        return [loss for loss in self.unlogged if loss is not None]
+
+    @property
+    def nonfinite(self) -> int:
+        return sum(loss is None for loss in self.unlogged)
+
+    def add(self, iteration: int, loss_sum: torch.Tensor, update_applied: bool) -> None:
+        self.steps += 1
+        self.unread.append((iteration, loss_sum, update_applied))
+
+    def read(self, ctx: TrainContext, guard: NonFiniteGuard) -> None:
+        """Sum the unread losses over the ranks and read them (the one wait for the device), oldest first
+        through the guard."""
+        if not self.unread:
+            return
+        totals = all_reduce_sum([loss for _, loss, _ in self.unread], ctx.device)
+        per_step = ctx.run.gradient_accumulation_steps * ctx.env.world_size
+        for (iteration, _, applied), total in zip(self.unread, totals):
+            loss = total / per_step
+            self.unlogged.append(loss if math.isfinite(loss) else None)
+            guard.check(iteration, loss, applied)
+        self.unread = []
 
 
 def _log_train(ctx: TrainContext, state: TrainState, window: LogWindow, lr: float) -> None:
     run = ctx.run
-    tokens_per_s = window.steps * run.tokens_per_step / window.seconds if window.seconds > 0 else 0.0
-    seconds_per_step = window.seconds / max(window.steps, 1)
+    seconds = time.perf_counter() - window.started  # after window.read: the device has done these steps
+    tokens_per_s = window.steps * run.tokens_per_step / seconds if seconds > 0 else 0.0
+    seconds_per_step = seconds / max(window.steps, 1)
     ctx.metrics.train(
         {
             "iteration": state.iteration,
@@ -246,28 +246,44 @@ def _save_unless_suspect(
 def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
     """Run from state.iteration to train_iters (or an earlier exit). Mutates and returns `state`."""
     t = ctx.run.train
-    window = LogWindow.resumed(state, t.log_interval)
+    stop_group = host_group()  # collective: every rank is here
+    window = LogWindow.resumed(state, t.log_interval, time.perf_counter())
     guard = NonFiniteGuard(t.max_nonfinite_steps)
     saved_at = state.iteration  # a resumed run starts from a saved checkpoint
     evaluated_at = None
     reason: StopReason = "completed"
     while state.iteration < t.train_iters:
-        step = run_iteration(ctx, state, stop)
-        window.add(step.loss, step.seconds)
-        guard.check(state.iteration, step.loss, ctx.engine.was_step_applied())
+        lr = engine_utils.current_lr(ctx.engine)  # the lr this step runs at
+        loss_sum = train_step(ctx)
+        state.iteration += 1
+        state.consumed_samples += ctx.run.global_batch_size
+        window.add(state.iteration, loss_sum, ctx.engine.was_step_applied())
+        stop_requested = any_rank(stop.requested, stop_group)
 
-        if state.iteration % t.log_interval == 0:
-            _log_train(ctx, state, window, step.lr)
-            window = LogWindow()
-        if t.eval_interval and state.iteration % t.eval_interval == 0:
+        iteration = state.iteration
+        logging = iteration % t.log_interval == 0
+        evaluating = bool(t.eval_interval and iteration % t.eval_interval == 0)
+        saving = bool(t.save and t.save_interval and iteration % t.save_interval == 0)
+        exiting = bool(t.exit_interval and iteration % t.exit_interval == 0)
+        if not (logging or evaluating or saving or exiting or stop_requested or iteration == t.train_iters):
+            continue  # the common step: nothing read back from the device
+        window.read(ctx, guard)
+        if logging:
+            _log_train(ctx, state, window, lr)
+        paused = time.perf_counter()
+        if evaluating:
             _evaluate(ctx, state)
-            evaluated_at = state.iteration
-        if t.save and t.save_interval and state.iteration % t.save_interval == 0:
+            evaluated_at = iteration
+        if saving:
             saved_at = _save_unless_suspect(ctx, state, window, guard, saved_at)
-        if step.stop_requested:
+        if logging:  # the next window starts after the evaluation and the save: neither is training time
+            window = LogWindow(time.perf_counter())
+        else:
+            window.started += time.perf_counter() - paused
+        if stop_requested:
             reason = stop.signal_name or "SIGTERM"  # another rank got it first
             break
-        if t.exit_interval and state.iteration % t.exit_interval == 0:
+        if exiting:
             reason = "exit_interval"
             break
 

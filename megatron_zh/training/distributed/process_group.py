@@ -16,8 +16,9 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from megatron_zh.errors import ConfigError
@@ -178,6 +179,27 @@ def all_reduce_sum(values: list[float | torch.Tensor], device: torch.device) -> 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(tensor)
     return tensor.tolist()
+
+
+def host_group() -> Any:
+    """A process group for exchanges between hosts that must not wait for the device: the default group when
+    it is gloo (CPU runs: None), else a new gloo group over the same ranks. Collective: every rank calls it."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    if torch.distributed.get_backend() == "gloo":
+        return None
+    return torch.distributed.new_group(backend="gloo")
+
+
+def any_rank(flag: bool, group: Any) -> bool:
+    """Whether `flag` is set on any rank, agreed over `group` (from host_group).
+
+    The flag lives in host memory (a numpy buffer the gloo all-reduce writes into) and is read from there:
+    the exchange never waits for the device's queued work, as reading a device tensor would."""
+    buffer = np.array([1.0 if flag else 0.0])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(torch.from_numpy(buffer), group=group)
+    return bool(buffer[0] > 0)
 
 
 def barrier() -> None:
