@@ -7,8 +7,8 @@ the losses of the steps since the last read are summed over the ranks in one all
 where the host needs them: at a log step, before an evaluation or a save, and at the end. There they are
 checked for NaN/inf in step order (NonFiniteGuard), so a run that goes non-finite stops at the next such
 point with the same iterations named, and a save never keeps weights updated from a non-finite loss. Whether
-a rank was asked to stop (SIGTERM/SIGINT) is agreed every step, over a gloo group from host memory
-(process_group.any_rank), which never waits for the device. Throughput is the wall time between two log
+a rank was asked to stop (SIGTERM/SIGINT) is agreed every step from host memory, one step late
+(process_group.AnyRankFlag), which never waits for the device. Throughput is the wall time between two log
 steps, less the evaluations and saves in between.
 """
 
@@ -28,7 +28,7 @@ from megatron_zh.training import engine as engine_utils
 from megatron_zh.training.checkpointing.save import save_checkpoint
 from megatron_zh.training.checkpointing.start import TrainState
 from megatron_zh.training.config.run_config import RunConfig
-from megatron_zh.training.distributed.process_group import DistEnv, all_reduce_sum, any_rank, host_group
+from megatron_zh.training.distributed.process_group import AnyRankFlag, DistEnv, all_reduce_sum
 from megatron_zh.training.distributed.signals import StopRequest, StopSignal
 from megatron_zh.training.loaders import to_device
 from megatron_zh.training.metrics import FlopsCounter, MetricsLogger
@@ -243,49 +243,55 @@ def _save_unless_suspect(
     return state.iteration
 
 
-def train(ctx: TrainContext, state: TrainState, stop: StopRequest) -> Outcome:
-    """Run from state.iteration to train_iters (or an earlier exit). Mutates and returns `state`."""
+def train(ctx: TrainContext, state: TrainState, stop: StopRequest, stop_flag: AnyRankFlag | None = None) -> Outcome:
+    """Run from state.iteration to train_iters (or an earlier exit). Mutates and returns `state`.
+
+    stop_flag: where the ranks agree on a stop request (default: a new one, which is collective: every rank
+    calls train together); a caller that trains in several calls passes one to all of them."""
     t = ctx.run.train
-    stop_group = host_group()  # collective: every rank is here
+    stop_flag = AnyRankFlag() if stop_flag is None else stop_flag
     window = LogWindow.resumed(state, t.log_interval, time.perf_counter())
     guard = NonFiniteGuard(t.max_nonfinite_steps)
     saved_at = state.iteration  # a resumed run starts from a saved checkpoint
     evaluated_at = None
     reason: StopReason = "completed"
-    while state.iteration < t.train_iters:
-        lr = engine_utils.current_lr(ctx.engine)  # the lr this step runs at
-        loss_sum = train_step(ctx)
-        state.iteration += 1
-        state.consumed_samples += ctx.run.global_batch_size
-        window.add(state.iteration, loss_sum, ctx.engine.was_step_applied())
-        stop_requested = any_rank(stop.requested, stop_group)
+    try:
+        while state.iteration < t.train_iters:
+            lr = engine_utils.current_lr(ctx.engine)  # the lr this step runs at
+            loss_sum = train_step(ctx)
+            state.iteration += 1
+            state.consumed_samples += ctx.run.global_batch_size
+            window.add(state.iteration, loss_sum, ctx.engine.was_step_applied())
+            stop_requested = stop_flag.poll(stop.requested)
 
-        iteration = state.iteration
-        logging = iteration % t.log_interval == 0
-        evaluating = bool(t.eval_interval and iteration % t.eval_interval == 0)
-        saving = bool(t.save and t.save_interval and iteration % t.save_interval == 0)
-        exiting = bool(t.exit_interval and iteration % t.exit_interval == 0)
-        if not (logging or evaluating or saving or exiting or stop_requested or iteration == t.train_iters):
-            continue  # the common step: nothing read back from the device
-        window.read(ctx, guard)
-        if logging:
-            _log_train(ctx, state, window, lr)
-        paused = time.perf_counter()
-        if evaluating:
-            _evaluate(ctx, state)
-            evaluated_at = iteration
-        if saving:
-            saved_at = _save_unless_suspect(ctx, state, window, guard, saved_at)
-        if logging:  # the next window starts after the evaluation and the save: neither is training time
-            window = LogWindow(time.perf_counter())
-        else:
-            window.started += time.perf_counter() - paused
-        if stop_requested:
-            reason = stop.signal_name or "SIGTERM"  # another rank got it first
-            break
-        if exiting:
-            reason = "exit_interval"
-            break
+            iteration = state.iteration
+            logging = iteration % t.log_interval == 0
+            evaluating = bool(t.eval_interval and iteration % t.eval_interval == 0)
+            saving = bool(t.save and t.save_interval and iteration % t.save_interval == 0)
+            exiting = bool(t.exit_interval and iteration % t.exit_interval == 0)
+            if not (logging or evaluating or saving or exiting or stop_requested or iteration == t.train_iters):
+                continue  # the common step: nothing read back from the device
+            window.read(ctx, guard)
+            if logging:
+                _log_train(ctx, state, window, lr)
+            paused = time.perf_counter()
+            if evaluating:
+                _evaluate(ctx, state)
+                evaluated_at = iteration
+            if saving:
+                saved_at = _save_unless_suspect(ctx, state, window, guard, saved_at)
+            if logging:  # the next window starts after the evaluation and the save: neither is training time
+                window = LogWindow(time.perf_counter())
+            else:
+                window.started += time.perf_counter() - paused
+            if stop_requested:
+                reason = stop.signal_name or "SIGTERM"  # another rank got it first
+                break
+            if exiting:
+                reason = "exit_interval"
+                break
+    finally:  # wait for the last poll's all-reduce: every rank that gets here started the same ones
+        stop_flag.close()
 
     if reason == "completed" and evaluated_at != state.iteration:
         _evaluate(ctx, state)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -493,14 +494,21 @@ def test_nonfinite_losses_are_tolerated_a_few_times_then_stop_the_run():
 def test_a_resumed_log_window_continues_the_saved_one():
     """The losses a checkpoint carried (steps after the last log) open the resumed run's first window."""
     state = TrainState(iteration=7, unlogged_losses=[8.5, None, 8.25])  # steps 5-7, step 6 non-finite
-    window = LogWindow.resumed(state, log_interval=4)  # last logged at 4: steps 5-7 belong to this window
+    window = LogWindow.resumed(state, log_interval=4, started=0.0)  # last logged at 4: steps 5-7 are this window's
     assert (window.losses, window.nonfinite, window.steps) == ([8.5, 8.25], 1, 0)
-    window.add(8.0, seconds=1.5)
-    assert (window.losses, window.nonfinite, window.steps, window.seconds) == ([8.5, 8.25, 8.0], 1, 1, 1.5)
+    window.add(8, torch.tensor(16.0), update_applied=True)  # two micro-batches on one rank: mean loss 8.0
+    assert (window.losses, window.steps) == ([8.5, 8.25], 1)  # still on the device
+    one_rank = SimpleNamespace(
+        run=SimpleNamespace(gradient_accumulation_steps=2),
+        env=SimpleNamespace(world_size=1),
+        device=torch.device("cpu"),
+    )
+    window.read(one_rank, NonFiniteGuard(tolerance=0))
+    assert (window.losses, window.nonfinite, window.steps) == ([8.5, 8.25, 8.0], 1, 1)
     # The interval changed since the save: only the steps after its last multiple (7 % 5 = 2: steps 6, 7).
-    assert LogWindow.resumed(state, log_interval=5).unlogged == [None, 8.25]
-    assert LogWindow.resumed(state, log_interval=7).unlogged == []
-    assert LogWindow.resumed(TrainState(iteration=7), log_interval=4).unlogged == []
+    assert LogWindow.resumed(state, log_interval=5, started=0.0).unlogged == [None, 8.25]
+    assert LogWindow.resumed(state, log_interval=7, started=0.0).unlogged == []
+    assert LogWindow.resumed(TrainState(iteration=7), log_interval=4, started=0.0).unlogged == []
 
 
 def test_stop_request_turns_signals_into_a_flag():

@@ -5,5 +5,5 @@
 0  extension_lock              a stale build lock of DeepSpeed's CPU comm op refused in one line, not
                                waited on forever
 1  process_group               rendezvous (launcher, srun, plain process), the process group, barriers,
-                               a host-only gloo group for flags the ranks agree on
+                               a flag the ranks agree on from host memory (the stop request)
 """

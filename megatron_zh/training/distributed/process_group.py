@@ -181,25 +181,39 @@ def all_reduce_sum(values: list[float | torch.Tensor], device: torch.device) -> 
     return tensor.tolist()
 
 
-def host_group() -> Any:
-    """A process group for exchanges between hosts that must not wait for the device: the default group when
-    it is gloo (CPU runs: None), else a new gloo group over the same ranks. Collective: every rank calls it."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return None
-    if torch.distributed.get_backend() == "gloo":
-        return None
-    return torch.distributed.new_group(backend="gloo")
+class AnyRankFlag:
+    """Whether a flag (a stop request) is set on any rank, agreed at every poll without the host waiting for
+    the device or for another rank.
 
+    poll(flag) starts an all-reduce of this rank's flag from host memory (a numpy buffer), asynchronously,
+    over a gloo group of its own, and answers with the all-reduce the previous poll started: every rank gets
+    the same answer at the same poll, one poll late, and by then that all-reduce has long finished. Created
+    on every rank together (the group is collective). close() waits for the last all-reduce and answers it;
+    polling may go on after it (a fresh start, no answer pending)."""
 
-def any_rank(flag: bool, group: Any) -> bool:
-    """Whether `flag` is set on any rank, agreed over `group` (from host_group).
+    def __init__(self) -> None:
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self._group = torch.distributed.new_group(backend="gloo") if distributed else None
+        self._distributed = distributed
+        self._pending: tuple[Any, np.ndarray] | None = None
 
-    The flag lives in host memory (a numpy buffer the gloo all-reduce writes into) and is read from there:
-    the exchange never waits for the device's queued work, as reading a device tensor would."""
-    buffer = np.array([1.0 if flag else 0.0])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(torch.from_numpy(buffer), group=group)
-    return bool(buffer[0] > 0)
+    def poll(self, flag: bool) -> bool:
+        answer = self.close()
+        buffer = np.array([1.0 if flag else 0.0])
+        work = None
+        if self._distributed:
+            work = torch.distributed.all_reduce(torch.from_numpy(buffer), group=self._group, async_op=True)
+        self._pending = (work, buffer)
+        return answer
+
+    def close(self) -> bool:
+        """The answer to the last poll (False if none is pending)."""
+        if self._pending is None:
+            return False
+        (work, buffer), self._pending = self._pending, None
+        if work is not None:
+            work.wait()
+        return bool(buffer[0] > 0)
 
 
 def barrier() -> None:

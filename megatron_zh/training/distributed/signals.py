@@ -1,8 +1,8 @@
 """Pre-emption: SIGTERM/SIGINT ask the run to save a checkpoint and exit after the current step.
 
 The handler only records the signal; the train loop checks it once per step, and the ranks agree
-on it through a per-step all-reduce from host memory (process_group.any_rank; a rank may be signalled a
-moment before the others, and all must take part in the checkpoint's collectives).
+on it through a per-step all-reduce from host memory, one step late (process_group.AnyRankFlag: a rank may
+be signalled a moment before the others, and all must take part in the checkpoint's collectives).
 
 Repeats: a second SIGINT (Ctrl-C pressed again) means "now" and raises KeyboardInterrupt. Repeated
 SIGTERMs are ignored: the deepspeed launcher forwards the SIGTERM it receives to ranks that may
