@@ -1,19 +1,25 @@
 """Training throughput: the full DeepSpeed path of pretrain_gpt.py against a plain PyTorch loop.
 
     python bench/bench_train.py                  # CPU: 2 ranks over gloo, tiny model (a few minutes)
+    python bench/bench_train.py --host-overhead  # CPU: near-zero compute, what the loop costs per step
     python bench/bench_train.py --gpu            # GPU: the stage-2 shape, MFU (about a minute on an H100)
     python bench/bench_train.py --gpu --stage 1 --no-baseline --variant eager= --variant compiled=--compile
 
 Both paths train the same model (same init), on the same data, batch and number of steps, in the
 same processes, measured in alternating chunks so that a busy machine slows both alike:
   deepspeed  megatron_zh.training: deepspeed.initialize (ZeRO-1, torch AdamW, WarmupDecayLR,
-             clipping, bf16 on GPU), one iteration = `run_iteration` of the train loop (micro-batches,
-             engine.backward/step, the per-step loss all-reduce)
+             clipping, bf16 on GPU), each chunk of steps run by the training loop itself (loop.train:
+             micro-batches, engine.backward/step, the per-step stop agreement, the losses read back at
+             the chunk's one log step)
   plain      the loop a PyTorch user writes: DistributedDataParallel (no_sync while accumulating),
              torch.optim.AdamW, clip_grad_norm_, LambdaLR with the same schedule, torch.autocast
-             for bf16 on GPU, and the same per-step loss all-reduce
+             for bf16 on GPU, and a per-step loss all-reduce read on the host
+  engine     (--host-overhead only) the first variant's DeepSpeed engine stepped bare, loop.train_step and
+             nothing else: plain/engine is DeepSpeed's own cost, engine/deepspeed what our loop adds to it
 Printed: tokens/s of each (median over --repeats chunks), the overhead ratio plain/deepspeed
-(median over repeats of the ratio of back-to-back chunks; target <= 1.15 on CPU), TFLOP/s per device
+(median over repeats of the ratio of back-to-back chunks; target <= 1.15 on CPU; with --host-overhead,
+gpt2-tiny at seq 16, one sequence per rank and step, almost all of a step is the loop's own host work:
+target <= 1.1), TFLOP/s per device
 and MFU (model FLOPs: megatron_zh.model.model_flops_per_token; peak: the device table in
 megatron_zh.training.metrics, or --peak-tflops).
 
@@ -34,6 +40,7 @@ random tokens (--synthetic, automatic when no data is found: throughput does not
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -64,6 +71,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         metavar="NAME=FLAGS",
         help="a DeepSpeed path with these pretrain_gpt.py flags (repeatable; default: one, 'deepspeed')",
     )
+    p.add_argument(
+        "--host-overhead",
+        action="store_true",
+        help="near-zero compute: gpt2-tiny, seq 16, one sequence per rank and step (what the loop itself costs)",
+    )
     p.add_argument("--ranks", type=int, default=None, help="data-parallel ranks (default: 2 on CPU, 1 with --gpu)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per chunk (default 10 CPU, 30 GPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3 CPU, 10 GPU)")
@@ -73,6 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-length", type=int, default=None)
     p.add_argument("--micro-batch-size", type=int, default=None)
     p.add_argument("--accumulation", type=int, default=None, help="gradient accumulation steps (default: the config's)")
+    p.add_argument("--lm-loss", default=None, choices=("fused", "logits"), help="the LM head's loss (default: fused)")
     p.add_argument("--data-path", default=None)
     p.add_argument("--vocab-file", default=None)
     p.add_argument("--synthetic", action="store_true", help="random tokens instead of the corpus")
@@ -81,6 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="also write the summary to this file")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.host_overhead:
+        args.model, args.seq_length = args.model or "gpt2-tiny", args.seq_length or 16
+        args.micro_batch_size, args.accumulation = args.micro_batch_size or 1, args.accumulation or 1
+        args.steps, args.warmup = args.steps or 100, 10 if args.warmup is None else args.warmup
+        args.repeats = max(args.repeats, 5)
     args.ranks = args.ranks or (1 if args.gpu else 2)
     args.steps = args.steps or (30 if args.gpu else 10)
     args.warmup = args.warmup if args.warmup is not None else (10 if args.gpu else 3)
@@ -153,6 +171,7 @@ def forward_argv(args) -> list[str]:
         "seq_length",
         "micro_batch_size",
         "accumulation",
+        "lm_loss",
         "data_path",
         "vocab_file",
         "peak_tflops",
@@ -162,6 +181,7 @@ def forward_argv(args) -> list[str]:
         if value is not None:
             argv.append(f"--{name.replace('_', '-')}={value}")
     argv += ["--gpu"] * args.gpu + ["--synthetic"] * args.synthetic + ["--no-baseline"] * args.no_baseline
+    argv += ["--host-overhead"] * args.host_overhead
     argv += [
         f"--stage={args.stage}",
         *(f"--variant={name}={shlex.join(flags)}" for name, flags in args.variants.items()),
@@ -227,11 +247,14 @@ def build_run(args, world_size: int, extra: list[str] = ()):
         "0",
         "--lr-warmup-iters",
         "2",
+        "--log-interval",  # one log step per timed chunk, as a real run logs every 10-100 steps
+        str(args.steps),
     ]
     for flag, value in (
         ("--model", args.model),
         ("--seq-length", args.seq_length),
         ("--micro-batch-size", args.micro_batch_size),
+        ("--lm-loss", args.lm_loss),
         ("--data-path", args.data_path),
         ("--vocab-file", args.vocab_file),
     ):
@@ -242,7 +265,10 @@ def build_run(args, world_size: int, extra: list[str] = ()):
         argv += ["--global-batch-size", str(micro * args.accumulation * world_size)]
     elif args.gpu:
         argv += ["--global-batch-size", str(args.micro_batch_size * world_size)]
-    return build_run_config(build_parser().parse_args([*argv, *extra]), world_size)
+    run = build_run_config(build_parser().parse_args([*argv, *extra]), world_size)
+    # No checkpoints: the config's save directory would get one at the end of every timed chunk (train() saves
+    # at its last iteration), and the chunk's time would be mostly the save's.
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, save=None, load=None, keep_last=None))
 
 
 class PlainLoop:
@@ -255,7 +281,7 @@ class PlainLoop:
 
         self.run, self.env, self.device = run, env, device
         self.batches = iter(loader)
-        model = init_model(run.model, run.train.data.seed).to(device)
+        model = init_model(run.model, run.train.data.seed, lm_loss=run.train.model.lm_loss).to(device)
         params = run.deepspeed["optimizer"]["params"]
         self.optimizer = torch.optim.AdamW(
             optimizer_param_groups(model, float(params.get("weight_decay", 0.0))),
@@ -328,14 +354,32 @@ class CudaMemory:
         return round(value / 2**30, 3) if self.cuda else None
 
 
-def deepspeed_path(env, run, dataset, fingerprint, flops, stop):
-    """One variant: its kernels (the start-up self-check), its engine (compiled with --compile), its loader."""
+class LastLoss:
+    """The train loop's metrics sink, keeping only the last logged loss."""
+
+    loss = float("nan")
+
+    def train(self, record: dict) -> None:
+        self.loss = record["loss"]
+
+    def eval(self, record: dict) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def deepspeed_path(env, run, dataset, fingerprint, flops, stop, stop_flag):
+    """One variant: its kernels (the start-up self-check), its engine (compiled with --compile), its loader.
+    Returns (chunk: steps -> the loss logged, its TrainContext, the setup line)."""
     from megatron_zh.training.checkpointing.start import TrainState
     from megatron_zh.training.engine import build_engine, start_lr_schedule
     from megatron_zh.training.kernel_check import choose_kernels
     from megatron_zh.training.loaders import build_loaders
-    from megatron_zh.training.loop import TrainContext, run_iteration
-    from megatron_zh.training.metrics import MetricsLogger
+    from megatron_zh.training.loop import TrainContext, train
 
     kernels = choose_kernels(run, env)
     engine = build_engine(run, kernels.choice)
@@ -347,7 +391,7 @@ def deepspeed_path(env, run, dataset, fingerprint, flops, stop):
         engine=engine,
         train_batches=iter(loader),
         valid_loader=None,
-        metrics=MetricsLogger(False, None, None, 0),
+        metrics=LastLoss(),
         flops=flops,
         device=engine.device,
         vocab_fingerprint=fingerprint or "",
@@ -355,16 +399,29 @@ def deepspeed_path(env, run, dataset, fingerprint, flops, stop):
     )
     state = TrainState()
     setup = f"{kernels.summary()}; torch.compile: {'on' if engine.is_compiled else 'off'}"
-    return (lambda: run_iteration(ctx, state, stop).loss), engine.device, setup
+
+    def chunk(steps: int) -> float:
+        """`steps` iterations of the training loop itself, as pretrain_gpt.py runs it; the loss it logged."""
+        ctx.run = dataclasses.replace(run, train=dataclasses.replace(run.train, train_iters=state.iteration + steps))
+        train(ctx, state, stop, stop_flag)
+        return ctx.metrics.loss
+
+    return chunk, ctx, setup
 
 
 def rank_main(args) -> None:
     import torch
 
     from megatron_zh.model import model_flops_per_token
-    from megatron_zh.training.distributed.process_group import init_process_group, set_cpu_threads, setup_rendezvous_env
+    from megatron_zh.training.distributed.process_group import (
+        AnyRankFlag,
+        init_process_group,
+        set_cpu_threads,
+        setup_rendezvous_env,
+    )
     from megatron_zh.training.distributed.signals import StopRequest
     from megatron_zh.training.loaders import build_datasets, build_loaders
+    from megatron_zh.training.loop import train_step
     from megatron_zh.training.metrics import FlopsCounter, device_peak_tflops
     from megatron_zh.training.preflight import check_data, check_device, check_vocab
 
@@ -389,22 +446,42 @@ def rank_main(args) -> None:
     peak, peak_source = device_peak_tflops(run.precision, threads, args.peak_tflops)
     flops = FlopsCounter(model_flops_per_token(run.model, run.train.data.seq_length), env.world_size, peak)
     stop = StopRequest()
+    stop_flag = AnyRankFlag()  # one for all chunks: a new one per train() call would add a group set-up to each
 
     def sync() -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
 
-    paths, setups = {}, {}
+    paths, setups, contexts = {}, {}, {}
     for name, variant_run in runs.items():
-        paths[name], device, setups[name] = deepspeed_path(env, variant_run, train_dataset, fingerprint, flops, stop)
-        for _ in range(args.warmup):  # allocator, Triton autotuning, compiling, DeepSpeed's first-step set-up
-            paths[name]()
+        paths[name], contexts[name], setups[name] = deepspeed_path(
+            env, variant_run, train_dataset, fingerprint, flops, stop, stop_flag
+        )
+        if args.warmup:  # allocator, Triton autotuning, compiling, DeepSpeed's first-step set-up
+            paths[name](args.warmup)
+    first = next(iter(runs))
+    device = contexts[first].device
+    if args.host_overhead:
+        bare = dataclasses.replace(
+            contexts[first], train_batches=iter(build_loaders(run, env, train_dataset, None, 0)[0])
+        )
+
+        def engine_chunk(steps: int) -> float:
+            losses = [train_step(bare) for _ in range(steps)]
+            return float(losses[-1]) / run.gradient_accumulation_steps
+
+        engine_chunk(max(args.warmup, 1))
+        paths["engine"] = engine_chunk
     if not args.no_baseline:
         try:
             plain = PlainLoop(run, env, device, build_loaders(run, env, train_dataset, None, 0)[0])
-            for _ in range(args.warmup):
-                plain.step()
-            paths = {"plain": plain.step, **paths}
+
+            def plain_chunk(steps: int) -> float:
+                return [plain.step() for _ in range(steps)][-1]
+
+            if args.warmup:
+                plain_chunk(args.warmup)
+            paths = {"plain": plain_chunk, **paths}
         except Exception as exc:  # one rank only: the DeepSpeed figure is still worth reporting
             if env.world_size > 1:
                 raise
@@ -418,13 +495,13 @@ def rank_main(args) -> None:
             sync()
             start = time.perf_counter()
             with memory[name]:
-                for _ in range(args.steps):
-                    losses[name] = paths[name]()
+                losses[name] = paths[name](args.steps)
                 sync()
             tokens_per_s[name].append(args.steps * run.tokens_per_step / (time.perf_counter() - start))
     # Each repeat's chunks ran back to back, so their ratios cancel slow drifts in machine load.
-    first = next(iter(runs))
     ratios = [p / d for p, d in zip(tokens_per_s.get("plain", []), tokens_per_s[first])]
+    loop_ratios = [e / d for e, d in zip(tokens_per_s.get("engine", []), tokens_per_s[first])]
+    engine_ratios = [p / e for p, e in zip(tokens_per_s.get("plain", []), tokens_per_s.get("engine", []))]
     variant_ratios = {
         name: round(statistics.median(v / f for v, f in zip(tokens_per_s[name], tokens_per_s[first])), 4)
         for name in list(runs)[1:]
@@ -437,6 +514,7 @@ def rank_main(args) -> None:
         else f"CPU x {env.world_size} ranks ({threads} thread(s) each)",
         "model": run.train.model.preset,
         "precision": run.precision,
+        "lm_loss": {name: r.train.model.lm_loss for name, r in runs.items()},
         "seq_length": run.train.data.seq_length,
         "micro_batch_size": run.micro_batch_size,
         "gradient_accumulation_steps": run.gradient_accumulation_steps,
@@ -452,6 +530,8 @@ def rank_main(args) -> None:
         "overhead_ratio_per_repeat": [round(r, 4) for r in ratios],
         "overhead_ratio_plain_over_deepspeed": round(statistics.median(ratios), 4) if ratios else None,
         f"speed_ratio_over_{first}": variant_ratios,
+        f"ratio_engine_over_{first}": round(statistics.median(loop_ratios), 4) if loop_ratios else None,
+        "ratio_plain_over_engine": round(statistics.median(engine_ratios), 4) if engine_ratios else None,
         "tflops_per_device": {name: round(flops.tflops_per_device(v), 3) for name, v in median.items()},
         "mfu": {name: (None if flops.mfu(v) is None else round(flops.mfu(v), 4)) for name, v in median.items()},
         "peak_tflops_per_device": peak,
@@ -474,7 +554,14 @@ def rank_main(args) -> None:
             )
         ratio = summary["overhead_ratio_plain_over_deepspeed"]
         if ratio is not None:
-            print(f"overhead ratio plain/{first}: {ratio:.3f} (target <= 1.15 on CPU)", flush=True)
+            target = "1.1 at near-zero compute" if args.host_overhead else "1.15 on CPU"
+            print(f"overhead ratio plain/{first}: {ratio:.3f} (target <= {target})", flush=True)
+        if loop_ratios:
+            print(
+                f"  of which DeepSpeed's engine (plain/engine): {summary['ratio_plain_over_engine']:.3f}, "
+                f"our loop around it (engine/{first}): {summary[f'ratio_engine_over_{first}']:.3f}",
+                flush=True,
+            )
         for name, value in variant_ratios.items():
             print(f"speed ratio {name}/{first}: {value:.3f} (tokens/s, median of back-to-back chunks)", flush=True)
         if args.gpu and args.stage == 2:

@@ -18,10 +18,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# The pretrain_gpt.py flags that turn the fused LM-head loss off and on (H18b's switch). Until it exists
-# both stay empty and the memory part measures the default path alone, saying so.
-FUSED_LOSS_OFF="${FUSED_LOSS_OFF:-}"
-FUSED_LOSS_ON="${FUSED_LOSS_ON:-}"
+# The pretrain_gpt.py flags that turn the fused LM-head loss off and on (model/lm_loss.py; the default is on).
+FUSED_LOSS_OFF="${FUSED_LOSS_OFF:---lm-loss logits}"
+FUSED_LOSS_ON="${FUSED_LOSS_ON:---lm-loss fused}"
 
 DRY=0
 [ "${1:-}" = "--cpu-dry-run" ] && DRY=1
@@ -51,12 +50,7 @@ part() {  # part NAME GPU_SECONDS command...   (a dry run allows 600 s: the CPU 
     [ "$rc" -eq 0 ] || { echo "=== $name: exit status $rc ==="; status=1; }
 }
 
-memory_variants=(--variant "default=")
-if [ -n "$FUSED_LOSS_OFF$FUSED_LOSS_ON" ]; then
-    memory_variants=(--variant "logits=$FUSED_LOSS_OFF" --variant "fused=$FUSED_LOSS_ON")
-else
-    echo "gpu_checks: the fused-loss switch is not wired (FUSED_LOSS_OFF/ON): the memory part measures the default path"
-fi
+memory_variants=(--variant "logits=$FUSED_LOSS_OFF" --variant "fused=$FUSED_LOSS_ON")
 compare=(--no-baseline --variant "eager=" --variant "compiled=--compile")
 
 if [ "$DRY" = 0 ]; then

@@ -103,11 +103,11 @@ def test_gpu_checks_cpu_dry_run_runs_every_part_and_ends_with_the_table(repo_roo
     shutil.rmtree(run_summary["save"])  # the short run's checkpoint, made by this test
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert [(name, status) for name, status, *_ in parts] == [(name, "0") for name in GPU_CHECK_PARTS]
-    assert "the fused-loss switch is not wired" in result.stdout
     table = result.stdout[result.stdout.rindex("\npart ") :]  # the summary table, from its header
     for name in GPU_CHECK_PARTS:
         assert re.search(rf"^{name}\s+ok\s", table, re.M), table
     assert "no figures" not in table
     assert len(re.findall(r"^\s+compiled\s.*tokens/s", table, re.M)) == 2  # eager vs --compile, both stages
+    assert re.search(r"^\s+logits\s.*tokens/s", table, re.M) and re.search(r"^\s+fused\s.*tokens/s", table, re.M)
     assert run_summary["loss_fell"] and run_summary["data"].startswith("synthetic corpus")
     assert "failed: none" in table  # the self-check of every kernel passed under the interpreter
