@@ -372,7 +372,7 @@ class LastLoss:
         pass
 
 
-def deepspeed_path(env, run, dataset, fingerprint, flops, stop, stop_flag):
+def deepspeed_path(env, run, dataset, fingerprint, normalization, flops, stop, stop_flag):
     """One variant: its kernels (the start-up self-check), its engine (compiled with --compile), its loader.
     Returns (chunk: steps -> the loss logged, its TrainContext, the setup line)."""
     from megatron_zh.training.checkpointing.start import TrainState
@@ -391,11 +391,13 @@ def deepspeed_path(env, run, dataset, fingerprint, flops, stop, stop_flag):
         engine=engine,
         train_batches=iter(loader),
         valid_loader=None,
+        valid_sources={},
         metrics=LastLoss(),
         flops=flops,
         device=engine.device,
         vocab_fingerprint=fingerprint or "",
         vocab_size=run.model.vocab_size,
+        normalization=normalization,
     )
     state = TrainState()
     setup = f"{kernels.summary()}; torch.compile: {'on' if engine.is_compiled else 'off'}"
@@ -434,14 +436,15 @@ def rank_main(args) -> None:
     if args.synthetic:
         fingerprint = None
         pad_id = None
+        normalization = "none"  # random ids: no text, no normalisation
         samples = run.train.train_iters * run.global_batch_size
         train_dataset = RandomTokens(samples, run.train.data.seq_length, run.model.vocab_size)
     else:
         fingerprint, _, pad_id = check_vocab(run)
-        check_data(run, fingerprint)
+        normalization = check_data(run, fingerprint)
     init_process_group(env)
     if not args.synthetic:
-        train_dataset, _ = build_datasets(run, fingerprint, pad_id)
+        train_dataset, _ = build_datasets(run, fingerprint, pad_id, normalization)
 
     peak, peak_source = device_peak_tflops(run.precision, threads, args.peak_tflops)
     flops = FlopsCounter(model_flops_per_token(run.model, run.train.data.seq_length), env.world_size, peak)
@@ -455,7 +458,7 @@ def rank_main(args) -> None:
     paths, setups, contexts = {}, {}, {}
     for name, variant_run in runs.items():
         paths[name], contexts[name], setups[name] = deepspeed_path(
-            env, variant_run, train_dataset, fingerprint, flops, stop, stop_flag
+            env, variant_run, train_dataset, fingerprint, normalization, flops, stop, stop_flag
         )
         if args.warmup:  # allocator, Triton autotuning, compiling, DeepSpeed's first-step set-up
             paths[name](args.warmup)
