@@ -70,7 +70,7 @@ def build_corpus(directory: Path, min_mb: float) -> Path:
 def _encode_share(kind: str, vocab: str, lines: list[str], barrier, queue) -> None:
     """One process of a bound: encode its share of the lines in ~1 MB batches, timed from a common start."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    from megatron_zh.tokenizer import BertChineseTokenizer, build_backend
+    from megatron_zh.text.tokenizer import BertChineseTokenizer, build_backend
 
     batches, batch, size = [], [], 0
     for line in lines:

@@ -9,9 +9,8 @@ checks every import, including those inside functions):
                                                checks; output vs input
   2  cli, knobs, assets                        the tools' main wrapper; config fields with flags;
                                                the default vocab and corpus from PyPI
-  2  normalization, unknown_tokens             opt-in text normalisation derived from the vocab
-                                               (its table ships for the default vocab); [UNK] tallies
-  3  tokenizer, _helpers                       BERT-Chinese WordPiece, vocab fingerprint; the C++ index helper
+  3  text, _helpers                            BERT-Chinese WordPiece, vocab fingerprint, the opt-in text
+                                               normalisation, [UNK] tallies; the C++ index helper
   4  data, ops, optim                          corpora -> .bin/.idx -> samples; fused Triton kernels;
                                                UER-py's AdamW as a torch optimizer
   5  model                                     GPT-2

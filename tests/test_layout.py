@@ -137,7 +137,7 @@ def test_the_check_sees_a_sideways_import(tmp_path) -> None:
     """Siblings of one layer may not import each other: the check would flag datasets -> preprocess."""
     maps = {dotted(package): layer_map(package) for package in packages()}
     probe = PACKAGE / "data" / "datasets" / "probe_for_test_layout.py"
-    probe.write_text("from megatron_zh.data.preprocess.formats import FORMATS\n", encoding="utf-8")
+    probe.write_text("from megatron_zh.data.preprocess.config import PreprocessConfig\n", encoding="utf-8")
     try:
         assert any("data.datasets (layer 1) imports" in v for v in violations_of(probe, maps))
     finally:

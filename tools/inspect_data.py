@@ -33,7 +33,7 @@ from megatron_zh.data.datasets.inspection import (
 )
 from megatron_zh.data.datasets.splits import SPLIT_NAMES
 from megatron_zh.knobs import add_flags, from_flat, given_values
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,7 +10,7 @@ without torch. `to_dict` writes, and `from_dict` reads, exactly these keys, in t
     model_config        GPT2Config.to_dict() of the saved model
     vocab_fingerprint   "sha256:..." of the vocab the model was trained with
     vocab_size          number of tokens in that vocab
-    normalization       the text normalisation of its training data ("none", or normalization.py's
+    normalization       the text normalisation of its training data ("none", or text/normalization.py's
                         identity); absent in checkpoints written before it was recorded: "none"
     train_config        TrainConfig.to_dict() of the run (null in a checkpoint made by a converter)
     world_size          data-parallel ranks that wrote the checkpoint

@@ -21,8 +21,8 @@ from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import commit_directory, staging_directory
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Config, GPT2Model
-from megatron_zh.normalization import NONE
-from megatron_zh.tokenizer import BertChineseTokenizer, check_fingerprint
+from megatron_zh.text.normalization import NONE
+from megatron_zh.text.tokenizer import BertChineseTokenizer, check_fingerprint
 
 logger = get_logger(__name__)
 

@@ -27,7 +27,7 @@ from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import flag_name
 from megatron_zh.log import get_logger
 from megatron_zh.paths import refuse_overlap
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 logger = get_logger(__name__)
 

@@ -20,7 +20,7 @@ import torch
 
 from megatron_zh.checkpoint.weights import LoadedCheckpoint
 from megatron_zh.model.config import GPT2Config
-from megatron_zh.normalization import NONE
+from megatron_zh.text.normalization import NONE
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ExternalModel:
     vocab_file: Path | None  # the vocab that came with it (None: the format carries none; pass one)
     lower_case: bool  # how its tokenizer normalises (BERT-Chinese: lower-cased)
     description: str  # what it was, for the checkpoint's `source` and logs: "Hugging Face folder /abs/dir"
-    normalization: str = NONE  # the text normalisation its training data had (normalization.py)
+    normalization: str = NONE  # the text normalisation its training data had (text/normalization.py)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from megatron_zh.checkpoint.weights import checkpoint_tokenizer, load_checkpoint
 from megatron_zh.convert.formats import FORMATS, read_model
 from megatron_zh.errors import ConfigError
 from megatron_zh.model.gpt2 import GPT2Model, model_from_state_dict
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 CHECKPOINT = "checkpoint"  # our own format: a pretrain_gpt.py --save directory
 

@@ -4,6 +4,7 @@ Sub-packages, lowest first; preprocess and datasets share only the indexed forma
 other (tests/test_layout.py checks):
 
   0  indexed      the Megatron .bin/.idx format: the reader, the crash-safe builder, merging datasets
-  1  preprocess   corpus -> .bin/.idx: inputs, formats, archives, workers, counts (torch-free)
+  0  corpus       corpus files: the formats table, encodings, archives, zstd (torch-free)
+  1  preprocess   corpus -> .bin/.idx: inputs, chunks, workers, counts, the [UNK] report (torch-free)
   1  datasets     .bin/.idx -> samples: packed and document samples, blends, splits, index cache, samplers
 """

@@ -40,7 +40,7 @@ from megatron_zh.knobs import knob
 from megatron_zh.log import get_logger
 from megatron_zh.model import GPT2Model
 from megatron_zh.progress import Progress
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 from megatron_zh.training.validation_loss import validation_loss
 from megatron_zh.validators import POSITIVE_INT, POSITIVE_NUMBER, int_at_least, optional, validate_fields
 

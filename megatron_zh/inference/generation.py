@@ -24,7 +24,7 @@ from megatron_zh.inference.sampling import DECODING, SamplingConfig, choose_toke
 from megatron_zh.inference.streaming import TextStream
 from megatron_zh.knobs import knob, nested
 from megatron_zh.model import GPT2Model
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 from megatron_zh.validators import POSITIVE_INT, validate_fields
 
 

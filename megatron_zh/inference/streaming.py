@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 
 class TextStream:

@@ -47,7 +47,7 @@ class Preflight:
 
 
 def check_vocab(run: RunConfig) -> tuple[str, int, int]:
-    from megatron_zh.tokenizer import BertChineseTokenizer
+    from megatron_zh.text.tokenizer import BertChineseTokenizer
 
     path = Path(run.train.vocab_file)
     if not path.is_file():

@@ -142,7 +142,7 @@ def tiny_export(tiny_checkpoint_dir, zh_vocab_file, tmp_path_factory) -> Path:
 
 
 def test_a_vocab_swapped_in_an_export_is_refused_everywhere(tiny_export, zh_vocab_file, other_vocab, tmp_path, capsys):
-    from megatron_zh.tokenizer import vocab_fingerprint
+    from megatron_zh.text.tokenizer import vocab_fingerprint
 
     folder = tmp_path / "hf"
     shutil.copytree(tiny_export, folder)

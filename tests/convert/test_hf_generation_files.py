@@ -17,7 +17,7 @@ from tiny_models import make_tiny_hf
 from megatron_zh.convert.formats import export_checkpoint, import_model
 from megatron_zh.convert.hf import exporter
 from megatron_zh.errors import CheckpointError
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 PROMPT = "这是很久之前的事情了"
 

@@ -16,7 +16,7 @@ from megatron_zh.convert.hf.names import EXPORT_INFO_FILE
 from megatron_zh.convert.loading import load_model
 from megatron_zh.errors import DataFormatError
 from megatron_zh.inference.evaluation import EvaluationConfig, evaluate_input
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 TEXT = "他说：“这家店的菜……真不错”——下次还来。"
 

@@ -11,7 +11,7 @@ from repo_paths import REPO_ROOT as REPO
 
 from megatron_zh.data.preprocess.vocab_builder import VocabConfig, train_vocab
 from megatron_zh.errors import ConfigError
-from megatron_zh.tokenizer import BertChineseTokenizer, read_vocab
+from megatron_zh.text.tokenizer import BertChineseTokenizer, read_vocab
 
 
 @pytest.mark.integration

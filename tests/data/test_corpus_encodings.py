@@ -16,7 +16,7 @@ import pytest
 from test_corpus_inputs import COMPRESS, check_dataset, refusal, write_tar
 from test_preprocess import config, outputs_in
 
-from megatron_zh.data.preprocess.charsets import guess_encoding, sniff_head
+from megatron_zh.data.corpus.charsets import guess_encoding, sniff_head
 from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import DataFormatError
 

@@ -25,11 +25,11 @@ import numpy as np
 import pytest
 from test_preprocess import REPO, config, documents_of, framed, outputs_in, run_tool
 
+from megatron_zh.data.corpus.formats import FORMATS, FormatName, InputFormat, recognise
 from megatron_zh.data.indexed.dataset import read_metadata
 from megatron_zh.data.preprocess import readers as corpus_readers
 from megatron_zh.data.preprocess.config import PreprocessConfig
 from megatron_zh.data.preprocess.dedup import SeenHashes
-from megatron_zh.data.preprocess.formats import FORMATS, FormatName, InputFormat, recognise
 from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.knobs import given_values, knob_fields

@@ -23,7 +23,7 @@ from megatron_zh.data.datasets.gpt_dataset import GPTDataset
 from megatron_zh.data.datasets.samplers import build_pretraining_data_loader
 from megatron_zh.data.indexed.dataset import IndexedDataset
 from megatron_zh.errors import ConfigError
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 
 def reference_chunk_idx(sizes: np.ndarray, begin: int, end: int, chunk_length: int) -> np.ndarray:

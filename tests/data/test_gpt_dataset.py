@@ -65,7 +65,7 @@ def test_indices_and_samples_match_megatron_core(corpus, tmp_path, seq_length, s
 
 def test_real_preprocessed_corpus_matches_megatron_core(zh_text_document, tmp_path):
     """The real CLUECorpusSmall sample as tools/preprocess_data.py writes it ([CLS] ... [SEP], metadata)."""
-    from megatron_zh.tokenizer import BertChineseTokenizer
+    from megatron_zh.text.tokenizer import BertChineseTokenizer
 
     prefix = zh_text_document["prefix"]
     tokenizer = BertChineseTokenizer(zh_text_document["vocab"])

@@ -13,7 +13,7 @@ from training_runs import CPU_CONFIG
 
 from megatron_zh.data.datasets.config import VocabIds
 from megatron_zh.data.datasets.inspection import length_histogram, summarize, summary_lines, training_sample
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 from megatron_zh.training.config.arguments import build_parser, build_run_config
 from megatron_zh.training.distributed.process_group import DistEnv
 from megatron_zh.training.loaders import build_datasets, build_loaders

@@ -22,7 +22,7 @@ from megatron_zh.data.indexed.dataset import IndexedDataset, read_metadata
 from megatron_zh.data.preprocess.config import PreprocessConfig
 from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import ConfigError, DataFormatError
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 TOOL = REPO / "tools" / "preprocess_data.py"
 
@@ -416,12 +416,13 @@ def test_bench_preprocess_runs(repo_root):
 
 @pytest.mark.integration
 def test_preprocessing_does_not_import_torch():
-    """Every module of data/preprocess (the driver and the workers' side) and data/indexed is torch-free: a
-    worker starts fast and holds no CUDA state."""
+    """Every module of data/preprocess (the driver and the workers' side), data/corpus, data/indexed and text is
+    torch-free: a worker starts fast and holds no CUDA state."""
     script = (
         "import importlib, pkgutil, sys\n"
-        "import megatron_zh.data.indexed, megatron_zh.data.preprocess\n"
-        "for package in (megatron_zh.data.indexed, megatron_zh.data.preprocess):\n"
+        "names = ('megatron_zh.data.corpus', 'megatron_zh.data.indexed', 'megatron_zh.data.preprocess', "
+        "'megatron_zh.text')\n"
+        "for package in map(importlib.import_module, names):\n"
         "    for info in pkgutil.iter_modules(package.__path__, package.__name__ + '.'):\n"
         "        importlib.import_module(info.name)\n"
         "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"

@@ -12,7 +12,7 @@ from megatron_zh.data.indexed.dataset import IndexedDataset, read_metadata
 from megatron_zh.data.preprocess.config import PreprocessConfig
 from megatron_zh.data.preprocess.pipeline import preprocess
 from megatron_zh.errors import ConfigError
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 # Known counts, per document: “ ” 1 each and … 2; none; — 4; none; 坜 1.
 ZIP_MEMBERS = {"news/a.txt": "他说：“你好”……\n今天天气很好。\n", "news/b.txt": "——破折号——\n"}

@@ -22,7 +22,7 @@ from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.inference import GenerationConfig, SamplingConfig, encode_prompt, generate
 from megatron_zh.inference.evaluation import EvaluationConfig, evaluate_dataset, evaluate_input
 from megatron_zh.model import GPT2Config, GPT2Model
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 DOCUMENTS = 12  # real CLUECorpusSmall documents, about 9,000 tokens
 

@@ -25,7 +25,7 @@ from megatron_zh.inference import (
 from megatron_zh.inference.decoder import CachedDecoder
 from megatron_zh.inference.streaming import TextStream
 from megatron_zh.model import GPT2Config, GPT2Model
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 CJK_PAIR_WITH_SPACE = re.compile(r"[\u4e00-\u9fff] [\u4e00-\u9fff]")
 

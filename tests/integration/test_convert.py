@@ -20,8 +20,8 @@ from training_runs import LR0_FIRST_STEP, finetune_args, latest, pretrain_args, 
 from megatron_zh.checkpoint.layout import MODEL_STATES_FILE
 from megatron_zh.checkpoint.weights import load_checkpoint_weights, model_state_keys
 from megatron_zh.convert.formats import export_checkpoint, import_model
+from megatron_zh.convert.hf import card_usage
 from megatron_zh.convert.hf import exporter as hf_export
-from megatron_zh.convert.hf import model_card
 from megatron_zh.convert.loading import load_model
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.training.metrics import read_metrics
@@ -174,7 +174,7 @@ def test_the_cards_usage_snippet_continues_the_prompt_for_max_length_tokens(hf_e
 
     monkeypatch.setattr(GPT2LMHeadModel, "generate", recorded)
     code = card_code(hf_export_dir)
-    usage_call, bert_call, _ = model_card.usage_calls(256)
+    usage_call, bert_call, _ = card_usage.usage_calls(256)
     assert (
         code.splitlines()[-1] == usage_call == 'text_generator("这是很久之前的事情了", max_length=100, do_sample=True)'
     )

@@ -34,7 +34,7 @@ from megatron_zh.convert.uer.names import (
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.model import GPT2Config
 from megatron_zh.model.gpt2 import model_from_state_dict
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 from megatron_zh.training.config.arguments import build_parser, build_run_config
 from megatron_zh.training.metrics import read_metrics
 

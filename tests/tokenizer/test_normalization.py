@@ -10,7 +10,7 @@ import unicodedata
 import pytest
 
 from megatron_zh.errors import ConfigError, DataFormatError
-from megatron_zh.normalization import (
+from megatron_zh.text.normalization import (
     NAME,
     NONE,
     SHIPPED_TABLE,
@@ -22,7 +22,7 @@ from megatron_zh.normalization import (
     read_table_file,
     write_table_file,
 )
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 
 @pytest.fixture(scope="module")

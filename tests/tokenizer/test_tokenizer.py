@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from megatron_zh.errors import CheckpointError, DataFormatError
-from megatron_zh.tokenizer import BertChineseTokenizer, check_fingerprint, read_vocab, vocab_fingerprint
+from megatron_zh.text.tokenizer import BertChineseTokenizer, check_fingerprint, read_vocab, vocab_fingerprint
 
 
 @pytest.fixture(scope="module")

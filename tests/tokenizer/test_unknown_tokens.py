@@ -8,8 +8,8 @@ import collections
 import numpy as np
 import pytest
 
-from megatron_zh.tokenizer import BertChineseTokenizer
-from megatron_zh.unknown_tokens import CUT, MAX_SPAN, UnkReport, UnkTally
+from megatron_zh.text.tokenizer import BertChineseTokenizer
+from megatron_zh.text.unknown_tokens import CUT, MAX_SPAN, UnkReport, UnkTally
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from megatron_zh.log import get_logger
 from megatron_zh.model.config import GPT2Config
 from megatron_zh.model.gpt2 import model_from_state_dict
 from megatron_zh.paths import refuse_overlap
-from megatron_zh.tokenizer import CLS, SEP, SPECIAL_TOKENS, BertChineseTokenizer
+from megatron_zh.text.tokenizer import CLS, SEP, SPECIAL_TOKENS, BertChineseTokenizer
 
 if TYPE_CHECKING:
     from transformers import GPT2Config as HFGPT2Config

@@ -20,8 +20,8 @@ from megatron_zh.convert.interface import ExternalModel
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import read_json_object
 from megatron_zh.log import get_logger
-from megatron_zh.normalization import NONE
-from megatron_zh.tokenizer import vocab_fingerprint
+from megatron_zh.text.normalization import NONE
+from megatron_zh.text.tokenizer import vocab_fingerprint
 
 logger = get_logger(__name__)
 

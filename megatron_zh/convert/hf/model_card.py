@@ -20,6 +20,7 @@ from typing import Any
 from megatron_zh.checkpoint.client_state import read_client_state
 from megatron_zh.checkpoint.layout import METRICS_FILE, RUN_CONFIG_FILE
 from megatron_zh.checkpoint.weights import LoadedCheckpoint, resolve_tag
+from megatron_zh.convert.hf.card_usage import normalization_lines, usage_lines
 from megatron_zh.data.datasets.blended_dataset import parse_data_path
 from megatron_zh.data.datasets.config import validation_sources
 from megatron_zh.data.indexed.dataset import read_metadata
@@ -30,9 +31,6 @@ from megatron_zh.training.metrics import read_metrics
 MODEL_CARD_FILE = "README.md"
 MAX_STAGES = 8  # a chain of --finetune starts longer than this is cut (and a cycle cannot loop)
 MISSING = "not recorded"
-USAGE_PROMPT = "这是很久之前的事情了"
-USAGE_MAX_LENGTH = 100  # the published model's usage line; less for a model with fewer positions
-PIPELINE_DEFAULT_NEW_TOKENS = 256  # what TextGenerationPipeline generates when the call gives no length
 MAX_INPUTS_SHOWN = 10  # inputs named per dataset; PREFIX.meta.json lists them all
 
 
@@ -274,46 +272,6 @@ def _optimizer(ds: dict[str, Any]) -> str:
     return f"{optimizer.get('type', MISSING)} {json.dumps(shown)}, {clip}"
 
 
-def usage_calls(positions: int) -> tuple[str, str, int]:
-    """(the card's pipeline call, the call that gives a BertTokenizer the same input, its max_length): the second
-    frames the prompt `[CLS] prompt` although BertTokenizer always appends [SEP] (transformers 5.24), and the
-    pipeline adds its prefix to max_length, so both fit in `positions`."""
-    length = min(USAGE_MAX_LENGTH, positions - 1)
-    call = f'text_generator("{USAGE_PROMPT}", max_length={length}, do_sample=True'
-    return call + ")", call + ', add_special_tokens=False, prefix="[CLS]")', length
-
-
-def _usage_lines(model_name: str, positions: int) -> list[str]:
-    """How to generate with transformers (5.24), and what does not work: measured, see exporter.py."""
-    usage_call, bert_call, length = usage_calls(positions)
-    return [
-        "## How to use",
-        "",
-        "```python",
-        "from transformers import AutoTokenizer, GPT2LMHeadModel, TextGenerationPipeline",
-        "",
-        f'tokenizer = AutoTokenizer.from_pretrained("{model_name}")',
-        f'model = GPT2LMHeadModel.from_pretrained("{model_name}")',
-        "text_generator = TextGenerationPipeline(model, tokenizer)",
-        usage_call,
-        "```",
-        "",
-        "The model sees the prompt as `[CLS] prompt`: training framed every document `[CLS] text [SEP]`, so a "
-        'prompt is the start of one. `AutoTokenizer` (also what `pipeline("text-generation", model=...)` loads) '
-        "reads this folder's tokenizer.json as written: `tokenizer(text)` gives `[CLS] text` with no `[SEP]`; "
-        "append `[SEP]` to score whole documents as training saw them.",
-        "",
-        "`BertTokenizer.from_pretrained` (transformers 5.24) always frames one text `[CLS] text [SEP]`, whatever the "
-        "files say, so with it the call above continues after an end of document. With a `BertTokenizer`, call "
-        f"`{bert_call}` (the pipeline counts the prefix in max_length: {length + 1} tokens in all).",
-        "",
-        "generation_config.json sets no length: pass `max_length` (prompt included) or `max_new_tokens`. Without "
-        f"either the pipeline generates {PIPELINE_DEFAULT_NEW_TOKENS} new tokens, and prompt and continuation must "
-        f"fit in the model's {positions:,} positions.",
-        "",
-    ]
-
-
 def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict[str, Any]) -> str:
     """The card's Markdown. `export`: the ExportResult fields (self-check figures) and the export command."""
     config = loaded.model_config
@@ -340,8 +298,8 @@ def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict
         "GELU tanh form (`gelu_new`). Exported from checkpoint "
         f"`{loaded.directory / loaded.tag}` ({loaded.weights_source}); vocab {loaded.vocab_fingerprint}.",
         "",
-        *_normalization_lines(normalization),
-        *_usage_lines(model_name, config.max_position_embeddings),
+        *normalization_lines(normalization),
+        *usage_lines(model_name, config.max_position_embeddings),
         "## Training data",
         "",
     ]
@@ -390,18 +348,6 @@ def render_model_card(loaded: LoadedCheckpoint, *, model_name: str, export: dict
         "",
     ]
     return "\n".join(lines)
-
-
-def _normalization_lines(normalization: str) -> list[str]:
-    if normalization == "none":
-        return []
-    return [
-        f"Text normalisation: the training data was normalised before tokenizing ({normalization}): characters "
-        "the vocabulary lacks became equivalents it has (curly quotes to straight ones, dashes to '-', '…' to "
-        "'...'). The tokenizer files apply the same mapping; load them with `AutoTokenizer` (`BertTokenizer` "
-        "does not apply it).",
-        "",
-    ]
 
 
 def write_model_card(folder: Path, loaded: LoadedCheckpoint, *, model_name: str, export: dict[str, Any]) -> Path:

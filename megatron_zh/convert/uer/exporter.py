@@ -72,7 +72,8 @@ def write_uer_export(loaded: LoadedCheckpoint, output: Path, overwrite: bool, op
     if normalization not in (None, "none"):
         logger.warning(
             "the model was trained on normalised text (%s), and UER-py's format has no place to say so: normalise "
-            "its inputs the same way (megatron_zh.normalization) or they meet [UNK] where training saw equivalents",
+            "its inputs the same way (megatron_zh.text.normalization) or they meet [UNK] where training saw "
+            "equivalents",
             normalization,
         )
     return UERExport(

@@ -20,7 +20,7 @@ from megatron_zh.convert.uer.names import config_from_tensors, config_from_uer, 
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.fileio import read_json_object
 from megatron_zh.knobs import flag_name, knob
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 from megatron_zh.validators import POSITIVE_INT, optional, validate_fields
 
 

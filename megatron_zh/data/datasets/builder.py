@@ -38,8 +38,8 @@ from megatron_zh.data.indexed.dataset import (
 )
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
-from megatron_zh.normalization import NONE
-from megatron_zh.tokenizer import check_fingerprint
+from megatron_zh.text.normalization import NONE
+from megatron_zh.text.tokenizer import check_fingerprint
 
 logger = get_logger(__name__)
 

@@ -5,7 +5,7 @@ with the same flat keys and flags: `--data-path`, `--seq-length`, `--split`, ...
 knob is one field here and the code that reads it. `VocabIds` is not configuration but what the
 vocab tells the datasets: its fingerprint, which every dataset's metadata must carry, and the
 end-of-document and padding ids (None: each dataset's own metadata says), and the text normalisation
-the datasets must share (normalization.py).
+the datasets must share (text/normalization.py).
 """
 
 from __future__ import annotations

@@ -2,16 +2,14 @@
 
 Torch-free, so the workers start in milliseconds (a test imports every module and checks).
 
-  0  charsets, zstd_stream, dedup, workers  UTF-8 or not (GB18030, Big5, UTF-16); zstd that refuses a
-                                            truncated file; document hashes; worker count, orphan-free
-                                            workers
-  1  formats, archives                      the corpus formats table, what each looks like; .zip/.tar
-                                            members, and those skipped
-  2  config                                 PreprocessConfig, PreprocessStats
-  3  sources, encode                        inputs as ordered units, shards, what is skipped; the
+The files themselves (formats, encodings, archives) are data/corpus.
+
+  0  dedup, workers, config                 document hashes; worker count, orphan-free workers;
+                                            PreprocessConfig, PreprocessStats
+  1  sources, encode                        inputs as ordered units, shards, what is skipped; the
                                             workers' per-chunk work (documents, tokens, framing)
-  4  readers, report                        units as chunks: decompression, first-bytes and change checks;
+  2  readers, report                        units as chunks: decompression, first-bytes and change checks;
                                             the [UNK] report per dataset, unit and input
-  5  results                                results into the datasets; counts, metadata
-  6  pipeline, vocab_builder                preprocess(): the driver; WordPiece vocab training
+  3  results                                results into the datasets; counts, metadata
+  4  pipeline, vocab_builder                preprocess(): the driver; WordPiece vocab training
 """

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from megatron_zh.data.preprocess.formats import InputFormat
+from megatron_zh.data.corpus.formats import InputFormat
 from megatron_zh.errors import ConfigError
 from megatron_zh.knobs import flag_name, knob, knob_fields
-from megatron_zh.normalization import NONE, NORMALIZE_SPEC, RULES
-from megatron_zh.unknown_tokens import UnkReport
+from megatron_zh.text.normalization import NONE, NORMALIZE_SPEC, RULES
+from megatron_zh.text.unknown_tokens import UnkReport
 from megatron_zh.validators import NON_NEGATIVE_INT, POSITIVE_INT, Check, one_of, validate_fields
 
 DOCUMENT_BOUNDARIES = ("line", "blank-line")

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from megatron_zh.data.corpus.charsets import DecodeTally
+from megatron_zh.data.corpus.formats import FORMATS, BadRecord, Chunk
 from megatron_zh.data.indexed.dataset import best_token_dtype
-from megatron_zh.data.preprocess.charsets import DecodeTally
 from megatron_zh.data.preprocess.config import PreprocessConfig
 from megatron_zh.data.preprocess.dedup import document_hashes
-from megatron_zh.data.preprocess.formats import FORMATS, BadRecord, Chunk
 from megatron_zh.data.preprocess.workers import die_with_parent
-from megatron_zh.tokenizer import BertChineseTokenizer
-from megatron_zh.unknown_tokens import UnkTally
+from megatron_zh.text.tokenizer import BertChineseTokenizer
+from megatron_zh.text.unknown_tokens import UnkTally
 
 
 @dataclass

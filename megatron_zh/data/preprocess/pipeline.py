@@ -33,11 +33,11 @@ from multiprocessing.context import BaseContext
 from pathlib import Path
 from types import FrameType
 
+from megatron_zh.data.corpus.formats import FORMATS, Chunk
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed.dataset import best_token_dtype, data_file_path, index_file_path, metadata_file_path
 from megatron_zh.data.preprocess.config import PreprocessConfig, PreprocessStats, output_prefix_for
 from megatron_zh.data.preprocess.encode import ChunkEncoder, ChunkResult, encode_in_worker, init_worker
-from megatron_zh.data.preprocess.formats import FORMATS, Chunk
 from megatron_zh.data.preprocess.readers import read_units
 from megatron_zh.data.preprocess.results import ResultWriter, log_summary, metadata, new_stats
 from megatron_zh.data.preprocess.sources import log_skipped, units_for
@@ -47,7 +47,7 @@ from megatron_zh.fileio import refuse_existing_output
 from megatron_zh.log import get_logger
 from megatron_zh.paths import refuse_directory_prefix, refuse_overlap
 from megatron_zh.progress import Progress, format_duration
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 logger = get_logger(__name__)
 

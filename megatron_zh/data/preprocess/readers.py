@@ -32,12 +32,12 @@ import zipfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from megatron_zh.data.preprocess.archives import open_tar, read_errors, tar_compression
-from megatron_zh.data.preprocess.charsets import SNIFF_BYTES, UNKNOWN_ENCODING, UTF8_BOM, sniff_head
+from megatron_zh.data.corpus.archives import open_tar, read_errors, tar_compression
+from megatron_zh.data.corpus.charsets import SNIFF_BYTES, UNKNOWN_ENCODING, UTF8_BOM, sniff_head
+from megatron_zh.data.corpus.formats import FORMATS, Chunk, misfit
+from megatron_zh.data.corpus.zstd_stream import ZstdReader
 from megatron_zh.data.preprocess.config import PreprocessConfig
-from megatron_zh.data.preprocess.formats import FORMATS, Chunk, misfit
 from megatron_zh.data.preprocess.sources import FileStamp, Unit, file_stamp
-from megatron_zh.data.preprocess.zstd_stream import ZstdReader
 from megatron_zh.errors import DataFormatError
 
 # A document longer than this without a blank line means the input is not blank-line separated.

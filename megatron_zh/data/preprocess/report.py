@@ -1,6 +1,6 @@
 """What a preprocessing run tells about its data: the [UNK] share and what is behind it, by input.
 
-Every worker result carries the tally of its documents' [UNK]s (unknown_tokens.py); `UnkAccounts`
+Every worker result carries the tally of its documents' [UNK]s (text/unknown_tokens.py); `UnkAccounts`
 adds them up per dataset, per unit (a file or an archive member) and per input (a file or an
 archive, however many members it has). The .meta.json keeps the full per-member list; the log and
 the model card summarise by input, so four CLUECorpusSmall zips of 28 members are four lines.
@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from megatron_zh.data.preprocess.sources import Unit
-from megatron_zh.normalization import RULES
-from megatron_zh.tokenizer import BertChineseTokenizer
-from megatron_zh.unknown_tokens import CUT, LITERAL, UnkReport, UnkTally
+from megatron_zh.text.normalization import RULES
+from megatron_zh.text.tokenizer import BertChineseTokenizer
+from megatron_zh.text.unknown_tokens import CUT, LITERAL, UnkReport, UnkTally
 
 TOP_TOTAL = 50  # spans listed for the whole dataset
 TOP_PER_INPUT = 10  # and per input: a folder of thousands of files would otherwise write megabytes

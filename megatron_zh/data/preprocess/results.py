@@ -17,19 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from megatron_zh.data.corpus.charsets import UNKNOWN_ENCODING, DecodeTally, foreign_encoding
+from megatron_zh.data.corpus.formats import FORMATS
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed.dataset import data_file_path, index_file_path, metadata_file_path
-from megatron_zh.data.preprocess.charsets import UNKNOWN_ENCODING, DecodeTally, foreign_encoding
 from megatron_zh.data.preprocess.config import PreprocessConfig, PreprocessStats
 from megatron_zh.data.preprocess.dedup import SeenHashes
 from megatron_zh.data.preprocess.encode import ChunkResult
-from megatron_zh.data.preprocess.formats import FORMATS
 from megatron_zh.data.preprocess.readers import damage, damaged_error, encoding_error
 from megatron_zh.data.preprocess.report import UnkAccounts
 from megatron_zh.data.preprocess.sources import Inputs, Unit
 from megatron_zh.errors import DataFormatError
 from megatron_zh.log import get_logger
-from megatron_zh.tokenizer import BertChineseTokenizer
+from megatron_zh.text.tokenizer import BertChineseTokenizer
 
 logger = get_logger("megatron_zh.data.preprocess")  # the run's lines, all under the driver's name
 

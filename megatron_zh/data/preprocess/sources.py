@@ -33,8 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from megatron_zh.data.indexed.dataset import INDEX_MAGIC
-from megatron_zh.data.preprocess.archives import (
+from megatron_zh.data.corpus.archives import (
     TAR_COMPRESSIONS,
     check_zip_member,
     name_skip_reason,
@@ -43,8 +42,9 @@ from megatron_zh.data.preprocess.archives import (
     tar_skip_reason,
     zip_skip_reason,
 )
+from megatron_zh.data.corpus.formats import FormatName, InputFormat, recognise
+from megatron_zh.data.indexed.dataset import INDEX_MAGIC
 from megatron_zh.data.preprocess.config import PreprocessConfig
-from megatron_zh.data.preprocess.formats import FormatName, InputFormat, recognise
 from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.log import get_logger
 

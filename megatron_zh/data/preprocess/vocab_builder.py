@@ -18,13 +18,13 @@ from typing import Any
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 
-from megatron_zh.data.preprocess.formats import recognise
+from megatron_zh.data.corpus.formats import recognise
 from megatron_zh.data.preprocess.sources import expand_inputs, log_skipped
 from megatron_zh.errors import ConfigError
 from megatron_zh.fileio import atomic_write, loads_json, refuse_existing_output
 from megatron_zh.log import get_logger
 from megatron_zh.paths import refuse_overlap
-from megatron_zh.tokenizer import CLS, MASK, PAD, SEP, UNK, bert_normalizer
+from megatron_zh.text.tokenizer import CLS, MASK, PAD, SEP, UNK, bert_normalizer
 
 logger = get_logger(__name__)
 

@@ -20,8 +20,8 @@ from megatron_zh.checkpoint.completeness import complete_checkpoints, list_tags
 from megatron_zh.checkpoint.layout import LATEST_FILE, read_latest_tag, tag_for
 from megatron_zh.errors import CheckpointError, ConfigError
 from megatron_zh.log import get_logger
-from megatron_zh.normalization import NONE
-from megatron_zh.tokenizer import check_fingerprint
+from megatron_zh.text.normalization import NONE
+from megatron_zh.text.tokenizer import check_fingerprint
 from megatron_zh.training.config.run_config import RunConfig
 from megatron_zh.training.config.train_config import TrainConfig
 

@@ -32,8 +32,8 @@ from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 
 from megatron_zh.errors import DataFormatError, MegatronZhError
-from megatron_zh.normalization import NONE, EquivalenceTable, Normalization, derive_table, load_table
-from megatron_zh.unknown_tokens import UnkTally, tally_unknown
+from megatron_zh.text.normalization import NONE, EquivalenceTable, Normalization, derive_table, load_table
+from megatron_zh.text.unknown_tokens import UnkTally, tally_unknown
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)

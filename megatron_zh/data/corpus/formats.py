@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from megatron_zh.data.preprocess.charsets import DecodeTally
+from megatron_zh.data.corpus.charsets import DecodeTally
 from megatron_zh.errors import DataFormatError
 from megatron_zh.fileio import DuplicateKeyError, json_type_name, loads_json
 

@@ -31,7 +31,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from megatron_zh.data.preprocess.zstd_stream import ZstdReader
+from megatron_zh.data.corpus.zstd_stream import ZstdReader
 from megatron_zh.errors import DataFormatError
 
 ZSTD_TAR_SUFFIXES = (".tar.zst", ".tzst")
