@@ -2,7 +2,9 @@
 
 Order matters: everything that can be wrong with the configuration, the files or the hardware is
 found before the process group, the model or the dataset indices are built; the RNG states of a
-resumed run are restored last, after everything that draws from them at start-up.
+resumed run are restored last, after everything that draws from them at start-up. A start that is
+refused leaves the save directory as it was: rank 0 writes config.json and tidies the folders only once
+the last check that can refuse (the build lock, the universal copy, the load) has passed.
 """
 
 from __future__ import annotations
@@ -77,8 +79,6 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight, effective: 
     )
     seed_everything(run.train.data.seed)
     kernels = choose_kernels(run, env)  # draws nothing from the RNG streams just seeded
-    if env.is_main and run.train.save:
-        write_run_config(run.train.save, {**effective, "kernels": kernels.to_dict()})
     start = prepare_resume(preflight.start, run, env)  # a universal copy when the data-parallel size changed
     vocab = (preflight.vocab_fingerprint, preflight.pad_id, preflight.normalization)
     train_dataset, valid_dataset = build_datasets(run, *vocab)
@@ -86,6 +86,8 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight, effective: 
     engine = build_engine(run, kernels.choice)
     model = engine.module
     state, rng_state = load_checkpoint(engine, start, env)
+    if env.is_main:  # the run really starts: nothing after this refuses it
+        record_start(run, preflight, {**effective, "kernels": kernels.to_dict()})
     if preflight.start.mode != "resume":
         start_lr_schedule(engine)
     if state.iteration >= run.train.train_iters:
@@ -129,6 +131,15 @@ def run_training(run: RunConfig, env: DistEnv, preflight: Preflight, effective: 
     return outcome
 
 
+def record_start(run: RunConfig, preflight: Preflight, effective: dict[str, Any]) -> None:
+    """Rank 0, once nothing can refuse the start any more: what the start guard decided, done on disk
+    (incomplete folders renamed, never deleted; `latest` pointed at --ckpt-step's choice; the newer ones set
+    aside when asked), and the effective configuration saved as the save directory's config.json."""
+    tidy_save_directory(run.train, preflight.start, run.zero_stage > 0)
+    if run.train.save:
+        write_run_config(run.train.save, effective)
+
+
 def _finish() -> None:
     """Leave the process group together (no rank exits while another still talks to it)."""
     if torch.distributed.is_initialized():
@@ -148,8 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             argv_given = list(sys.argv if argv is None else argv)
             effective = {**run.to_dict(), "start": preflight.start.mode, "argv": argv_given}
             print("effective configuration:\n" + json.dumps(effective, indent=2, default=str), flush=True)
-            # Incomplete folders (a save killed mid-way) renamed, never deleted; what the flags ask, done.
-            tidy_save_directory(run.train, preflight.start, run.zero_stage > 0)
         outcome = run_training(run, env, preflight, effective)
     logger.info("finished at iteration %d (%s)", outcome.state.iteration, outcome.reason)
     return 0

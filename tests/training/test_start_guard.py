@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from training_runs import latest, write_config
 
 from megatron_zh.checkpoint.completeness import inspect_checkpoint
@@ -238,3 +239,32 @@ def test_completeness_follows_the_ranks_that_wrote_a_checkpoint(tmp_path, zh_tex
     point, moved = start(tmp_path, zh_text_document, run_save, "--global-batch-size", "48", world_size=3)
     assert (point.tag, moved) == ("global_step8", [])
     assert sorted(os.listdir(run_save / "global_step8")) == sorted(os.listdir(source))
+
+
+def test_a_refused_start_leaves_latest_and_config_json_as_they_were(tmp_path, zh_text_document, source, monkeypatch):
+    """Before, a start refused after the preflight (here: a stale build lock of DeepSpeed's CPU comm op; also a
+    damaged universal copy) had already pointed `latest` at --ckpt-step's choice and rewritten config.json."""
+    from megatron_zh.training import pretrain
+
+    save = tmp_path / "run"
+    place(source, save, 4)
+    place(source, save, 8)
+    set_latest(save, "global_step8")
+    (save / "config.json").write_text('{"marker": "the last run\'s configuration"}')
+    before = {name: (save / name).read_bytes() for name in ("latest", "config.json")}
+    lock = tmp_path / "torch_extensions" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()  # what a build killed mid-way leaves
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(lock.parent.parent))
+    # One rank, as a launcher would describe it (main fills in what is missing; these are restored after).
+    for name, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    monkeypatch.setenv("OMP_NUM_THREADS", str(torch.get_num_threads()))  # main sets torch's threads from it
+    config = write_config(tmp_path, zh_text_document, save=str(save), load=str(save))
+
+    with pytest.raises(ConfigError, match="^stale lock from a killed build of DeepSpeed's shared-memory comm op"):
+        pretrain.main(["--ds_config", str(config), "--ckpt-step", "4"])
+    assert {name: (save / name).read_bytes() for name in ("latest", "config.json")} == before
+    assert folders(save) == ["global_step4", "global_step8"] and lock.exists()

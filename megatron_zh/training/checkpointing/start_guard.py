@@ -12,10 +12,11 @@ Every rank, in the preflight (cheap, read-only, so all ranks decide alike):
 - The checkpoint to start from must be complete (checkpoint/completeness.py) and every file in it
   must pass the restricted unpickler (checkpoint/safety.py).
 
-Rank 0, once the preflight passed (`tidy_save_directory`): folders ahead of the run that are not
-complete (a save killed before it finished) are renamed global_stepN.incomplete-<time>, never
-deleted; the newer ones are set aside when asked; `latest` is pointed at the checkpoint --ckpt-step
-chose. A complete checkpoint is never deleted by a start.
+Rank 0, once every check that can refuse the start has passed (`tidy_save_directory`, called by
+pretrain.record_start after the checkpoint is loaded: a refused start changes nothing on disk): folders
+ahead of the run that are not complete (a save killed before it finished) are renamed
+global_stepN.incomplete-<time>, never deleted; the newer ones are set aside when asked; `latest` is
+pointed at the checkpoint --ckpt-step chose. A complete checkpoint is never deleted by a start.
 """
 
 from __future__ import annotations
@@ -167,8 +168,8 @@ def check_checkpoint_complete(start: StartPoint, zero: bool = True) -> None:
 
 
 def tidy_save_directory(train: TrainConfig, start: StartPoint, zero: bool = True) -> list[Path]:
-    """Rank 0, after the preflight and before training: what the start decided, done on disk. Returns the
-    folders moved aside. Nothing is deleted:
+    """Rank 0, after the last check that can refuse the start and before training: what the start decided,
+    done on disk. Returns the folders moved aside. Nothing is deleted:
 
     - with --set-aside-newer-checkpoints, every global_stepN of the start's directory newer than the
       checkpoint it starts from is renamed global_stepN.set-aside-<time>;
