@@ -3,14 +3,16 @@ with BERT-Chinese's special ids, and our tokenizer agrees with it on the whole c
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from repo_paths import REPO_ROOT as REPO
 
 from megatron_zh.data.preprocess.vocab_builder import VocabConfig, train_vocab
-from megatron_zh.errors import ConfigError
+from megatron_zh.errors import ConfigError, DataFormatError
 from megatron_zh.text.tokenizer import BertChineseTokenizer, read_vocab
 
 
@@ -103,3 +105,54 @@ def test_an_existing_vocab_is_refused_unless_overwrite(tmp_path, caplog):
         tokens = train_vocab(VocabConfig(**config, min_frequency=1, overwrite=True))
     assert read_vocab(output) == tokens and "你" in tokens
     assert f"{corpus}: the same file as {corpus}, which is read once; skipped" in caplog.messages
+
+
+# ------------------------------------------------------------- inputs read as preprocessing reads them
+
+
+@pytest.fixture(scope="module")
+def text(zh_corpus_file) -> str:
+    """300 real CLUECorpusSmall documents, one per line."""
+    return "".join(line + "\n" for line in zh_corpus_file.read_text(encoding="utf-8").split("\n")[:300])
+
+
+def refused(tmp_path: Path, path: Path) -> str:
+    """The DataFormatError build_vocab gives for `path` (the tool prints it after "error: "); no vocab written."""
+    output = tmp_path / "v.txt"
+    with pytest.raises(DataFormatError) as error:
+        train_vocab(VocabConfig(inputs=[str(path)], output=str(output), vocab_size=500))
+    assert not output.exists()
+    return str(error.value)
+
+
+def test_a_corpus_in_another_encoding_is_named_with_the_command_that_converts_it(tmp_path, text):
+    """Before: `no text found` for a GBK corpus, and exit 0 on the ASCII half of a half-ASCII one."""
+    (tmp_path / "gbk.txt").write_bytes(text.encode("gbk"))
+    assert refused(tmp_path, tmp_path / "gbk.txt") == (
+        f"{tmp_path}/gbk.txt: GB18030 (GBK, GB2312) text, not UTF-8; convert it first: "
+        f"iconv -f GB18030 -t UTF-8 {tmp_path}/gbk.txt > {tmp_path}/gbk.utf8.txt"
+    )
+    # ASCII first, far past what the first-bytes check sees: the whole file's tally decides, once it is read.
+    ascii_first = "".join(f"line {i}: plain ASCII text\n" for i in range(6000)) + text
+    (tmp_path / "late.txt").write_bytes(ascii_first.encode("gbk"))
+    assert refused(tmp_path, tmp_path / "late.txt") == (
+        f"{tmp_path}/late.txt: GB18030 (GBK, GB2312) text, not UTF-8 (300 of its 300 lines with non-ASCII text are "
+        f"not UTF-8); convert it first: iconv -f GB18030 -t UTF-8 {tmp_path}/late.txt > {tmp_path}/late.utf8.txt"
+    )
+
+
+def test_a_corrupt_compressed_corpus_is_named_as_such(tmp_path, text):
+    """Before: `no text found in [...]`."""
+    packed = gzip.compress((text * 3).encode())
+    (tmp_path / "bad.txt.gz").write_bytes(packed[:100] + bytes(50) + packed[150:])
+    assert refused(tmp_path, tmp_path / "bad.txt.gz").startswith(
+        f"{tmp_path}/bad.txt.gz: cannot be read to the end (Error -3 while decompressing data"
+    )
+    # A whole one gives the vocab its text gives.
+    (tmp_path / "good.txt.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "good.txt").write_text(text, encoding="utf-8")
+    vocabs = [
+        train_vocab(VocabConfig(inputs=[str(tmp_path / name)], output=str(tmp_path / f"{name}.vocab"), vocab_size=500))
+        for name in ("good.txt.gz", "good.txt")
+    ]
+    assert vocabs[0] == vocabs[1] and len(vocabs[0]) == 500

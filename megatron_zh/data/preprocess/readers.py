@@ -33,7 +33,14 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from megatron_zh.data.corpus.archives import open_tar, read_errors, tar_compression
-from megatron_zh.data.corpus.charsets import SNIFF_BYTES, UNKNOWN_ENCODING, UTF8_BOM, sniff_head
+from megatron_zh.data.corpus.charsets import (
+    SNIFF_BYTES,
+    UNKNOWN_ENCODING,
+    UTF8_BOM,
+    DecodeTally,
+    foreign_encoding,
+    sniff_head,
+)
 from megatron_zh.data.corpus.formats import FORMATS, Chunk, misfit
 from megatron_zh.data.corpus.zstd_stream import ZstdReader
 from megatron_zh.data.preprocess.config import PreprocessConfig
@@ -88,6 +95,19 @@ def damage(unit: Unit) -> str | None:
     finally:
         archives.close()
     return None
+
+
+def check_decoded(unit: Unit, tally: DecodeTally) -> None:
+    """Refuse a unit read to its end whose lines with non-ASCII text are mostly not UTF-8 (another encoding,
+    or garbage from a damaged compressed file), not a few bad lines; `tally`: its decoded lines'."""
+    found = foreign_encoding(tally)
+    if found is None:
+        return
+    problem = damage(unit) if found[0] == UNKNOWN_ENCODING else None  # garbage from a damaged file?
+    if problem:
+        raise DataFormatError(damaged_error(unit, problem))
+    counts = f" ({tally.undecodable:,} of its {tally.non_ascii:,} lines with non-ASCII text are not UTF-8)"
+    raise DataFormatError(encoding_error(unit, *found, counts=counts))
 
 
 def damaged_error(unit: Unit, problem: str) -> str:

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from megatron_zh.data.corpus.charsets import UNKNOWN_ENCODING, DecodeTally, foreign_encoding
+from megatron_zh.data.corpus.charsets import DecodeTally
 from megatron_zh.data.corpus.formats import FORMATS
 from megatron_zh.data.indexed.builder import IndexedDatasetBuilder
 from megatron_zh.data.indexed.dataset import data_file_path, index_file_path, metadata_file_path
 from megatron_zh.data.preprocess.config import PreprocessConfig, PreprocessStats
 from megatron_zh.data.preprocess.dedup import SeenHashes
 from megatron_zh.data.preprocess.encode import ChunkResult
-from megatron_zh.data.preprocess.readers import damage, damaged_error, encoding_error
+from megatron_zh.data.preprocess.readers import check_decoded
 from megatron_zh.data.preprocess.report import UnkAccounts
 from megatron_zh.data.preprocess.sources import Inputs, Unit
 from megatron_zh.errors import DataFormatError
@@ -90,15 +90,7 @@ class ResultWriter:
 
     def _check_decoded(self) -> None:
         """Refuse the unit just read if its text is mostly not UTF-8 (another encoding, not a few bad lines)."""
-        found = foreign_encoding(self.decoded)
-        if found is None:
-            return
-        unit, tally = self.units[self.unit], self.decoded
-        problem = damage(unit) if found[0] == UNKNOWN_ENCODING else None  # garbage from a damaged file?
-        if problem:
-            raise DataFormatError(damaged_error(unit, problem))
-        counts = f" ({tally.undecodable:,} of its {tally.non_ascii:,} lines with non-ASCII text are not UTF-8)"
-        raise DataFormatError(encoding_error(unit, *found, counts=counts))
+        check_decoded(self.units[self.unit], self.decoded)
 
     def check_documents(self) -> None:
         """A unit that gave no documents is worth a warning; a run that gave none is an error, not a dataset.

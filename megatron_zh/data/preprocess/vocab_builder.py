@@ -9,19 +9,20 @@ pieces prefixed "##"). The "compact" layout puts [PAD] [UNK] [CLS] [SEP] [MASK] 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer, pre_tokenizers, trainers
 from tokenizers.models import WordPiece
 
-from megatron_zh.data.corpus.formats import recognise
-from megatron_zh.data.preprocess.sources import expand_inputs, log_skipped
+from megatron_zh.data.corpus.charsets import DecodeTally
+from megatron_zh.data.corpus.formats import FORMATS
+from megatron_zh.data.preprocess.config import PreprocessConfig
+from megatron_zh.data.preprocess.readers import check_decoded, read_units
+from megatron_zh.data.preprocess.sources import Unit, list_inputs, log_skipped
 from megatron_zh.errors import ConfigError
-from megatron_zh.fileio import atomic_write, loads_json, refuse_existing_output
+from megatron_zh.fileio import atomic_write, refuse_existing_output
 from megatron_zh.log import get_logger
 from megatron_zh.paths import refuse_overlap
 from megatron_zh.text.tokenizer import CLS, MASK, PAD, SEP, UNK, bert_normalizer
@@ -62,29 +63,41 @@ class VocabConfig:
             raise ConfigError("--min-frequency must be at least 1")
 
 
-def _documents(paths: list[Path], json_key: str, counts: dict[str, int]) -> Iterator[str]:
-    """Lines of every input; JSON lines yield their `json_key`; unreadable lines (a record with a key written twice
-    too) are counted and skipped."""
-    for path in paths:
-        is_json = recognise(path.name).name == "jsonl"
-        with open(path, "rb") as f:
-            for raw in f:
-                try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                    text = loads_json(line)[json_key] if is_json and line.strip() else line
-                except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
-                    counts["bad"] += 1
-                    continue
-                if isinstance(text, str) and text.strip():
-                    counts["documents"] += 1
-                    yield text
+def _documents(units: list[Unit], reading: PreprocessConfig, counts: dict[str, int]) -> Iterator[str]:
+    """The documents of every unit, read as preprocessing reads them: the first bytes checked (another format,
+    an encoding that is not UTF-8), compressed streams read to the end, a unit mostly not UTF-8 refused with
+    its encoding (readers.py); bad records (invalid UTF-8, a JSON line without the key) counted and skipped."""
+    key = reading.json_keys[0]
+    tally, current = DecodeTally(), 0
+    for chunk in read_units(units, reading):
+        if chunk.unit != current:  # the previous unit is read to its end
+            check_decoded(units[current], tally)
+            tally, current = DecodeTally(), chunk.unit
+        texts, _, bad, decoded = FORMATS[chunk.fmt].documents(chunk, reading.json_keys, False)
+        tally.add(decoded)
+        counts["bad"] += len(bad)
+        for text in texts[key]:
+            if text.strip():
+                counts["documents"] += 1
+                yield text
+    if units:
+        check_decoded(units[current], tally)
 
 
 def train_vocab(config: VocabConfig) -> list[str]:
     """Train, write `config.output` atomically, and return the tokens in id order."""
-    paths, skipped = expand_inputs(config.inputs)
-    log_skipped(skipped, shown=100)
+    inputs = list_inputs(config.inputs, "auto")
+    log_skipped(inputs.skipped, shown=100)
+    paths = list(dict.fromkeys(unit.path for unit in inputs.units))  # an archive once, for all its members
     refuse_overlap(config.output, [("--input", path) for path in paths])
+    # Preprocessing's reading options (its output prefix and vocab are not used: nothing is tokenized here).
+    reading = PreprocessConfig(
+        inputs=tuple(config.inputs),
+        output_prefix=config.output,
+        vocab_file=config.output,
+        json_keys=(config.json_key,),
+        progress=False,
+    )
     refuse_existing_output(config.output, config.overwrite)
     reserved = reserved_tokens(config.layout)
     tokenizer = Tokenizer(WordPiece(unk_token=UNK))
@@ -100,7 +113,7 @@ def train_vocab(config: VocabConfig) -> list[str]:
         **options,
     )
     counts = {"documents": 0, "bad": 0}
-    tokenizer.train_from_iterator(_documents(paths, config.json_key, counts), trainer=trainer)
+    tokenizer.train_from_iterator(_documents(inputs.units, reading, counts), trainer=trainer)
     if counts["documents"] == 0:
         raise ConfigError(f"no text found in {[str(p) for p in paths]}")
     learned = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
