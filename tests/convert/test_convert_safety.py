@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hostile import poison
 from tiny_models import make_tiny_hf
 from tool_runs import run_tool
 
@@ -207,3 +208,33 @@ def test_a_truncated_uer_model_file_is_called_truncated(tmp_path):
         "PyTorch zip file whose end, the archive's directory, is missing): the checkpoint is damaged (an "
         "interrupted save, a full disk or a partial copy)"
     )
+
+
+def test_convert_to_uer_refuses_a_config_output_inside_the_checkpoint_first(tiny_checkpoint_dir, tmp_path, capsys):
+    """Before: `exists; pass --overwrite` for an existing file there, and only then the overlap refusal."""
+    before = tree(tiny_checkpoint_dir)
+    inside = tiny_checkpoint_dir / "latest"
+    assert inside.is_file()
+    argv = ["--checkpoint", str(tiny_checkpoint_dir), "--output", str(tmp_path / "m.bin")]
+    assert run_tool("convert_to_uer", [*argv, "--uer-config-output", str(inside)]) == 2
+    err = last_line_only_error(capsys.readouterr().err)
+    assert err.startswith("error: --uer-config-output") and "the checkpoint directory" in err, err
+    assert tree(tiny_checkpoint_dir) == before and not (tmp_path / "m.bin").exists()
+
+
+def test_convert_to_uer_refuses_a_hostile_checkpoint_unless_trusted(tiny_checkpoint_dir, tmp_path, capsys):
+    """The payload never runs without --trust-checkpoint; with it, the checkpoint is unpickled unrestricted."""
+    checkpoint = tmp_path / "hostile"
+    shutil.copytree(tiny_checkpoint_dir, checkpoint)
+    marker = tmp_path / "pwned"
+    (poisoned,) = checkpoint.glob("*/mp_rank_00_model_states.pt")
+    poison(poisoned, marker)
+    argv = ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "m.bin")]
+    assert run_tool("convert_to_uer", argv) == 2
+    err = last_line_only_error(capsys.readouterr().err)
+    assert err.startswith(f"error: {poisoned} needs global posix.system, which is not on the checkpoint allowlist"), err
+    assert err.endswith("if you trust where it came from, pass --trust-checkpoint"), err
+    assert not marker.exists() and not (tmp_path / "m.bin").exists() and not (tmp_path / "m.json").exists()
+
+    assert run_tool("convert_to_uer", [*argv, "--trust-checkpoint"]) == 0
+    assert marker.exists() and (tmp_path / "m.bin").is_file() and (tmp_path / "m.json").is_file()

@@ -55,12 +55,13 @@ def write_uer_export(loaded: LoadedCheckpoint, output: Path, overwrite: bool, op
     config_path = Path(config_output) if config_output is not None else default_config_path(output)
     if output.resolve() == config_path.resolve():
         raise ConfigError(f"the model file and the config would both be {output}; pass --uer-config-output")
+    # First: --overwrite cannot make a path inside the checkpoint right, so it is not the advice to give.
+    refuse_overlap(config_path, [("the checkpoint directory", loaded.directory)], flag="--uer-config-output")
     for path in (output, config_path):
         if path.is_dir():
             raise ConfigError(f"output {path} is a directory; name a file (e.g. {path / 'model.bin'})")
         if path.exists() and not overwrite:
             raise ConfigError(f"output {path} exists; pass --overwrite to replace it")
-    refuse_overlap(config_path, [("the checkpoint directory", loaded.directory)], flag="--uer-config-output")
     uer = to_uer_state_dict(loaded.state_dict, loaded.model_config)
     uer_config = to_uer_config(loaded.model_config)
     with atomic_write(output, "wb") as f:
