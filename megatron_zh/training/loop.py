@@ -274,6 +274,7 @@ def train(ctx: TrainContext, state: TrainState, stop: StopRequest, stop_flag: An
             window.read(ctx, guard)
             if logging:
                 _log_train(ctx, state, window, lr)
+                window.unlogged.clear()  # logged: a save from here on carries none of them to a resumed run
             paused = time.perf_counter()
             if evaluating:
                 _evaluate(ctx, state)
